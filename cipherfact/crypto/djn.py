@@ -1,0 +1,67 @@
+"""Fixed-base windowed exponentiation for Damgard-Jurik-Nielsen randomness.
+
+DJN replaces Paillier's ``r**n mod n**2`` (a full-length exponent) with
+``h_s**a`` for a public ``h_s = h**n mod n**2`` and a *short* secret exponent
+``a`` (default 448 bits, floor 2*kappa = 256). With the base fixed we
+precompute ``h_s**(j * 2**(w*i))`` once, and each exponentiation becomes about
+``bits / w`` modular multiplications instead of ~1.2 * log2(n) squarings.
+
+Security assumption (weaker than plain DCR): ``h_s**a`` with a short ``a`` is
+computationally indistinguishable from a uniform n-th residue (the DJN /
+short-exponent assumption). It is used for encryptions by anyone, but by
+default *not* for a public-key holder's rerandomization: the key owner knows
+the factorization, so against it only a full-length ``r**n`` hides which
+ciphertext a reply was derived from (see ``PaillierOptions.djn_public``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MIN_DJN_EXPONENT_BITS", "FixedBaseTable"]
+
+MIN_DJN_EXPONENT_BITS = 256
+
+
+class FixedBaseTable:
+    """Precomputed powers of one base modulo one modulus."""
+
+    def __init__(
+        self, base: Any, modulus: Any, exponent_bits: int, window_bits: int,
+        to_int: Callable[[int], Any] = int,
+    ) -> None:
+        if not 1 <= window_bits <= 12:
+            raise ValueError(f"window_bits must be in [1, 12], got {window_bits}")
+        self.modulus = to_int(modulus)
+        self.exponent_bits = exponent_bits
+        self.window_bits = window_bits
+        size = 1 << window_bits
+        rows = []
+        b = to_int(base) % self.modulus
+        for _ in range(-(-exponent_bits // window_bits)):
+            row = [to_int(1), b]
+            for _ in range(size - 2):
+                row.append(row[-1] * b % self.modulus)
+            rows.append(row)
+            b = row[-1] * b % self.modulus  # base**(2**w) for the next window
+        self._rows = rows
+
+    def pow(self, exponent: int) -> Any:
+        """``base**exponent mod modulus`` for 0 <= exponent < 2**exponent_bits."""
+        if exponent < 0 or exponent >> self.exponent_bits:
+            raise ValueError(
+                f"exponent must be in [0, 2**{self.exponent_bits}), "
+                f"got {exponent.bit_length()} bits"
+            )
+        mask = (1 << self.window_bits) - 1
+        m = self.modulus
+        acc = None
+        for row in self._rows:
+            if not exponent:
+                break
+            d = exponent & mask
+            if d:
+                acc = row[d] if acc is None else acc * row[d] % m
+            exponent >>= self.window_bits
+        return self._rows[0][0] if acc is None else acc

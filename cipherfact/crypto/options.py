@@ -1,0 +1,56 @@
+"""Options that pick Paillier's fast paths (each can be switched off for testing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cipherfact.crypto.djn import MIN_DJN_EXPONENT_BITS
+
+__all__ = ["PaillierOptions"]
+
+
+@dataclass(frozen=True)
+class PaillierOptions:
+    """Which fast paths a ``PaillierScheme`` uses; the defaults are the fast, safe ones.
+
+    * ``packing``: many fixed-point slots per plaintext (False: one value each).
+    * ``use_gmpy2``: gmpy2 ``mpz``/``powmod`` arithmetic (False: Python ints).
+    * ``crt``: with the secret key, encrypt (r**n mod p**2, q**2) and decrypt by CRT.
+    * ``djn``: short-exponent randomness ``h_s**a`` (DJN assumption, see ``djn``).
+    * ``djn_public``: also use DJN when only the public key is held; off by default
+      because the key owner knows the factorization and full ``r**n`` is what
+      hides a rerandomized reply's origin from it.
+    * ``djn_exponent_bits`` / ``djn_window_bits``: exponent length, table window.
+    * ``processes``: worker processes for bulk randomness and decryption (1: none).
+    * ``parallel_min``: smallest batch (packed integers) worth sending to workers.
+    """
+
+    packing: bool = True
+    use_gmpy2: bool = True
+    crt: bool = True
+    djn: bool = True
+    djn_public: bool = False
+    djn_exponent_bits: int = 448
+    djn_window_bits: int = 6
+    processes: int = 1
+    parallel_min: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("packing", "use_gmpy2", "crt", "djn", "djn_public"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("djn_exponent_bits", "djn_window_bits", "processes", "parallel_min"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if not MIN_DJN_EXPONENT_BITS <= self.djn_exponent_bits <= 4096:
+            raise ValueError(
+                f"djn_exponent_bits must be in [{MIN_DJN_EXPONENT_BITS}, 4096], "
+                f"got {self.djn_exponent_bits}"
+            )
+        if not 1 <= self.djn_window_bits <= 12:
+            raise ValueError(f"djn_window_bits must be in [1, 12], got {self.djn_window_bits}")
+        if not 1 <= self.processes <= 256:
+            raise ValueError(f"processes must be in [1, 256], got {self.processes}")
+        if self.parallel_min < 1:
+            raise ValueError(f"parallel_min must be >= 1, got {self.parallel_min}")

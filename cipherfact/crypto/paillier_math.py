@@ -1,0 +1,127 @@
+"""Paillier arithmetic on raw integers (g = n + 1).
+
+Kept free of scheme objects so that worker processes can rebuild it from plain
+integers: keys never cross a process boundary as pickled objects.
+
+    Enc(m; R) = (1 + m*n) * R mod n**2,   R = r**n  or  R = h_s**a  (DJN)
+    Dec(c)    = L(c**lambda mod n**2) * mu mod n,  or its CRT form per prime.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gmpy2
+
+from cipherfact.crypto.djn import FixedBaseTable
+from cipherfact.crypto.keys import random_unit
+from cipherfact.crypto.options import PaillierOptions
+
+__all__ = ["PaillierMath"]
+
+
+class PaillierMath:
+    """All modular arithmetic for one key, with the fast paths the options select."""
+
+    def __init__(
+        self, n: int, h_s: int | None, p: int | None, q: int | None, options: PaillierOptions
+    ) -> None:
+        fast = options.use_gmpy2
+        self.mpz: Callable[[int], Any] = gmpy2.mpz if fast else int
+        self.powmod: Callable[[Any, Any, Any], Any] = gmpy2.powmod if fast else pow
+        mpz = self.mpz
+        self.options = options
+        self.n = mpz(n)
+        self.n2 = self.n * self.n
+        self.h_s = None if h_s is None else mpz(h_s)
+        self.has_secret = p is not None and q is not None
+        self.crt = options.crt and self.has_secret
+        self.djn = options.djn and h_s is not None and (self.has_secret or options.djn_public)
+        self._tables: tuple[FixedBaseTable, ...] | None = None
+        if p is not None and q is not None:
+            self._init_secret(mpz(p), mpz(q))
+
+    def _init_secret(self, p: Any, q: Any) -> None:
+        inv = gmpy2.invert if self.options.use_gmpy2 else (lambda a, m: pow(int(a), -1, int(m)))
+        self.p, self.q = p, q
+        self.p2, self.q2 = p * p, q * q
+        # decryption by CRT (as phe does): h_p = L_p((n+1)**(p-1) mod p**2)**-1 mod p
+        g = self.n + 1
+        self.hp = self.mpz(inv((self.powmod(g, p - 1, self.p2) - 1) // p, p))
+        self.hq = self.mpz(inv((self.powmod(g, q - 1, self.q2) - 1) // q, q))
+        self.p_inv_q = self.mpz(inv(p, q))
+        # encryption by CRT: r**n mod p**2 = r**(n mod p(p-1)) mod p**2
+        self.en_p = self.n % (p * (p - 1))
+        self.en_q = self.n % (q * (q - 1))
+        self.q2_inv_p2 = self.mpz(inv(self.q2, self.p2))
+        # decryption without CRT: lambda = lcm(p-1, q-1), mu = L(g**lambda)**-1 mod n
+        self.lam = self.mpz(math.lcm(int(p) - 1, int(q) - 1))
+        self.mu = self.mpz(inv((self.powmod(g, self.lam, self.n2) - 1) // self.n, self.n))
+
+    # ---- randomness -----------------------------------------------------------
+    def _crt_n2(self, xp: Any, xq: Any) -> Any:
+        return xq + self.q2 * ((xp - xq) * self.q2_inv_p2 % self.p2)
+
+    def _djn_tables(self) -> tuple[FixedBaseTable, ...]:
+        if self._tables is None:
+            bits, w = self.options.djn_exponent_bits, self.options.djn_window_bits
+            if self.crt:
+                self._tables = (
+                    FixedBaseTable(self.h_s % self.p2, self.p2, bits, w, self.mpz),
+                    FixedBaseTable(self.h_s % self.q2, self.q2, bits, w, self.mpz),
+                )
+            else:
+                self._tables = (FixedBaseTable(self.h_s, self.n2, bits, w, self.mpz),)
+        return self._tables
+
+    def random_factor(self) -> Any:
+        """One fresh n-th residue R (DJN ``h_s**a`` or full ``r**n``)."""
+        if self.djn:
+            a = secrets.randbits(self.options.djn_exponent_bits)
+            tables = self._djn_tables()
+            if self.crt:
+                return self._crt_n2(tables[0].pow(a), tables[1].pow(a))
+            return tables[0].pow(a)
+        r = self.mpz(random_unit(int(self.n)))
+        if self.crt:
+            return self._crt_n2(
+                self.powmod(r % self.p2, self.en_p, self.p2),
+                self.powmod(r % self.q2, self.en_q, self.q2),
+            )
+        return self.powmod(r, self.n, self.n2)
+
+    def random_factors(self, count: int) -> list[Any]:
+        return [self.random_factor() for _ in range(count)]
+
+    # ---- the operations -------------------------------------------------------
+    def encrypt(self, plain: Sequence[int], factors: Sequence[Any]) -> list[Any]:
+        n, n2 = self.n, self.n2
+        return [(1 + self.mpz(m) * n) * r % n2 for m, r in zip(plain, factors, strict=True)]
+
+    def decrypt(self, cts: Sequence[Any]) -> list[int]:
+        if not self.has_secret:
+            raise ValueError("decrypt needs the secret key")
+        out = []
+        if self.crt:
+            p, q, p2, q2 = self.p, self.q, self.p2, self.q2
+            for c in cts:
+                mp = (self.powmod(c % p2, p - 1, p2) - 1) // p * self.hp % p
+                mq = (self.powmod(c % q2, q - 1, q2) - 1) // q * self.hq % q
+                out.append(int(mp + p * ((mq - mp) * self.p_inv_q % q)))
+        else:
+            n, n2 = self.n, self.n2
+            for c in cts:
+                out.append(int((self.powmod(c, self.lam, n2) - 1) // n * self.mu % n))
+        return out
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a * b % self.n2
+
+    def add_plain(self, c: Any, m: int) -> Any:
+        return c * (1 + self.mpz(m) * self.n) % self.n2
+
+    def mul(self, c: Any, k: int) -> Any:
+        return self.powmod(c, self.mpz(k), self.n2)

@@ -1,0 +1,82 @@
+"""A process pool for bulk Paillier work (randomness and decryption).
+
+Workers are started with the ``spawn`` method (safe next to threads, e.g. Ray or
+gRPC) and receive the key as plain integers in their initializer; they rebuild
+their own ``PaillierMath`` (and DJN tables) once. Only integers travel in either
+direction, never key or scheme objects.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from cipherfact.crypto.options import PaillierOptions
+from cipherfact.crypto.paillier_math import PaillierMath
+
+__all__ = ["WorkerPool"]
+
+_MATH: PaillierMath | None = None
+
+
+def _init(n: int, h_s: int | None, p: int | None, q: int | None, options: PaillierOptions) -> None:
+    global _MATH
+    _MATH = PaillierMath(n, h_s, p, q, options)
+
+
+def _factors(count: int) -> list[int]:
+    if _MATH is None:  # pragma: no cover - initializer always runs first
+        raise RuntimeError("worker not initialized")
+    return [int(r) for r in _MATH.random_factors(count)]
+
+
+def _decrypt(cts: list[int]) -> list[int]:
+    if _MATH is None:  # pragma: no cover
+        raise RuntimeError("worker not initialized")
+    return _MATH.decrypt([_MATH.mpz(c) for c in cts])
+
+
+def _split(count: int, parts: int) -> list[int]:
+    base, extra = divmod(count, parts)
+    return [base + (i < extra) for i in range(parts) if base + (i < extra)]
+
+
+class WorkerPool:
+    """Lazily started ``ProcessPoolExecutor`` bound to one key."""
+
+    def __init__(
+        self, processes: int, n: int, h_s: int | None, p: int | None, q: int | None,
+        options: PaillierOptions,
+    ) -> None:
+        self.processes = processes
+        self._initargs = (n, h_s, p, q, options)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init,
+                initargs=self._initargs,
+            )
+        return self._executor
+
+    def random_factors(self, count: int) -> list[int]:
+        """``count`` fresh randomness factors, computed across the workers."""
+        chunks = _split(count, self.processes)
+        return [r for part in self._pool().map(_factors, chunks) for r in part]
+
+    def decrypt(self, cts: Sequence[object]) -> list[int]:
+        """Decrypt ciphertext integers across the workers (order kept)."""
+        ints = [int(c) for c in cts]  # type: ignore[call-overload]
+        size = -(-len(ints) // self.processes)
+        chunks = [ints[i : i + size] for i in range(0, len(ints), size)]
+        return [m for part in self._pool().map(_decrypt, chunks) for m in part]
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

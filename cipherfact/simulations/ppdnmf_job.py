@@ -1,0 +1,315 @@
+"""Build and run a ppdnmf simulation from a scenario.
+
+Everything that can be wrong with the input (data, rank, graph, partition,
+crypto parameters) is checked in ``prepare_job`` before a key is generated,
+so a bad scenario fails in milliseconds with a message naming the culprit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cipherfact.agents.envelope import Envelope
+from cipherfact.crypto import FixedPointCodec, PaillierOptions, generate_scheme, load_public_scheme
+from cipherfact.crypto.base import Scheme
+from cipherfact.data.digits import load_digits_matrix
+from cipherfact.data.matrix_io import load_matrix
+from cipherfact.data.partition import partition_columns
+from cipherfact.data.synthetic import synthetic_nmf
+from cipherfact.protocols.ppdnmf import PPDNMFAgent, PPDNMFConfig, initial_h
+from cipherfact.protocols.references import (
+    ReferenceResult,
+    centralized_nmf,
+    decentralized_nmf_plain,
+    relative_error,
+)
+from cipherfact.simulations.engine import InMemoryEngine
+from cipherfact.simulations.scenario import PPDNMFScenario, ScenarioError
+from cipherfact.simulations.topology import Graph, make_graph
+from cipherfact.solvers import make_solver
+from cipherfact.solvers.base import LocalSolver
+
+
+@dataclass
+class PPDNMFJob:
+    """A validated, ready-to-run ppdnmf job (data, graph, seeds, parameters)."""
+
+    scenario: PPDNMFScenario
+    X: np.ndarray
+    columns: list[np.ndarray]
+    graph: Graph
+    config: PPDNMFConfig
+    codec: FixedPointCodec
+    weight_seeds: list[int]
+    h_seeds: list[int]
+
+    @property
+    def blocks(self) -> list[np.ndarray]:
+        return [self.X[:, c] for c in self.columns]
+
+    @property
+    def n_agents(self) -> int:
+        return self.graph.n_agents
+
+    def initial_h(self) -> list[np.ndarray]:
+        return [
+            initial_h(self.config, self.h_seeds[i], i, len(c)) for i, c in enumerate(self.columns)
+        ]
+
+    def make_solver(self) -> LocalSolver:
+        s = self.scenario.solver
+        return make_solver(s.backend, s.device, rule=s.rule)
+
+
+def load_data(scenario: PPDNMFScenario, rng: np.random.Generator) -> np.ndarray:
+    spec = scenario.data
+    if spec.kind == "synthetic":
+        X = synthetic_nmf(spec.rows, spec.cols, scenario.rank, spec.snr_db, rng=rng).X
+    elif spec.kind == "digits":
+        X = load_digits_matrix()
+    else:
+        X = load_matrix(spec.path)
+    if spec.max_cols is not None:
+        if spec.max_cols < 1:
+            raise ScenarioError(f"data.max_cols must be >= 1, got {spec.max_cols}")
+        X = X[:, : spec.max_cols]
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def check_matrix(X: np.ndarray, rank: int, n_agents: int) -> None:
+    """The checks that must pass before any key is generated."""
+    if X.ndim != 2 or X.size == 0:
+        raise ValueError(f"data matrix must be 2-D and non-empty, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(
+            f"data contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})"
+        )
+    if np.any(X < 0):
+        bad = np.argwhere(X < 0)[0]
+        raise ValueError(
+            f"Negative values in data (first {X[bad[0], bad[1]]:g} at row {bad[0]}, "
+            f"column {bad[1]}); NMF needs X >= 0"
+        )
+    if not 1 <= rank <= min(X.shape):
+        raise ValueError(f"rank must be between 1 and min(rows, cols) = {min(X.shape)}, got {rank}")
+    if n_agents > X.shape[1]:
+        raise ValueError(f"more agents ({n_agents}) than columns ({X.shape[1]}) to split")
+
+
+def _seeds(
+    seed: int, n_agents: int
+) -> tuple[np.random.Generator, np.random.Generator, list[int], list[int], int]:
+    root = np.random.SeedSequence(seed)
+    data_ss, graph_ss, agent_ss, init_ss = root.spawn(4)
+    agent_words = agent_ss.generate_state(2 * n_agents, dtype=np.uint64)
+    weight_seeds = [int(w) for w in agent_words[:n_agents]]
+    h_seeds = [int(w) for w in agent_words[n_agents:]]
+    init_seed = int(init_ss.generate_state(1, dtype=np.uint64)[0])
+    return (
+        np.random.default_rng(data_ss),
+        np.random.default_rng(graph_ss),
+        weight_seeds,
+        h_seeds,
+        init_seed,
+    )
+
+
+def codec_for(scenario: PPDNMFScenario, max_degree: int) -> FixedPointCodec:
+    """Slot layout sized for the exchange: 2 terms per neighbour, two weights per term."""
+    max_terms = 1 << max(1, int(np.ceil(np.log2(2 * max_degree))))
+    return FixedPointCodec(
+        frac_bits=scenario.crypto.frac_bits,
+        int_bits=scenario.crypto.int_bits,
+        scalar_bits=2 * scenario.admm.weight_bits,
+        max_terms=max_terms,
+    )
+
+
+def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMFJob:
+    """Validate everything and fix every seed; generates no keys."""
+    data_rng, graph_rng, weight_seeds, h_seeds, init_seed = _seeds(scenario.seed, scenario.n_agents)
+    if X is None:
+        X = load_data(scenario, data_rng)
+    check_matrix(X, scenario.rank, scenario.n_agents)
+    columns = partition_columns(X.shape[1], scenario.n_agents)
+    topo = scenario.topology
+    graph = make_graph(
+        topo.kind,
+        scenario.n_agents,
+        rng=graph_rng,
+        degree=topo.degree,
+        p=topo.p,
+        radius=topo.radius,
+        k=topo.k,
+        rewire=topo.rewire,
+    )
+    config = PPDNMFConfig(
+        job_id=f"ppdnmf-{scenario.name}-{scenario.seed}",
+        rank=scenario.rank,
+        outer_iters=scenario.outer_iters,
+        inner_iters=scenario.inner_iters,
+        penalty=scenario.admm.penalty,
+        weight_bits=scenario.admm.weight_bits,
+        h_sweeps=scenario.solver.h_sweeps,
+        init_seed=init_seed,
+    )
+    codec = codec_for(scenario, graph.max_degree)
+    if (
+        scenario.crypto.scheme == "paillier"
+        and scenario.crypto.key_bits < 2048
+        and not (scenario.crypto.insecure_test_keys)
+    ):
+        raise ScenarioError(
+            f"crypto.key_bits = {scenario.crypto.key_bits} is below 2048; set "
+            "crypto.insecure_test_keys = true to allow it for tests"
+        )
+    return PPDNMFJob(scenario, X, columns, graph, config, codec, weight_seeds, h_seeds)
+
+
+def generate_keys(
+    job: PPDNMFJob, progress: Callable[[int], None] | None = None
+) -> dict[int, Scheme]:
+    """One key pair per agent (fresh OS randomness; never derived from the seed)."""
+    crypto = job.scenario.crypto
+    schemes: dict[int, Scheme] = {}
+    for i in range(job.n_agents):
+        if crypto.scheme == "paillier":
+            schemes[i] = generate_scheme(
+                "paillier",
+                codec=job.codec,
+                key_bits=crypto.key_bits,
+                insecure_test_keys=crypto.insecure_test_keys,
+                options=PaillierOptions(processes=crypto.processes),
+            )
+        else:
+            schemes[i] = generate_scheme("plain", codec=job.codec)
+        if progress is not None:
+            progress(i)
+    return schemes
+
+
+def build_roles(
+    job: PPDNMFJob, schemes: dict[int, Scheme], *, auto_advance: bool = False
+) -> dict[int, PPDNMFAgent]:
+    name = job.scenario.crypto.scheme
+    codec = job.codec
+
+    def loader(data: bytes) -> Scheme:
+        return load_public_scheme(name, data, codec=codec)
+
+    blocks = job.blocks
+    return {
+        i: PPDNMFAgent(
+            i,
+            blocks[i],
+            job.graph.neighbors(i),
+            job.config,
+            schemes[i],
+            loader,
+            job.make_solver(),
+            weight_seed=job.weight_seeds[i],
+            h_seed=job.h_seeds[i],
+            auto_advance=auto_advance,
+        )
+        for i in range(job.n_agents)
+    }
+
+
+@dataclass
+class OuterMetrics:
+    """One line of metrics.jsonl."""
+
+    outer: int
+    rel_error: float
+    consensus_spread: float
+    bytes: int
+    messages: int
+    crypto_s: float
+    compute_s: float
+    transport_s: float
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def consensus_spread(Ws: list[np.ndarray]) -> float:
+    """max_i ||W_i - mean W||_F / ||mean W||_F: 0 at exact consensus."""
+    mean = sum(Ws) / len(Ws)
+    norm = float(np.linalg.norm(mean))
+    return max(float(np.linalg.norm(W - mean)) for W in Ws) / norm if norm > 0 else 0.0
+
+
+@dataclass
+class PPDNMFRun:
+    """A finished (or interrupted) run: final factors, per-outer metrics, traffic."""
+
+    job: PPDNMFJob
+    W: list[np.ndarray]
+    H: list[np.ndarray]
+    metrics: list[OuterMetrics]
+    bytes_total: int
+    messages_total: int
+    traffic: dict[str, Any] = field(default_factory=dict)
+    keygen_s: float = 0.0
+
+    @property
+    def rel_error(self) -> float:
+        return relative_error(self.job.blocks, self.W, self.H)
+
+
+def run_inmemory(
+    job: PPDNMFJob,
+    *,
+    observer: Callable[[Envelope], None] | None = None,
+    schemes: dict[int, Scheme] | None = None,
+) -> Iterator[tuple[OuterMetrics, dict[int, PPDNMFAgent], InMemoryEngine]]:
+    """Run the job over the in-memory transport, yielding after every outer iteration."""
+    if schemes is None:
+        schemes = generate_keys(job)
+    roles = build_roles(job, schemes)
+    engine = InMemoryEngine(roles, observer=observer)
+    engine.start()
+    blocks = job.blocks
+    for t in range(job.config.outer_iters):
+        before_bytes, before_msgs = engine.stats.bytes_total, engine.stats.messages_total
+        start = time.perf_counter()
+        engine.run_outer()
+        wall = time.perf_counter() - start
+        seconds: dict[str, float] = {"crypto": 0.0, "compute": 0.0}
+        for role in roles.values():
+            for name, value in role.records[-1].seconds.items():
+                seconds[name] = seconds.get(name, 0.0) + value
+        Ws = [roles[i].W for i in range(job.n_agents)]
+        Hs = [roles[i].H for i in range(job.n_agents)]
+        metrics = OuterMetrics(
+            outer=t,
+            rel_error=relative_error(blocks, Ws, Hs),
+            consensus_spread=consensus_spread(Ws),
+            bytes=engine.stats.bytes_total - before_bytes,
+            messages=engine.stats.messages_total - before_msgs,
+            crypto_s=seconds["crypto"],
+            compute_s=seconds["compute"],
+            transport_s=max(0.0, wall - seconds["crypto"] - seconds["compute"]),
+            wall_s=wall,
+        )
+        yield metrics, roles, engine
+
+
+def references(job: PPDNMFJob) -> tuple[ReferenceResult, ReferenceResult]:
+    """Centralized NMF and the crypto-free decentralized algorithm, same start and budget."""
+    solver = job.make_solver()
+    H0 = job.initial_h()
+    W0 = job.config.initial_w(job.X.shape[0])
+    central = centralized_nmf(
+        job.X, W0, np.hstack(H0), job.config.outer_iters, solver, h_sweeps=job.config.h_sweeps
+    )
+    neighbors = [job.graph.neighbors(i) for i in range(job.n_agents)]
+    plain = decentralized_nmf_plain(job.blocks, neighbors, job.config, H0, job.weight_seeds, solver)
+    return central, plain
