@@ -25,11 +25,31 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="inmemory",
-        choices=["inmemory"],
-        help="where the agents run (default: inmemory, one process)",
+        choices=["inmemory", "ray"],
+        help="where the agents run: inmemory (one process, exact replay) or ray "
+        "(actors on this machine or a Ray cluster)",
     )
     p.add_argument(
-        "--out", default=None, help="output folder (default: runs/<scenario>-<scheme>-seed<seed>)"
+        "--ray-address",
+        default=None,
+        help="join an existing Ray cluster (e.g. 'auto' or HOST:PORT); default: start a "
+        "local Ray instance sized to this machine",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="save a checkpoint every K outer iterations into --out (ray backend)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from the last checkpoint in --out (same final result as an "
+        "uninterrupted run)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (default: runs/<scenario>-<backend>-seed<seed>)"
     )
     p.add_argument(
         "--set",
@@ -46,11 +66,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from cipherfact.simulations.scenario import load_scenario
-    from cipherfact.simulations.simulate import simulate
+    from cipherfact.simulations.simulate import SimOptions, simulate
 
     scenario = load_scenario(args.scenario, args.overrides)
-    out = args.out or f"runs/{scenario.name}-{scenario.crypto.scheme}-seed{scenario.seed}"
-    summary = simulate(scenario, out, backend=args.backend, progress=not args.quiet)
+    options = SimOptions(
+        backend=args.backend,
+        progress=not args.quiet,
+        ray_address=args.ray_address,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
+    out = args.out or f"runs/{scenario.name}-{args.backend}-seed{scenario.seed}"
+    summary = simulate(scenario, out, options=options)
     keys = (
         "protocol",
         "scheme",
@@ -97,6 +124,29 @@ def _missing(exc: ImportError) -> int:
     return 2
 
 
+# Modules that add their own subcommands: ``add_subcommands(subparsers)``.
+# Imported only when their command is on the command line.
+PLUGINS = {
+    "agent": "cipherfact.deploy.cli",
+    "deploy": "cipherfact.deploy.cli",
+}
+
+
+def _add_plugins(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
+    loaded = set()
+    for command, module in PLUGINS.items():
+        if command in argv and module not in loaded:
+            try:
+                importlib.import_module(module).add_subcommands(sub)
+                loaded.add(module)
+                continue
+            except ImportError as exc:
+                sub.add_parser(command).set_defaults(func=lambda _a, e=exc: _missing(e))
+                continue
+        if module not in loaded and command not in argv:
+            sub.add_parser(command, help=f"{command} commands (gRPC deployment)")
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cipherfact",
@@ -108,6 +158,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_bench(sub, load="bench" in argv)
+    _add_plugins(sub, argv)
     return parser
 
 

@@ -25,6 +25,7 @@ class TrafficStats:
         default_factory=lambda: defaultdict(int)
     )
     bytes_by_round: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    messages_by_round: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     bytes_by_stage: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     messages_by_stage: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -33,6 +34,7 @@ class TrafficStats:
         self.bytes_by_edge[edge] += env.nbytes
         self.messages_by_edge[edge] += 1
         self.bytes_by_round[env.round] += env.nbytes
+        self.messages_by_round[env.round] += 1
         self.bytes_by_stage[env.stage] += env.nbytes
         self.messages_by_stage[env.stage] += 1
 
@@ -42,6 +44,7 @@ class TrafficStats:
             (other.bytes_by_edge, self.bytes_by_edge),
             (other.messages_by_edge, self.messages_by_edge),
             (other.bytes_by_round, self.bytes_by_round),
+            (other.messages_by_round, self.messages_by_round),
             (other.bytes_by_stage, self.bytes_by_stage),
             (other.messages_by_stage, self.messages_by_stage),
         ):

@@ -70,8 +70,13 @@ class Scheme(ABC):
         """Enc(x) + y -> Enc(x + y) for a plaintext vector y."""
 
     @abstractmethod
-    def mul_scalar(self, a: Ciphertext, k: int) -> Ciphertext:
-        """Enc(x) * k -> Enc(k x) for a Python integer k."""
+    def mul_scalar(self, a: Ciphertext, k: int, *, k_max: int | None = None) -> Ciphertext:
+        """Enc(x) * k -> Enc(k x) for a Python integer k.
+
+        ``k_max`` is a public bound on ``|k|``: schemes whose ciphertexts carry
+        metadata (packed Paillier's slot bound) grow it by ``k_max`` rather than
+        ``|k|``, so a private scalar does not show in the bytes.
+        """
 
     @abstractmethod
     def rerandomize(self, c: Ciphertext) -> Ciphertext:

@@ -267,8 +267,11 @@ class CkksScheme(Scheme):
         )
         return self._wrap(chunks, ca.size)
 
-    def mul_scalar(self, a: Ciphertext, k: int) -> CkksCiphertext:
+    def mul_scalar(self, a: Ciphertext, k: int, *, k_max: int | None = None) -> CkksCiphertext:
         """Enc(x) * k by double-and-add: exact for integers and spends no level.
+
+        ``k_max`` is accepted for interface compatibility: CKKS ciphertexts carry
+        no metadata that depends on ``k``.
 
         TenSEAL's scalar product encodes k at the full scale and rescales,
         consuming a prime of the chain for what is an integer operation.

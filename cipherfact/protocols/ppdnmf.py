@@ -16,8 +16,8 @@ i knows: L_i = ||H_i H_i^T||_2 and the public bound c on rho_ij.
 
 The exchange for one round k (per agent i, per neighbour j):
 
-1. "offer": i encrypts -W_i under its own key and sends each neighbour a
-   re-randomized copy;
+1. "offer": i encrypts -W_i under its own key (fresh randomness every
+   round) and sends the ciphertext to each neighbour;
 2. "reply": j adds W_j in plaintext, multiplies by a_ji, re-randomizes with
    fresh randomness under i's key and sends it back;
 3. i multiplies each reply by a_ij, sums them homomorphically and decrypts
@@ -61,7 +61,7 @@ class PPDNMFConfig:
     outer_iters: int = 100
     inner_iters: int = 30
     penalty: float = 10.0
-    weight_bits: int = 8
+    weight_bits: int = 6
     h_sweeps: int = 1
     init_seed: int = 0
     init_scale: float = 1.0
@@ -86,6 +86,11 @@ class PPDNMFConfig:
         """The common starting W: public, derived from the job's init seed."""
         rng = np.random.default_rng([self.init_seed, 0x57])
         return self.init_scale * rng.uniform(0.0, 1.0, size=(n_rows, self.rank))
+
+    @property
+    def weight_max(self) -> int:
+        """Public bound on every private weight (passed as ``k_max``)."""
+        return 2**self.weight_bits - 1
 
     def weight_scale(self) -> float:
         """rho_ij = weight_scale * a_ij * a_ji."""
@@ -305,7 +310,8 @@ class PPDNMFAgent(StateMachine):
                     f"has {offer.size} values, expected {W_then.size}"
                 )
             diff = peer.add_plain(offer, W_then.ravel())
-            reply = peer.rerandomize(peer.mul_scalar(diff, weight))
+            # k_max: the ciphertext's public metadata must not reveal the private weight.
+            reply = peer.rerandomize(peer.mul_scalar(diff, weight, k_max=self.config.weight_max))
             payload = peer.to_bytes(reply)
         self._answered.add((env.round, env.sender))
         return self._envelope(env.round, STAGE_REPLY, env.sender, payload)
@@ -348,7 +354,8 @@ class PPDNMFAgent(StateMachine):
         )
         with self.profiler.section("crypto"):
             weighted = [
-                self.scheme.mul_scalar(self._replies[j], weights[j]) for j in self.neighbors
+                self.scheme.mul_scalar(self._replies[j], weights[j], k_max=self.config.weight_max)
+                for j in self.neighbors
             ]
             total = self.scheme.sum(weighted)
             d = self.scheme.decrypt(total).reshape(self.W.shape) * self.config.weight_scale()
@@ -375,17 +382,17 @@ class PPDNMFAgent(StateMachine):
         return self._send_offers() + self._drain_buffer()
 
     def _send_offers(self) -> list[Envelope]:
-        """Step 1: Enc_i(-W_i), a fresh re-randomized copy for every neighbour."""
+        """Step 1: one fresh encryption of -W_i per round, the same bytes to every neighbour.
+
+        A fresh encryption is freshly randomized, and the neighbours learn from
+        identical bytes only what the protocol already tells them (that i sent
+        them the same offer); re-randomizing per neighbour would triple the cost
+        of this step for no gain.
+        """
         with self.profiler.section("crypto"):
-            base = self.scheme.encrypt(-self.W.ravel())
-            out = [
-                self._envelope(
-                    self.round, STAGE_OFFER, j, self.scheme.to_bytes(self.scheme.rerandomize(base))
-                )
-                for j in self.neighbors
-            ]
+            payload = self.scheme.to_bytes(self.scheme.encrypt(-self.W.ravel()))
         self._offered = True
-        return out
+        return [self._envelope(self.round, STAGE_OFFER, j, payload) for j in self.neighbors]
 
     def _drain_buffer(self) -> list[Envelope]:
         pending, self._buffered = self._buffered, []

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cipherfact.agents.envelope import Envelope
+from cipherfact.agents.traffic import TrafficStats
 from cipherfact.crypto import FixedPointCodec, PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.crypto.base import Scheme
 from cipherfact.data.digits import load_digits_matrix
@@ -185,7 +186,7 @@ def generate_keys(
                 codec=job.codec,
                 key_bits=crypto.key_bits,
                 insecure_test_keys=crypto.insecure_test_keys,
-                options=PaillierOptions(processes=crypto.processes),
+                options=paillier_options(job),
             )
         else:
             schemes[i] = generate_scheme("plain", codec=job.codec)
@@ -194,14 +195,29 @@ def generate_keys(
     return schemes
 
 
+def paillier_options(job: PPDNMFJob, *, own_key: bool = True) -> PaillierOptions:
+    """Worker processes only for an agent's own key (its decryptions); the public
+    copies of neighbours' keys stay in-process, so processes do not multiply."""
+    crypto = job.scenario.crypto
+    return PaillierOptions(
+        processes=crypto.processes if own_key else 1,
+        parallel_min=2,
+        djn_public=crypto.djn_public,
+    )
+
+
 def build_roles(
     job: PPDNMFJob, schemes: dict[int, Scheme], *, auto_advance: bool = False
 ) -> dict[int, PPDNMFAgent]:
     name = job.scenario.crypto.scheme
     codec = job.codec
 
+    options = paillier_options(job, own_key=False) if name == "paillier" else None
+
     def loader(data: bytes) -> Scheme:
-        return load_public_scheme(name, data, codec=codec)
+        if options is None:
+            return load_public_scheme(name, data, codec=codec)
+        return load_public_scheme(name, data, codec=codec, options=options)
 
     blocks = job.blocks
     return {
@@ -264,42 +280,80 @@ class PPDNMFRun:
         return relative_error(self.job.blocks, self.W, self.H)
 
 
+@dataclass
+class OuterResult:
+    """What any engine reports after an outer iteration (all agents at the boundary).
+
+    ``Ws``/``Hs`` are the agents' current factors, gathered by the simulation
+    harness for metrics only (a deployment never gathers them); ``stats`` is the
+    cumulative traffic so far.
+    """
+
+    metrics: OuterMetrics
+    Ws: list[np.ndarray]
+    Hs: list[np.ndarray]
+    stats: TrafficStats
+
+
+def outer_metrics(
+    job: PPDNMFJob,
+    t: int,
+    Ws: list[np.ndarray],
+    Hs: list[np.ndarray],
+    seconds: dict[str, float],
+    wall: float,
+    bytes_: int,
+    messages: int,
+) -> OuterMetrics:
+    """Metrics of one outer iteration; shared by every engine."""
+    crypto_s, compute_s = seconds.get("crypto", 0.0), seconds.get("compute", 0.0)
+    return OuterMetrics(
+        outer=t,
+        rel_error=relative_error(job.blocks, Ws, Hs),
+        consensus_spread=consensus_spread(Ws),
+        bytes=bytes_,
+        messages=messages,
+        crypto_s=crypto_s,
+        compute_s=compute_s,
+        transport_s=max(0.0, wall - crypto_s - compute_s),
+        wall_s=wall,
+    )
+
+
 def run_inmemory(
     job: PPDNMFJob,
     *,
     observer: Callable[[Envelope], None] | None = None,
     schemes: dict[int, Scheme] | None = None,
-) -> Iterator[tuple[OuterMetrics, dict[int, PPDNMFAgent], InMemoryEngine]]:
+) -> Iterator[OuterResult]:
     """Run the job over the in-memory transport, yielding after every outer iteration."""
     if schemes is None:
         schemes = generate_keys(job)
     roles = build_roles(job, schemes)
     engine = InMemoryEngine(roles, observer=observer)
     engine.start()
-    blocks = job.blocks
     for t in range(job.config.outer_iters):
         before_bytes, before_msgs = engine.stats.bytes_total, engine.stats.messages_total
         start = time.perf_counter()
         engine.run_outer()
         wall = time.perf_counter() - start
-        seconds: dict[str, float] = {"crypto": 0.0, "compute": 0.0}
+        seconds: dict[str, float] = {}
         for role in roles.values():
             for name, value in role.records[-1].seconds.items():
                 seconds[name] = seconds.get(name, 0.0) + value
         Ws = [roles[i].W for i in range(job.n_agents)]
         Hs = [roles[i].H for i in range(job.n_agents)]
-        metrics = OuterMetrics(
-            outer=t,
-            rel_error=relative_error(blocks, Ws, Hs),
-            consensus_spread=consensus_spread(Ws),
-            bytes=engine.stats.bytes_total - before_bytes,
-            messages=engine.stats.messages_total - before_msgs,
-            crypto_s=seconds["crypto"],
-            compute_s=seconds["compute"],
-            transport_s=max(0.0, wall - seconds["crypto"] - seconds["compute"]),
-            wall_s=wall,
+        metrics = outer_metrics(
+            job,
+            t,
+            Ws,
+            Hs,
+            seconds,
+            wall,
+            engine.stats.bytes_total - before_bytes,
+            engine.stats.messages_total - before_msgs,
         )
-        yield metrics, roles, engine
+        yield OuterResult(metrics, Ws, Hs, engine.stats)
 
 
 def references(job: PPDNMFJob) -> tuple[ReferenceResult, ReferenceResult]:

@@ -61,16 +61,28 @@ def _jsonable(value: Any) -> Any:
 class RunWriter:
     """Owns one output folder."""
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, *, append: bool = False) -> None:
+        """``append``: keep an existing ``metrics.jsonl`` (resuming a run)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.metrics_path.write_text("", encoding="utf-8")
+        if not append or not self.metrics_path.exists():
+            self.metrics_path.write_text("", encoding="utf-8")
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
             f.flush()
+
+    def read_all_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics_path)
+
+    def truncate_metrics(self, keep: int) -> None:
+        """Keep the first ``keep`` lines (a resume drops iterations after its checkpoint)."""
+        lines = read_metrics(self.metrics_path)[:keep]
+        self.metrics_path.write_text(
+            "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines), encoding="utf-8"
+        )
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         path = self.out_dir / name

@@ -4,30 +4,78 @@ Output (in ``out_dir``): ``summary.json``, ``metrics.jsonl`` (one line per outer
 iteration, flushed as it goes), ``factors.npz`` (each agent's W_i and H_i),
 ``error.png`` (error per iteration against the references) and ``bytes.png``.
 A run that fails still writes ``summary.json`` with ``status`` saying why.
+
+Each protocol has its own runner, found by name in ``RUNNERS`` (imported
+lazily), and each ppdnmf backend its own engine in ``PPDNMF_ENGINES``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from cipherfact.protocols.ppdnmf import SETUP_ROUND
 from cipherfact.simulations import plots
 from cipherfact.simulations.ppdnmf_job import (
-    PPDNMFRun,
+    OuterResult,
+    PPDNMFJob,
     consensus_spread,
     generate_keys,
     prepare_job,
     references,
+    relative_error,
     run_inmemory,
 )
 from cipherfact.simulations.results import RunWriter, machine_info, package_versions
 from cipherfact.simulations.scenario import PPDNMFScenario, ScenarioError, scenario_to_dict
 
-BACKENDS = ("inmemory",)
+BACKENDS = ("inmemory", "ray")
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Run options that are not part of the scenario (where and how, not what)."""
+
+    backend: str = "inmemory"
+    progress: bool = True
+    ray_address: str | None = None
+    checkpoint_every: int = 0  # 0: no checkpoints
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ScenarioError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.checkpoint_every < 0:
+            raise ScenarioError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+Runner = Callable[[Any, Path, SimOptions], dict[str, Any]]
+
+# protocol name -> "module:function" with the ``Runner`` signature
+RUNNERS: dict[str, str] = {
+    "ppdnmf": "cipherfact.simulations.simulate:simulate_ppdnmf",
+    "csr_fhe_mf": "cipherfact.simulations.recsys_sim:simulate_recsys",
+    "fedmf": "cipherfact.simulations.recsys_sim:simulate_recsys",
+}
+
+# ppdnmf backend -> "module:function" yielding ``OuterResult`` per outer iteration:
+#   engine(job, out_dir: Path, options: SimOptions) -> Iterator[OuterResult]
+PPDNMF_ENGINES: dict[str, str] = {
+    "inmemory": "cipherfact.simulations.simulate:inmemory_engine",
+    "ray": "cipherfact.simulations.ray_engine:run_ray_ppdnmf",
+}
+
+
+def resolve(path: str) -> Any:
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def simulate(
@@ -36,25 +84,46 @@ def simulate(
     *,
     backend: str = "inmemory",
     progress: bool = True,
+    options: SimOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` and write its results folder; returns the summary."""
-    if backend not in BACKENDS:
-        raise ScenarioError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not isinstance(scenario, PPDNMFScenario):
-        raise ScenarioError(f"protocol {scenario.protocol!r} is not runnable by simulate yet")
-    return _simulate_ppdnmf(scenario, Path(out_dir), backend=backend, progress=progress)
+    if options is None:
+        options = SimOptions(backend=backend, progress=progress)
+    runner_path = RUNNERS.get(scenario.protocol)
+    if runner_path is None:
+        raise ScenarioError(
+            f"protocol {scenario.protocol!r} has no simulation runner (known: {sorted(RUNNERS)})"
+        )
+    runner: Runner = resolve(runner_path)
+    return runner(scenario, Path(out_dir), options)
 
 
-def _simulate_ppdnmf(
-    scenario: PPDNMFScenario, out_dir: Path, *, backend: str, progress: bool
-) -> dict[str, Any]:
+def inmemory_engine(job: PPDNMFJob, out_dir: Path, options: SimOptions) -> Iterator[OuterResult]:
+    """Keys generated here, agents in this process, deterministic delivery."""
+    if options.checkpoint_every or options.resume:
+        raise ScenarioError("checkpoints are supported with --backend ray only")
+    bar = tqdm(
+        total=job.n_agents,
+        desc="keys",
+        unit="agent",
+        disable=not options.progress,
+        file=sys.stderr,
+        leave=False,
+    )
+    schemes = generate_keys(job, progress=lambda _i: bar.update(1))
+    bar.close()
+    yield from run_inmemory(job, schemes=schemes)
+
+
+def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions) -> dict[str, Any]:
     job = prepare_job(scenario)  # every input check happens here, before any key
-    writer = RunWriter(out_dir)
+    engine = resolve(PPDNMF_ENGINES[options.backend])
+    writer = RunWriter(out_dir, append=options.resume)
     summary: dict[str, Any] = {
         "protocol": "ppdnmf",
         "scenario": scenario_to_dict(scenario),
         "scheme": scenario.crypto.scheme,
-        "backend": backend,
+        "backend": options.backend,
         "n_agents": job.n_agents,
         "data_shape": list(job.X.shape),
         "graph": {**job.graph.to_dict(), "average_degree": job.graph.average_degree},
@@ -64,91 +133,74 @@ def _simulate_ppdnmf(
         "status": "running",
     }
     started = time.perf_counter()
-    bar = tqdm(
-        total=job.n_agents,
-        desc="keys",
-        unit="agent",
-        disable=not progress,
-        file=sys.stderr,
-        leave=False,
-    )
-    schemes = generate_keys(job, progress=lambda _i: bar.update(1))
-    bar.close()
-    summary["keygen_s"] = time.perf_counter() - started
-
     metrics = []
-    roles: dict[int, Any] = {}
-    engine = None
+    last: OuterResult | None = None
     bar = tqdm(
         total=job.config.outer_iters,
         desc=f"ppdnmf[{scenario.crypto.scheme}]",
         unit="outer",
-        disable=not progress,
+        disable=not options.progress,
         file=sys.stderr,
     )
     try:
-        for m, roles_now, engine_now in run_inmemory(job, schemes=schemes):
-            roles, engine = roles_now, engine_now
+        for last in engine(job, out_dir, options):
+            m = last.metrics
             metrics.append(m)
             writer.append_metrics(m.to_dict())
-            bar.update(1)
+            bar.n = m.outer + 1
             bar.set_postfix(
                 err=f"{m.rel_error:.4f}",
                 spread=f"{m.consensus_spread:.1e}",
                 MB=f"{m.bytes / 1e6:.1f}",
             )
+            bar.refresh()
     except BaseException as exc:
         summary.update(
             status=f"failed: {type(exc).__name__}: {exc}",
             outer_iters_completed=len(metrics),
             wall_s=time.perf_counter() - started,
         )
-        if roles:
-            writer.write_factors(
-                [r.W for r in roles.values()], [r.H for r in roles.values()], job.columns
-            )
+        if last is not None:
+            writer.write_factors(last.Ws, last.Hs, job.columns)
         writer.write_json("summary.json", summary)
         raise
     finally:
         bar.close()
+    if last is None:
+        raise ScenarioError("the engine produced no outer iteration")
     wall = time.perf_counter() - started
-    run = PPDNMFRun(
-        job,
-        [roles[i].W for i in range(job.n_agents)],
-        [roles[i].H for i in range(job.n_agents)],
-        metrics,
-        engine.stats.bytes_total if engine else 0,
-        engine.stats.messages_total if engine else 0,
-        engine.stats.to_dict() if engine else {},
-    )
-    writer.write_factors(run.W, run.H, job.columns)
-
+    writer.write_factors(last.Ws, last.Hs, job.columns)
+    all_metrics = writer.read_all_metrics()  # includes iterations before a resume
+    rel_error = relative_error(job.blocks, last.Ws, last.Hs)
+    setup_bytes = last.stats.bytes_by_round.get(SETUP_ROUND, 0)  # public keys
+    setup_messages = last.stats.messages_by_round.get(SETUP_ROUND, 0)
     central, plain = references(job)
-    gap = (run.rel_error - central.rel_error) / central.rel_error if central.rel_error else 0.0
+    gap = (rel_error - central.rel_error) / central.rel_error if central.rel_error else 0.0
     summary.update(
         status="completed",
-        outer_iters_completed=len(metrics),
-        rel_error=run.rel_error,
+        outer_iters_completed=len(all_metrics),
+        rel_error=rel_error,
         centralized_rel_error=central.rel_error,
         decentralized_plain_rel_error=plain.rel_error,
         rel_error_gap=gap,
-        consensus_spread=consensus_spread(run.W),
+        consensus_spread=consensus_spread(last.Ws),
         wall_s=wall,
-        protocol_s=sum(m.wall_s for m in metrics),
+        protocol_s=sum(m["wall_s"] for m in all_metrics),
         seconds={
-            "crypto": sum(m.crypto_s for m in metrics),
-            "compute": sum(m.compute_s for m in metrics),
-            "transport": sum(m.transport_s for m in metrics),
+            "crypto": sum(m["crypto_s"] for m in all_metrics),
+            "compute": sum(m["compute_s"] for m in all_metrics),
+            "transport": sum(m["transport_s"] for m in all_metrics),
         },
-        bytes_total=run.bytes_total,
-        messages_total=run.messages_total,
-        traffic=run.traffic,
+        bytes_setup=setup_bytes,
+        bytes_total=sum(m["bytes"] for m in all_metrics) + setup_bytes,
+        messages_total=sum(m["messages"] for m in all_metrics) + setup_messages,
+        traffic=last.stats.to_dict(),
     )
     writer.write_json("summary.json", summary)
     plots.plot_error(
         out_dir / "error.png",
         {
-            f"ppdnmf ({scenario.crypto.scheme})": [m.rel_error for m in metrics],
+            f"ppdnmf ({scenario.crypto.scheme})": [m["rel_error"] for m in all_metrics],
             "decentralized, no crypto": plain.history,
             "centralized NMF": central.history,
         },
@@ -156,7 +208,7 @@ def _simulate_ppdnmf(
     )
     plots.plot_bytes(
         out_dir / "bytes.png",
-        [m.bytes for m in metrics],
+        [m["bytes"] for m in all_metrics],
         f"{scenario.name}: bytes on the network ({scenario.crypto.scheme})",
     )
     return summary
