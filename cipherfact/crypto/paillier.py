@@ -32,7 +32,7 @@ from cipherfact.crypto.keys import (
 from cipherfact.crypto.options import PaillierOptions
 from cipherfact.crypto.packed import PackedScheme, fingerprint_of
 from cipherfact.crypto.paillier_math import PaillierMath
-from cipherfact.crypto.parallel import WorkerPool
+from cipherfact.crypto.parallel import SharedDecryptPool, WorkerPool
 
 __all__ = ["PaillierScheme"]
 
@@ -57,7 +57,10 @@ class PaillierScheme(PackedScheme):
     name: ClassVar[str] = "paillier"
 
     def __init__(
-        self, key: PaillierKeyMaterial, *, codec: FixedPointCodec,
+        self,
+        key: PaillierKeyMaterial,
+        *,
+        codec: FixedPointCodec,
         options: PaillierOptions | None = None,
     ) -> None:
         """Internal: use ``generate``, ``from_phe_keys`` or the ``load_*`` functions."""
@@ -69,6 +72,7 @@ class PaillierScheme(PackedScheme):
         self._math = PaillierMath(key.n, key.h_s, key.p, key.q, self.options)
         self._pool: deque[Any] = deque()
         self._workers: WorkerPool | None = None
+        self._shared_pool: SharedDecryptPool | None = None
         if self.options.processes > 1:
             self._workers = WorkerPool(
                 self.options.processes, key.n, key.h_s, key.p, key.q, self.options
@@ -78,16 +82,25 @@ class PaillierScheme(PackedScheme):
     # ---- construction ---------------------------------------------------------
     @classmethod
     def generate(
-        cls, *, codec: FixedPointCodec, key_bits: int = 2048, insecure_test_keys: bool = False,
+        cls,
+        *,
+        codec: FixedPointCodec,
+        key_bits: int = 2048,
+        insecure_test_keys: bool = False,
         options: PaillierOptions | None = None,
     ) -> PaillierScheme:
         """Fresh key pair (``key_bits`` >= 2048 unless ``insecure_test_keys``)."""
-        return cls(generate_key_material(key_bits, insecure_test_keys), codec=codec,
-                   options=options)
+        return cls(
+            generate_key_material(key_bits, insecure_test_keys), codec=codec, options=options
+        )
 
     @classmethod
     def from_public_bytes(
-        cls, data: bytes, *, codec: FixedPointCodec, options: PaillierOptions | None = None,
+        cls,
+        data: bytes,
+        *,
+        codec: FixedPointCodec,
+        options: PaillierOptions | None = None,
         insecure_test_keys: bool = False,
     ) -> PaillierScheme:
         """Public-only scheme from ``public_bytes()`` output."""
@@ -95,7 +108,11 @@ class PaillierScheme(PackedScheme):
 
     @classmethod
     def from_secret_bytes(
-        cls, data: bytes, *, codec: FixedPointCodec, options: PaillierOptions | None = None,
+        cls,
+        data: bytes,
+        *,
+        codec: FixedPointCodec,
+        options: PaillierOptions | None = None,
         insecure_test_keys: bool = False,
     ) -> PaillierScheme:
         """Scheme holding the secret key from ``export_secret_key_bytes()`` output."""
@@ -103,8 +120,13 @@ class PaillierScheme(PackedScheme):
 
     @classmethod
     def from_phe_keys(
-        cls, public_key: Any, private_key: Any = None, *, codec: FixedPointCodec,
-        options: PaillierOptions | None = None, insecure_test_keys: bool = False,
+        cls,
+        public_key: Any,
+        private_key: Any = None,
+        *,
+        codec: FixedPointCodec,
+        options: PaillierOptions | None = None,
+        insecure_test_keys: bool = False,
     ) -> PaillierScheme:
         """Wrap ``phe.PaillierPublicKey`` (and optionally its ``PaillierPrivateKey``).
 
@@ -210,7 +232,17 @@ class PaillierScheme(PackedScheme):
     def _encrypt_ints(self, packed: list[int]) -> list[Any]:
         return self._math.encrypt(packed, self._take_factors(len(packed)))
 
+    def use_shared_pool(self, pool: SharedDecryptPool | None) -> None:
+        """Decrypt through ``pool`` (shared with other keys of this process), or not."""
+        if pool is not None and not (self._math.crt and self._math.has_secret):
+            raise ValueError("a shared decryption pool needs the secret key and CRT decryption")
+        self._shared_pool = pool
+
     def _decrypt_ints(self, cts: Sequence[Any]) -> list[int]:
+        shared = self._shared_pool
+        if shared is not None:
+            m = self._math
+            return shared.decrypt_crt(m.p, m.q, m.hp, m.hq, m.p_inv_q, cts)
         if self._workers is not None and len(cts) >= self.options.parallel_min:
             return self._workers.decrypt(cts)
         return self._math.decrypt(cts)

@@ -12,10 +12,12 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
+import gmpy2
+
 from cipherfact.crypto.options import PaillierOptions
 from cipherfact.crypto.paillier_math import PaillierMath
 
-__all__ = ["WorkerPool"]
+__all__ = ["SharedDecryptPool", "WorkerPool"]
 
 _MATH: PaillierMath | None = None
 
@@ -46,7 +48,12 @@ class WorkerPool:
     """Lazily started ``ProcessPoolExecutor`` bound to one key."""
 
     def __init__(
-        self, processes: int, n: int, h_s: int | None, p: int | None, q: int | None,
+        self,
+        processes: int,
+        n: int,
+        h_s: int | None,
+        p: int | None,
+        q: int | None,
         options: PaillierOptions,
     ) -> None:
         self.processes = processes
@@ -80,3 +87,62 @@ class WorkerPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+
+def _crt_half(prime: int, h: int, c: int) -> int:
+    """m mod prime from ciphertext c: L_p(c**(p-1) mod p**2) * h_p mod p."""
+    p = gmpy2.mpz(prime)
+    p2 = p * p
+    return int((gmpy2.powmod(gmpy2.mpz(c) % p2, p - 1, p2) - 1) // p * h % p)
+
+
+class SharedDecryptPool:
+    """Worker processes shared by every key in this process.
+
+    An in-memory simulation hosts many agents, each with its own key; one pool
+    per key would start (and mostly idle) processes by the dozen. Here each
+    task carries the prime it needs as a plain integer (same process tree, no
+    pickled key objects), and a decryption is split into its two CRT halves,
+    so even a single ciphertext keeps two cores busy.
+    """
+
+    def __init__(self, processes: int) -> None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(f"processes must be a positive int, got {processes!r}")
+        self.processes = processes
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._executor
+
+    def decrypt_crt(
+        self, p: int, q: int, hp: int, hq: int, p_inv_q: int, cts: Sequence[object]
+    ) -> list[int]:
+        """CRT decryption of packed ciphertext integers, halves in parallel (order kept)."""
+        pool = self._pool()
+        ip, iq, ihp, ihq = int(p), int(q), int(hp), int(hq)
+        halves = [
+            (pool.submit(_crt_half, ip, ihp, int(c)), pool.submit(_crt_half, iq, ihq, int(c)))  # type: ignore[call-overload]
+            for c in cts
+        ]
+        out = []
+        for fp, fq in halves:
+            mp, mq = fp.result(), fq.result()
+            out.append(mp + ip * ((mq - mp) * int(p_inv_q) % iq))
+        return out
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> SharedDecryptPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

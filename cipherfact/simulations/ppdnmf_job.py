@@ -18,6 +18,7 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.crypto import FixedPointCodec, PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.crypto.base import Scheme
+from cipherfact.crypto.parallel import SharedDecryptPool
 from cipherfact.data.digits import load_digits_matrix
 from cipherfact.data.matrix_io import load_matrix
 from cipherfact.data.partition import partition_columns
@@ -331,7 +332,25 @@ def run_inmemory(
         schemes = generate_keys(job)
     roles = build_roles(job, schemes)
     engine = InMemoryEngine(roles, observer=observer)
-    engine.start()
+    pool = None
+    if job.scenario.crypto.processes > 1 and job.scenario.crypto.scheme == "paillier":
+        # Agents run one at a time here: let each decryption use every core.
+        pool = SharedDecryptPool(job.scenario.crypto.processes)
+        for scheme in schemes.values():
+            scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
+    try:
+        engine.start()
+        yield from _pump_outer_iterations(job, roles, engine)
+    finally:
+        if pool is not None:
+            for scheme in schemes.values():
+                scheme.use_shared_pool(None)  # type: ignore[attr-defined]
+            pool.close()
+
+
+def _pump_outer_iterations(
+    job: PPDNMFJob, roles: dict[int, PPDNMFAgent], engine: InMemoryEngine
+) -> Iterator[OuterResult]:
     for t in range(job.config.outer_iters):
         before_bytes, before_msgs = engine.stats.bytes_total, engine.stats.messages_total
         start = time.perf_counter()

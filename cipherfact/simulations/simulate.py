@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from cipherfact.protocols.ppdnmf import SETUP_ROUND
-from cipherfact.simulations import plots
+from cipherfact.simulations import graph_plot, plots
+from cipherfact.simulations.network import (
+    NetworkClock,
+    NetworkedOuterResult,
+    NetworkModel,
+    NetworkReport,
+    split_setup,
+)
+from cipherfact.simulations.network import report as network_report
 from cipherfact.simulations.ppdnmf_job import (
     OuterResult,
     PPDNMFJob,
@@ -41,19 +50,38 @@ BACKENDS = ("inmemory", "ray")
 
 @dataclass(frozen=True)
 class SimOptions:
-    """Run options that are not part of the scenario (where and how, not what)."""
+    """Run options that are not part of the scenario (where and how, not what).
+
+    ``network``: link model charged to every envelope (simulated time, reported
+    next to measured compute time; None: no emulation). ``ray_actors``: size of
+    the Ray actor pool (None: one per CPU of the cluster); ``ray_cpus_per_actor``
+    and ``ray_gpus_per_actor`` (None: a fractional share of the cluster's GPUs
+    when the solver runs on CUDA, else 0) are what each actor reserves.
+    """
 
     backend: str = "inmemory"
     progress: bool = True
     ray_address: str | None = None
     checkpoint_every: int = 0  # 0: no checkpoints
     resume: bool = False
+    network: NetworkModel | None = None
+    ray_actors: int | None = None
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ScenarioError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.checkpoint_every < 0:
             raise ScenarioError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ScenarioError(f"ray_actors must be >= 1, got {self.ray_actors}")
+        if not self.ray_cpus_per_actor > 0:
+            raise ScenarioError(f"ray_cpus_per_actor must be > 0, got {self.ray_cpus_per_actor}")
+        if self.ray_gpus_per_actor is not None and self.ray_gpus_per_actor < 0:
+            raise ScenarioError(f"ray_gpus_per_actor must be >= 0, got {self.ray_gpus_per_actor}")
+        if self.network is not None and not isinstance(self.network, NetworkModel):
+            raise TypeError(f"network must be a NetworkModel, got {type(self.network).__name__}")
 
 
 Runner = Callable[[Any, Path, SimOptions], dict[str, Any]]
@@ -95,10 +123,16 @@ def simulate(
             f"protocol {scenario.protocol!r} has no simulation runner (known: {sorted(RUNNERS)})"
         )
     runner: Runner = resolve(runner_path)
-    return runner(scenario, Path(out_dir), options)
+    # One BLAS thread: agents' small products gain nothing from threads, two
+    # busy processes with two threads each were measured 35x slower here, and a
+    # fixed thread count keeps floating-point results reproducible.
+    with threadpool_limits(limits=1):
+        return runner(scenario, Path(out_dir), options)
 
 
-def inmemory_engine(job: PPDNMFJob, out_dir: Path, options: SimOptions) -> Iterator[OuterResult]:
+def inmemory_engine(
+    job: PPDNMFJob, out_dir: Path, options: SimOptions
+) -> Iterator[NetworkedOuterResult]:
     """Keys generated here, agents in this process, deterministic delivery."""
     if options.checkpoint_every or options.resume:
         raise ScenarioError("checkpoints are supported with --backend ray only")
@@ -112,7 +146,69 @@ def inmemory_engine(job: PPDNMFJob, out_dir: Path, options: SimOptions) -> Itera
     )
     schemes = generate_keys(job, progress=lambda _i: bar.update(1))
     bar.close()
-    yield from run_inmemory(job, schemes=schemes)
+    model = options.network
+    clock = NetworkClock(model) if model is not None and model.enabled else None
+    observer = None if clock is None else clock.record
+    for t, result in enumerate(run_inmemory(job, schemes=schemes, observer=observer)):
+        network = setup = None
+        if clock is not None:
+            waves, retrans = clock.drain()
+            setup_waves, outer_waves = split_setup(waves)
+            setup_retrans, outer_retrans = split_setup(retrans)
+            network = network_report(outer_waves, outer_retrans)
+            setup = network_report(setup_waves, setup_retrans) if t == 0 else None
+        yield NetworkedOuterResult(
+            result.metrics, result.Ws, result.Hs, result.stats, network=network,
+            setup_network=setup,
+        )
+
+
+class _Extras:
+    """What engines with network emulation add to the summary (ray: actor facts)."""
+
+    def __init__(self) -> None:
+        self.setup: NetworkReport | None = None
+        self.engine: dict[str, Any] = {}
+        self.emulated = False
+
+    def absorb(self, result: NetworkedOuterResult) -> None:
+        if result.setup_network is not None:
+            self.setup = result.setup_network
+        if result.network is not None:
+            self.emulated = True
+        self.engine = result.engine or self.engine
+
+    @staticmethod
+    def per_agent(job: PPDNMFJob, last: OuterResult) -> dict[int, dict[str, int]]:
+        return graph_plot.per_agent_traffic(
+            job.n_agents, last.stats.bytes_by_edge, last.stats.messages_by_edge
+        )
+
+    def summary(
+        self,
+        job: PPDNMFJob,
+        last: OuterResult,
+        all_metrics: list[dict[str, Any]],
+        protocol_s: float,
+        model: NetworkModel | None,
+    ) -> dict[str, Any]:
+        """Per-agent traffic (since the last start or resume), simulated network time."""
+        out: dict[str, Any] = {
+            "traffic_per_agent": {str(i): t for i, t in self.per_agent(job, last).items()},
+            **self.engine,
+        }
+        if self.emulated:
+            setup_s = self.setup.seconds if self.setup is not None else 0.0
+            network_s = sum(m.get("simulated_network_s", 0.0) for m in all_metrics)
+            out["network"] = {
+                **({} if model is None else model.to_dict()),
+                "setup_s": setup_s,
+                "retransmissions": sum(m.get("retransmissions", 0) for m in all_metrics),
+            }
+            out["simulated_network_s"] = network_s + setup_s
+            # compute measured here + network simulated: the run on that network
+            out["estimated_total_s"] = protocol_s + network_s + setup_s
+        return out
 
 
 def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions) -> dict[str, Any]:
@@ -134,6 +230,7 @@ def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions
     }
     started = time.perf_counter()
     metrics = []
+    extras = _Extras()
     last: OuterResult | None = None
     bar = tqdm(
         total=job.config.outer_iters,
@@ -146,7 +243,13 @@ def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions
         for last in engine(job, out_dir, options):
             m = last.metrics
             metrics.append(m)
-            writer.append_metrics(m.to_dict())
+            record = m.to_dict()
+            if isinstance(last, NetworkedOuterResult):
+                extras.absorb(last)
+                if last.network is not None:
+                    record["simulated_network_s"] = last.network.seconds
+                    record["retransmissions"] = last.network.retransmissions
+            writer.append_metrics(record)
             bar.n = m.outer + 1
             bar.set_postfix(
                 err=f"{m.rel_error:.4f}",
@@ -196,7 +299,18 @@ def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions
         messages_total=sum(m["messages"] for m in all_metrics) + setup_messages,
         traffic=last.stats.to_dict(),
     )
+    summary.update(extras.summary(job, last, all_metrics, summary["protocol_s"], options.network))
     writer.write_json("summary.json", summary)
+    agent_bytes = {
+        i: t["bytes_sent"] + t["bytes_received"] for i, t in extras.per_agent(job, last).items()
+    }
+    graph_plot.plot_traffic_graph(
+        out_dir / "graph.png",
+        job.graph,
+        agent_bytes,
+        dict(last.stats.bytes_by_edge),
+        f"{scenario.name}: traffic per agent ({scenario.crypto.scheme}, {options.backend})",
+    )
     plots.plot_error(
         out_dir / "error.png",
         {
