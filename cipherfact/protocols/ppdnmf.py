@@ -464,7 +464,7 @@ def save_state_npz(state: Mapping[str, Any]) -> bytes:
     """Checkpoint bytes as ``.npz`` (numbers only: no pickle)."""
     buf = io.BytesIO()
     arrays = {k: np.asarray(v) for k, v in state.items() if v is not None}
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

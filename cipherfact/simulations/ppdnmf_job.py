@@ -139,7 +139,7 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
     if X is None:
         X = load_data(scenario, data_rng)
     check_matrix(X, scenario.rank, scenario.n_agents)
-    columns = partition_columns(X.shape[1], scenario.n_agents)
+    columns = partition_columns(X.shape[1], scenario.n_agents, scenario.data.agent_cols)
     topo = scenario.topology
     graph = make_graph(
         topo.kind,

@@ -46,6 +46,7 @@ class DataSpec:
     snr_db: float | None = 20.0
     path: str = ""
     max_cols: int | None = None  # use only the first max_cols columns (digits, file)
+    agent_cols: list[int] | None = None  # columns per agent (default: an even split)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def scenario_type(protocol: str) -> type:
             entry = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ScenarioError(f"protocol {protocol!r} is not available: {exc}") from exc
-    return entry  # type: ignore[return-value]
+    return entry
 
 
 def bundled_scenarios() -> list[str]:
@@ -213,6 +214,9 @@ def _check_value(path: str, value: Any, annotation: Any) -> Any:
         return value
     if annotation is str and isinstance(value, str):
         return value
+    if typing.get_origin(annotation) is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation)
+        return [_check_value(f"{path}[{k}]", v, item) for k, v in enumerate(value)]
     expected = getattr(annotation, "__name__", str(annotation))
     raise ScenarioError(
         f"scenario field {path!r} must be {expected}, got {value!r} ({type(value).__name__})"

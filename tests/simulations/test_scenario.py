@@ -30,6 +30,18 @@ def test_overrides_reach_nested_fields_and_are_typed():
     assert s.topology.kind == "ring" and s.data.snr_db == 10.0
 
 
+def test_uneven_column_split():
+    from cipherfact.simulations.ppdnmf_job import prepare_job
+
+    sizes = [4, 40, 10, 26, 20, 30, 12, 18, 15, 25]
+    job = prepare_job(load_scenario("ppdnmf-synthetic", [f"data.agent_cols={sizes}"]))
+    assert [len(c) for c in job.columns] == sizes
+    with pytest.raises(ValueError, match="sum"):
+        prepare_job(load_scenario("ppdnmf-synthetic", ["data.agent_cols=[1, 2]", "n_agents=2"]))
+    with pytest.raises(ScenarioError, match=r"'data.agent_cols\[1\]' must be int"):
+        load_scenario("ppdnmf-synthetic", ["data.agent_cols=[1, 'x']"])
+
+
 def test_toml_file_and_path_implies_file_data(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('seed = 3\nrank = 2\n[data]\npath = "x.npy"\n')
