@@ -207,17 +207,21 @@ PLUGINS = {
 
 
 def _add_plugins(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
-    loaded = set()
+    """Load a plugin module only when one of its commands is on the command line;
+    otherwise add a light placeholder so ``--help`` still lists the command."""
+    modules: dict[str, list[str]] = {}
     for command, module in PLUGINS.items():
-        if command in argv and module not in loaded:
+        modules.setdefault(module, []).append(command)
+    for module, commands in modules.items():
+        if any(c in argv for c in commands):
             try:
                 importlib.import_module(module).add_subcommands(sub)
-                loaded.add(module)
                 continue
             except ImportError as exc:
-                sub.add_parser(command).set_defaults(func=lambda _a, e=exc: _missing(e))
+                for command in commands:
+                    sub.add_parser(command).set_defaults(func=lambda _a, e=exc: _missing(e))
                 continue
-        if module not in loaded and command not in argv:
+        for command in commands:
             sub.add_parser(command, help=f"{command} commands (gRPC deployment)")
 
 

@@ -1,0 +1,163 @@
+"""``cipherfact agent serve`` and ``cipherfact deploy certs|local``.
+
+Loaded by ``cipherfact.cli`` only when ``agent`` or ``deploy`` is on the
+command line, so ``simulate`` never imports grpc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+INSECURE_WARNING = (
+    "WARNING: insecure mode: agents talk in PLAINTEXT without authentication. "
+    "Anyone on the network can read ciphertexts' routing and impersonate agents. "
+    "Use only for debugging on a trusted loopback."
+)
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """Reuse a placeholder the main CLI may already have added for ``name``."""
+    existing = sub.choices.get(name)
+    if isinstance(existing, argparse.ArgumentParser):
+        return existing
+    return sub.add_parser(name, help=help)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    agent = _parser(sub, "agent", help="run one agent of a deployed job (gRPC + mTLS)")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    serve = agent_sub.add_parser(
+        "serve",
+        help="serve one agent of JOB.toml until the job finishes",
+        description="Run agent ID of the job: generate its key, wait for its neighbours, run "
+        "ppdnmf, write its W_i, H_i and metrics into <job.out>/agent-ID/. Exit 0 when done, "
+        "1 on a failure (named peer and round), 143 on SIGTERM.",
+    )
+    serve.add_argument("--job", required=True, help="path to JOB.toml (same file on every machine)")
+    serve.add_argument("--agent-id", type=int, required=True, help="this agent's id in JOB.toml")
+    group = serve.add_mutually_exclusive_group()
+    group.add_argument("--resume-from", type=int, default=None, metavar="T",
+                       help="resume from this agent's checkpoint at outer iteration T "
+                       "(every agent must pass the same T)")
+    group.add_argument("--resume", action="store_true",
+                       help="resume from this agent's newest checkpoint")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext gRPC when JOB.toml sets job.insecure = true")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every envelope")
+    serve.set_defaults(func=_serve)
+
+    deploy = _parser(sub, "deploy", help="certificates and local multi-process deployments")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    certs = deploy_sub.add_parser("certs", help="create a job CA and one certificate per agent")
+    certs.add_argument("--agents", type=int, required=True, help="number of agents")
+    certs.add_argument("--out", required=True, help="output folder")
+    certs.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    certs.set_defaults(func=_certs)
+
+    local = deploy_sub.add_parser(
+        "local",
+        help="run a scenario as N agent processes on loopback with gRPC and mTLS",
+        description="Start N real agent processes on 127.0.0.1 (free ports, a fresh job CA) "
+        "and gather their results into summary.json, metrics.jsonl and factors.npz in --out.",
+    )
+    local.add_argument("scenario", help="bundled scenario name or path to a .toml file")
+    local.add_argument("--agents", type=int, required=True, help="number of agent processes")
+    local.add_argument("--out", default=None, help="output folder (default runs/<scenario>-grpc)")
+    local.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a scenario field (repeatable)")
+    local.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                       help="each agent checkpoints every K outer iterations")
+    local.add_argument("--resume", action="store_true",
+                       help="resume the job in --out from the newest common checkpoint")
+    local.add_argument("--insecure", action="store_true", help="plaintext gRPC (warns)")
+    local.add_argument("--peer-timeout", type=float, default=60.0, metavar="S",
+                       help="seconds of silence after which an agent gives up (default 60)")
+    local.add_argument("--timeout", type=float, default=None, metavar="S",
+                       help="terminate agents still running after S seconds")
+    local.set_defaults(func=_local)
+
+
+def _setup_logging(verbose: bool, agent_id: int | None = None) -> None:
+    prefix = f"agent {agent_id} " if agent_id is not None else ""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {prefix}%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cipherfact.deploy.jobfile import load_job
+    from cipherfact.deploy.node import Node, NodeError, NodeStoppedError, latest_checkpoint
+
+    _setup_logging(args.verbose, args.agent_id)
+    job = load_job(args.job)
+    if job.insecure and not args.insecure:
+        raise ValueError(f"{args.job} sets job.insecure = true; pass --insecure to allow it")
+    if args.insecure:
+        if not job.insecure:
+            raise ValueError(f"--insecure given but {args.job} does not set job.insecure = true")
+        print(INSECURE_WARNING, file=sys.stderr)
+    job.agent(args.agent_id)  # a bad id fails before any key is generated
+    resume_from = args.resume_from
+    if args.resume:
+        resume_from = latest_checkpoint(job.agent_out(args.agent_id))
+        if resume_from is None:
+            raise ValueError(f"--resume: agent {args.agent_id} has no checkpoint")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    node = Node(job, args.agent_id, resume_from=resume_from, stop=stop)
+    try:
+        result = node.run()
+    except NodeStoppedError as exc:
+        logging.getLogger("cipherfact.deploy").warning("%s", exc)
+        return 143
+    except NodeError as exc:
+        logging.getLogger("cipherfact.deploy").error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("cipherfact.deploy").info(
+        "agent %s completed %s rounds; results in %s", args.agent_id, result["round"],
+        job.agent_out(args.agent_id),
+    )
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cipherfact.deploy.tls import write_job_certs
+
+    files = write_job_certs(args.out, args.agents, days=args.days)
+    print(f"job CA and {len(files)} agent certificates written to {args.out}/ "
+          f"(keep ca-key.pem off the agent machines)", file=sys.stderr)
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from cipherfact.deploy.local import deploy_local
+
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    out = Path(args.out or f"runs/{Path(args.scenario).stem}-grpc")
+    summary = deploy_local(
+        args.scenario,
+        args.agents,
+        out,
+        args.overrides,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        insecure=args.insecure,
+        timeouts={"peer_s": args.peer_timeout},
+        timeout_s=args.timeout,
+    )
+    keys = ("status", "transport", "n_agents", "rel_error", "consensus_spread", "wall_s",
+            "bytes_total", "grpc_bytes_total", "messages_total")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"results written to {out}/ (agent logs in {out}/agents/)", file=sys.stderr)
+    return 0 if summary["status"] == "completed" else 1

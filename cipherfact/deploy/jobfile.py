@@ -1,0 +1,310 @@
+"""``JOB.toml``: what every agent of a deployed job must agree on.
+
+One file, copied to every machine: the scenario (a bundled name or a path,
+plus ``--set``-style overrides, or an inline ``[scenario]`` table), every
+agent's address, the graph (explicit edges, or built from the scenario's
+topology and seed), the certificate paths and the timeouts. Relative paths
+are relative to the job file. Unknown keys are errors, like in scenarios.
+
+Example::
+
+    [job]
+    scenario = "ppdnmf-synthetic"
+    set = ["n_agents=4", "outer_iters=20"]
+    out = "results"            # agent i writes results/agent-i/
+    checkpoint_every = 1       # 0: no checkpoints
+    private_seeds = true       # false: seeds from the scenario (bit-identical to simulate)
+
+    [tls]
+    ca = "certs/ca.pem"
+    cert = "certs/agent-{id}.pem"
+    key = "certs/agent-{id}-key.pem"
+
+    [timeouts]
+    peer_s = 60                # silence that counts as a dead neighbour
+
+    [[agents]]
+    id = 0
+    address = "10.0.0.1:50051"
+    data_path = "/data/my_block.npy"   # optional: this agent's own X_i
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cipherfact.agents.envelope import AgentId
+from cipherfact.deploy.tls import TlsFiles
+from cipherfact.deploy.transport import RetryPolicy
+from cipherfact.simulations.scenario import build_dataclass, load_scenario, scenario_type
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class JobFileError(ValueError):
+    """JOB.toml is missing, malformed, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One agent's entry: where peers dial it, where it listens, its own data."""
+
+    id: AgentId
+    address: str
+    listen: str
+    data_path: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeployJob:
+    """A parsed, validated JOB.toml."""
+
+    path: Path
+    scenario: Any
+    agents: Mapping[AgentId, AgentSpec]
+    out: Path
+    tls_ca: Path | None
+    tls_cert: str
+    tls_key: str
+    insecure: bool = False
+    checkpoint_every: int = 0
+    private_seeds: bool = True
+    peer_timeout_s: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    edges: tuple[tuple[int, int], ...] | None = None
+
+    def agent(self, agent_id: AgentId) -> AgentSpec:
+        spec = self.agents.get(agent_id)
+        if spec is None:
+            raise JobFileError(
+                f"agent id {agent_id} is not in {self.path} (agents {sorted(self.agents)})"
+            )
+        return spec
+
+    def tls_files(self, agent_id: AgentId) -> TlsFiles | None:
+        """This agent's certificate paths, or None in insecure mode."""
+        if self.insecure:
+            return None
+        spec = self.agent(agent_id)
+        if self.tls_ca is None:
+            raise JobFileError(f"{self.path}: [tls] ca is required unless job.insecure = true")
+        cert = spec.cert or self._resolve(self.tls_cert.format(id=agent_id))
+        key = spec.key or self._resolve(self.tls_key.format(id=agent_id))
+        return TlsFiles(self.tls_ca, cert, key)
+
+    def agent_out(self, agent_id: AgentId) -> Path:
+        return self.out / f"agent-{agent_id}"
+
+    def _resolve(self, value: str) -> Path:
+        return resolve_path(self.path.parent, value)
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise JobFileError(
+            f"unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(allowed))})"
+        )
+
+
+def _check_address(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise JobFileError(f"{where} must be a 'host:port' string, got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise JobFileError(f"{where} must be 'host:port', got {value!r}")
+    return value
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
+           where: str) -> Any:
+    value = table.get(key, default)
+    if isinstance(value, bool) and kind is not bool:
+        raise JobFileError(f"{where}.{key} must be {kind}, got {value!r}")
+    if not isinstance(value, kind):
+        raise JobFileError(f"{where}.{key} has the wrong type: {value!r}")
+    return value
+
+
+def _scenario(tree: Mapping[str, Any], job: Mapping[str, Any], base: Path, label: str) -> Any:
+    overrides = job.get("set", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise JobFileError(f"job.set must be a list of 'key=value' strings, got {overrides!r}")
+    inline = tree.get("scenario")
+    source = job.get("scenario")
+    if (inline is None) == (source is None):
+        raise JobFileError("give exactly one of job.scenario (name or path) and a [scenario] table")
+    if source is not None:
+        if not isinstance(source, str):
+            raise JobFileError(f"job.scenario must be a string, got {source!r}")
+        candidate = resolve_path(base, source)
+        ref = str(candidate) if candidate.exists() or source.endswith(".toml") else source
+        return load_scenario(ref, overrides)
+    if not isinstance(inline, dict):
+        raise JobFileError("[scenario] must be a table")
+    from cipherfact.simulations.scenario import apply_overrides
+
+    data = apply_overrides(dict(inline), overrides)
+    data.setdefault("name", label)
+    return build_dataclass(scenario_type(data.get("protocol", "ppdnmf")), data)
+
+
+def load_job(path: str | Path) -> DeployJob:
+    """Read and validate JOB.toml."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"job file {str(path)!r} does not exist")
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(f"job file {str(path)!r} is not valid TOML: {exc}") from exc
+    base = path.resolve().parent
+    _check_keys(tree, {"job", "scenario", "tls", "timeouts", "graph", "agents"}, str(path))
+    job = tree.get("job", {})
+    _check_keys(
+        job,
+        {"scenario", "set", "out", "checkpoint_every", "private_seeds", "insecure"},
+        "[job]",
+    )
+    scenario = _scenario(tree, job, base, path.stem)
+    if scenario.protocol != "ppdnmf":
+        raise JobFileError(
+            f"protocol {scenario.protocol!r} cannot be deployed yet (deployable: ppdnmf)"
+        )
+
+    raw_agents = tree.get("agents")
+    if not isinstance(raw_agents, list) or not raw_agents:
+        raise JobFileError(f"{path} needs one [[agents]] entry per agent")
+    agents: dict[AgentId, AgentSpec] = {}
+    for n, entry in enumerate(raw_agents):
+        where = f"agents[{n}]"
+        _check_keys(entry, {"id", "address", "listen", "data_path", "cert", "key"}, where)
+        agent_id = entry.get("id")
+        if not isinstance(agent_id, int) or isinstance(agent_id, bool) or agent_id < 0:
+            raise JobFileError(f"{where}.id must be an integer >= 0, got {agent_id!r}")
+        if agent_id in agents:
+            raise JobFileError(f"duplicate agent id {agent_id} in {path}")
+        address = _check_address(entry.get("address"), f"{where}.address")
+        listen = _check_address(entry.get("listen", address), f"{where}.listen")
+        opt = {
+            k: resolve_path(base, entry[k]) for k in ("data_path", "cert", "key") if entry.get(k)
+        }
+        agents[agent_id] = AgentSpec(agent_id, address, listen, **opt)
+    if sorted(agents) != list(range(scenario.n_agents)):
+        raise JobFileError(
+            f"{path} lists agents {sorted(agents)}; the scenario has n_agents = "
+            f"{scenario.n_agents}, so ids must be 0..{scenario.n_agents - 1}"
+        )
+
+    tls = tree.get("tls", {})
+    _check_keys(tls, {"ca", "cert", "key"}, "[tls]")
+    insecure = _typed(job, "insecure", bool, False, "job")
+    if not insecure and "ca" not in tls:
+        raise JobFileError(f"{path}: [tls] ca is required unless job.insecure = true")
+
+    timeouts = dict(tree.get("timeouts", {}))
+    _check_keys(
+        timeouts,
+        {"peer_s", "rpc_s", "startup_s", "retries", "backoff_s", "backoff_max_s"},
+        "[timeouts]",
+    )
+    peer_s = timeouts.pop("peer_s", 60.0)
+    if isinstance(peer_s, bool) or not isinstance(peer_s, int | float) or peer_s <= 0:
+        raise JobFileError(f"timeouts.peer_s must be a positive number, got {peer_s!r}")
+    try:
+        retry = RetryPolicy(**timeouts)
+    except (TypeError, ValueError) as exc:
+        raise JobFileError(str(exc)) from exc
+
+    graph = tree.get("graph", {})
+    _check_keys(graph, {"edges"}, "[graph]")
+    edges = None
+    if "edges" in graph:
+        raw = graph["edges"]
+        if not isinstance(raw, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(v, int) for v in e)
+            for e in raw
+        ):
+            raise JobFileError(f"graph.edges must be a list of [i, j] pairs, got {raw!r}")
+        edges = tuple((int(a), int(b)) for a, b in raw)
+
+    checkpoint_every = _typed(job, "checkpoint_every", int, 0, "job")
+    if checkpoint_every < 0:
+        raise JobFileError(f"job.checkpoint_every must be >= 0, got {checkpoint_every}")
+    out = _typed(job, "out", str, "results", "job")
+    return DeployJob(
+        path=path,
+        scenario=scenario,
+        agents=agents,
+        out=resolve_path(base, out),
+        tls_ca=resolve_path(base, tls["ca"]) if "ca" in tls else None,
+        tls_cert=_typed(tls, "cert", str, "agent-{id}.pem", "tls"),
+        tls_key=_typed(tls, "key", str, "agent-{id}-key.pem", "tls"),
+        insecure=insecure,
+        checkpoint_every=checkpoint_every,
+        private_seeds=_typed(job, "private_seeds", bool, True, "job"),
+        peer_timeout_s=float(peer_s),
+        retry=retry,
+        edges=edges,
+    )
+
+
+def render_job(
+    *,
+    scenario: str,
+    overrides: Sequence[str],
+    addresses: Sequence[str],
+    out: str,
+    certs: str | None,
+    checkpoint_every: int = 0,
+    private_seeds: bool = False,
+    listens: Sequence[str] | None = None,
+    timeouts: Mapping[str, float | int] | None = None,
+) -> str:
+    """A JOB.toml text (what ``deploy local`` writes and the docs show)."""
+    import json
+
+    def q(value: str) -> str:
+        return json.dumps(value)  # a TOML basic string is a JSON string for our inputs
+
+    lines = ["[job]", f"scenario = {q(scenario)}"]
+    lines.append("set = [" + ", ".join(q(o) for o in overrides) + "]")
+    lines += [
+        f"out = {q(out)}",
+        f"checkpoint_every = {checkpoint_every}",
+        f"private_seeds = {'true' if private_seeds else 'false'}",
+        f"insecure = {'true' if certs is None else 'false'}",
+        "",
+    ]
+    if certs is not None:
+        lines += [
+            "[tls]",
+            f"ca = {q(certs + '/ca.pem')}",
+            f"cert = {q(certs + '/agent-{id}.pem')}",
+            f"key = {q(certs + '/agent-{id}-key.pem')}",
+            "",
+        ]
+    if timeouts:
+        lines.append("[timeouts]")
+        lines += [f"{k} = {v}" for k, v in timeouts.items()]
+        lines.append("")
+    for i, address in enumerate(addresses):
+        lines += ["[[agents]]", f"id = {i}", f"address = {q(address)}"]
+        if listens is not None:
+            lines.append(f"listen = {q(listens[i])}")
+        lines.append("")
+    return "\n".join(lines)

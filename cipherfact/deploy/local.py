@@ -1,0 +1,244 @@
+"""``cipherfact deploy local``: a real deployment on one machine, for trying it out.
+
+Creates a job CA and certificates, writes JOB.toml with free loopback ports,
+starts one OS process per agent (``cipherfact agent serve``), waits for them,
+and gathers their results into the usual ``summary.json``, ``metrics.jsonl``
+and ``factors.npz``. Only the gathering step sees every agent's factors;
+a real deployment never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cipherfact.deploy.jobfile import load_job, render_job
+from cipherfact.deploy.node import latest_checkpoint
+from cipherfact.deploy.tls import write_job_certs
+from cipherfact.protocols.references import relative_error
+from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
+from cipherfact.simulations.results import RunWriter, machine_info, package_versions
+from cipherfact.simulations.scenario import load_scenario, scenario_to_dict
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_local_job(
+    scenario: str,
+    overrides: Sequence[str],
+    n_agents: int,
+    out: Path,
+    *,
+    checkpoint_every: int = 0,
+    insecure: bool = False,
+    timeouts: Mapping[str, float | int] | None = None,
+    dial_ports: Sequence[int] | None = None,
+    listen_ports: Sequence[int] | None = None,
+) -> Path:
+    """Certificates (unless insecure) and ``out/job.toml`` for ``n_agents`` on loopback.
+
+    ``dial_ports`` differ from ``listen_ports`` only when something sits in
+    between (the wire-bytes benchmark's counting proxy).
+    """
+    if not isinstance(n_agents, int) or n_agents < 2:
+        raise ValueError(f"--agents must be an integer >= 2, got {n_agents!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not insecure and not (out / "certs" / "ca.pem").exists():
+        write_job_certs(out / "certs", n_agents)
+    listen_ports = list(listen_ports or free_ports(n_agents))
+    dial = list(dial_ports or listen_ports)
+    scenario_ref = str(Path(scenario).resolve()) if Path(scenario).exists() else scenario
+    text = render_job(
+        scenario=scenario_ref,
+        overrides=[*overrides, f"n_agents={n_agents}"],
+        addresses=[f"{LOOPBACK}:{p}" for p in dial],
+        listens=[f"{LOOPBACK}:{p}" for p in listen_ports],
+        out="agents",
+        certs=None if insecure else "certs",
+        checkpoint_every=checkpoint_every,
+        private_seeds=False,  # reproduce `simulate` bit for bit (see docs/deploying.md)
+        timeouts=timeouts,
+    )
+    path = out / "job.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def agent_command(job: Path, agent_id: int, *, resume_from: int | None = None,
+                  insecure: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "cipherfact.cli", "agent", "serve", "--job", str(job),
+           "--agent-id", str(agent_id)]
+    if resume_from is not None:
+        cmd += ["--resume-from", str(resume_from)]
+    if insecure:
+        cmd.append("--insecure")
+    return cmd
+
+
+def launch(job: Path, n_agents: int, *, resume_from: int | None = None,
+           insecure: bool = False) -> list[subprocess.Popen[bytes]]:
+    """Start one process per agent; each logs to ``agents/agent-<i>/agent.log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    procs = []
+    for i in range(n_agents):
+        folder = job.parent / "agents" / f"agent-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "agent.log").open("ab") as logf:
+            procs.append(subprocess.Popen(
+                agent_command(job, i, resume_from=resume_from, insecure=insecure),
+                stdout=logf, stderr=subprocess.STDOUT, env=env,
+            ))
+    return procs
+
+
+def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None) -> list[int]:
+    """Exit codes; processes still running at ``timeout`` are terminated (SIGTERM)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        left = None if deadline is None else max(0.1, deadline - time.monotonic())
+        try:
+            codes.append(p.wait(timeout=left))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            codes.append(p.wait(timeout=30))
+    return codes
+
+
+def resume_point(job: Path, n_agents: int) -> int:
+    """The newest outer iteration every agent has a checkpoint for."""
+    outs = [latest_checkpoint(job.parent / "agents" / f"agent-{i}") for i in range(n_agents)]
+    if any(o is None for o in outs):
+        missing = [i for i, o in enumerate(outs) if o is None]
+        raise ValueError(f"cannot resume: agents {missing} have no checkpoint")
+    return min(o for o in outs if o is not None)
+
+
+def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any]:
+    """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz."""
+    deploy = load_job(job_path)
+    scenario = deploy.scenario
+    job = prepare_job(scenario)
+    out = job_path.parent
+    n = job.n_agents
+    results: list[dict[str, Any]] = []
+    for i in range(n):
+        path = deploy.agent_out(i) / "result.json"
+        results.append(json.loads(path.read_text()) if path.exists() else {"status": "no result"})
+    summary: dict[str, Any] = {
+        "protocol": "ppdnmf",
+        "backend": "grpc",
+        "transport": "insecure" if deploy.insecure else "mTLS",
+        "scenario": scenario_to_dict(scenario),
+        "scheme": scenario.crypto.scheme,
+        "n_agents": n,
+        "data_shape": list(job.X.shape),
+        "graph": {**job.graph.to_dict(), "average_degree": job.graph.average_degree},
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "exit_codes": list(codes),
+        "agents": {str(i): {k: r.get(k) for k in ("status", "round", "bytes_sent",
+                                                    "grpc_bytes_sent", "wall_s")}
+                   for i, r in enumerate(results)},
+        "wall_s": wall_s,
+    }
+    ok = all(r.get("status") == "completed" for r in results) and not any(codes)
+    summary["status"] = "completed" if ok else "failed: " + "; ".join(
+        f"agent {i}: {r.get('status')}" for i, r in enumerate(results)
+        if r.get("status") != "completed"
+    )
+    writer = RunWriter(out)
+    per_agent = []
+    for i in range(n):
+        mpath = deploy.agent_out(i) / "metrics.jsonl"
+        lines = mpath.read_text().splitlines() if mpath.exists() else []
+        per_agent.append({m["outer"]: m for m in map(json.loads, filter(None, lines))})
+    norm2 = float(np.linalg.norm(job.X) ** 2)
+    common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
+    for t in common:
+        rows = [per_agent[i][t] for i in range(n)]
+        sq = sum(r["local_sq_error"] for r in rows)
+        writer.append_metrics({
+            "outer": t,
+            "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
+            "bytes": sum(r["bytes_sent"] for r in rows),
+            "messages": sum(r["messages_sent"] for r in rows),
+            "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
+            "crypto_s": sum(r["crypto_s"] for r in rows),
+            "compute_s": sum(r["compute_s"] for r in rows),
+            "wall_s": max(r["wall_s"] for r in rows),
+        })
+    if ok:
+        Ws, Hs = [], []
+        for i in range(n):
+            with np.load(deploy.agent_out(i) / "factors.npz", allow_pickle=False) as f:
+                Ws.append(f["W"])
+                Hs.append(f["H"])
+        writer.write_factors(Ws, Hs, job.columns)
+        summary.update(
+            rel_error=relative_error(job.blocks, Ws, Hs),
+            consensus_spread=consensus_spread(Ws),
+            outer_iters_completed=scenario.outer_iters,
+        )
+    summary.update(
+        bytes_total=sum(r.get("bytes_sent", 0) for r in results),
+        bytes_setup=sum(r.get("setup_bytes_sent", 0) for r in results),
+        messages_total=sum(r.get("messages_sent", 0) for r in results),
+        grpc_bytes_total=sum(r.get("grpc_bytes_sent", 0) for r in results),
+    )
+    writer.write_json("summary.json", summary)
+    return summary
+
+
+def deploy_local(
+    scenario: str,
+    n_agents: int,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    insecure: bool = False,
+    timeouts: Mapping[str, float | int] | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run a whole job as ``n_agents`` local processes; returns the gathered summary."""
+    out = Path(out)
+    load_scenario(scenario, [*overrides, f"n_agents={n_agents}"])  # fail fast on a bad scenario
+    resume_from = None
+    if resume:
+        job_path = out / "job.toml"
+        if not job_path.exists():
+            raise FileNotFoundError(f"cannot resume: {job_path} does not exist")
+        resume_from = resume_point(job_path, n_agents)
+    job_path = write_local_job(scenario, overrides, n_agents, out,
+                               checkpoint_every=checkpoint_every, insecure=insecure,
+                               timeouts=timeouts)
+    started = time.perf_counter()
+    procs = launch(job_path, n_agents, resume_from=resume_from, insecure=insecure)
+    codes = wait_all(procs, timeout_s)
+    return gather(job_path, time.perf_counter() - started, codes)
