@@ -26,7 +26,7 @@ import numpy as np
 from cipherfact.agents.agent import Agent, AgentError
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.transport import TransportError
-from cipherfact.crypto import generate_scheme, load_public_scheme
+from cipherfact.crypto import load_public_scheme
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.data.matrix_io import load_matrix
@@ -43,9 +43,10 @@ from cipherfact.protocols.ppdnmf import (
 )
 from cipherfact.simulations.ppdnmf_job import (
     PPDNMFJob,
+    build_role,
     check_matrix,
     codec_for,
-    paillier_options,
+    generate_key,
     prepare_job,
 )
 from cipherfact.simulations.topology import Graph
@@ -106,40 +107,15 @@ def plan_node(deploy: DeployJob, agent_id: AgentId) -> NodePlan:
     return NodePlan(agent_id, job, graph, X_i, columns, weight_seed, h_seed)
 
 
-def own_scheme(job: PPDNMFJob) -> Scheme:
-    """This agent's key pair, as ``generate_keys`` makes it for one agent."""
-    crypto = job.scenario.crypto
-    if crypto.scheme == "paillier":
-        return generate_scheme(
-            "paillier",
-            codec=job.codec,
-            key_bits=crypto.key_bits,
-            insecure_test_keys=crypto.insecure_test_keys,
-            options=paillier_options(job),
-        )
-    return generate_scheme("plain", codec=job.codec)
-
-
-def build_role(plan: NodePlan, scheme: Scheme) -> PPDNMFAgent:
+def node_role(plan: NodePlan, scheme: Scheme) -> PPDNMFAgent:
     """The agent's state machine; the node (not the role) begins each outer iteration,
     so that it can checkpoint at the boundary first."""
-    job = plan.job
-    name = job.scenario.crypto.scheme
-    options = paillier_options(job, own_key=False) if name == "paillier" else None
-
-    def loader(data: bytes) -> Scheme:
-        if options is None:
-            return load_public_scheme(name, data, codec=job.codec)
-        return load_public_scheme(name, data, codec=job.codec, options=options)
-
-    return PPDNMFAgent(
+    return build_role(
+        plan.job,
         plan.agent_id,
-        plan.X,
-        plan.graph.neighbors(plan.agent_id),
-        job.config,
         scheme,
-        loader,
-        job.make_solver(),
+        X=plan.X,
+        neighbors=plan.graph.neighbors(plan.agent_id),
         weight_seed=plan.weight_seed,
         h_seed=plan.h_seed,
         auto_advance=False,
@@ -219,8 +195,8 @@ class Node:
         started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         plan = plan_node(self.deploy, self.agent_id)
-        scheme = own_scheme(plan.job)
-        role = self.role = build_role(plan, scheme)
+        scheme = generate_key(plan.job)
+        role = self.role = node_role(plan, scheme)
         if self.resume_from is not None:
             path = checkpoint_path(self.out, self.resume_from)
             if not path.is_file():

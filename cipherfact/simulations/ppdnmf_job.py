@@ -174,67 +174,87 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
     return PPDNMFJob(scenario, X, columns, graph, config, codec, weight_seeds, h_seeds)
 
 
+def generate_key(job: PPDNMFJob) -> Scheme:
+    """One agent's key pair (fresh OS randomness; never derived from the seed)."""
+    crypto = job.scenario.crypto
+    if crypto.scheme == "paillier":
+        return generate_scheme(
+            "paillier",
+            codec=job.codec,
+            key_bits=crypto.key_bits,
+            insecure_test_keys=crypto.insecure_test_keys,
+            options=paillier_options(job),
+        )
+    return generate_scheme("plain", codec=job.codec)
+
+
 def generate_keys(
     job: PPDNMFJob, progress: Callable[[int], None] | None = None
 ) -> dict[int, Scheme]:
-    """One key pair per agent (fresh OS randomness; never derived from the seed)."""
-    crypto = job.scenario.crypto
+    """One key pair per agent."""
     schemes: dict[int, Scheme] = {}
     for i in range(job.n_agents):
-        if crypto.scheme == "paillier":
-            schemes[i] = generate_scheme(
-                "paillier",
-                codec=job.codec,
-                key_bits=crypto.key_bits,
-                insecure_test_keys=crypto.insecure_test_keys,
-                options=paillier_options(job),
-            )
-        else:
-            schemes[i] = generate_scheme("plain", codec=job.codec)
+        schemes[i] = generate_key(job)
         if progress is not None:
             progress(i)
     return schemes
 
 
 def paillier_options(job: PPDNMFJob, *, own_key: bool = True) -> PaillierOptions:
-    """Worker processes only for an agent's own key (its decryptions); the public
-    copies of neighbours' keys stay in-process, so processes do not multiply."""
-    crypto = job.scenario.crypto
-    return PaillierOptions(
-        processes=crypto.processes if own_key else 1,
-        parallel_min=2,
-        djn_public=crypto.djn_public,
+    """Options for every Paillier key of the job, own or a neighbour's.
+
+    No per-key worker processes: a simulation hosts many keys per process, so
+    ``crypto.processes`` sizes one shared decryption pool instead (see
+    ``run_inmemory``), and the Ray and gRPC backends already run a process
+    per core or per agent.
+    """
+    return PaillierOptions(processes=1, djn_public=job.scenario.crypto.djn_public)
+
+
+def peer_loader(job: PPDNMFJob) -> Callable[[bytes], Scheme]:
+    """Turns a neighbour's public-key bytes into a public-only scheme (validated)."""
+    name, codec = job.scenario.crypto.scheme, job.codec
+    options = paillier_options(job) if name == "paillier" else None
+
+    def load(data: bytes) -> Scheme:
+        if options is None:
+            return load_public_scheme(name, data, codec=codec)
+        return load_public_scheme(name, data, codec=codec, options=options)
+
+    return load
+
+
+def build_role(
+    job: PPDNMFJob,
+    agent_id: int,
+    scheme: Scheme,
+    *,
+    X: np.ndarray | None = None,
+    neighbors: tuple[int, ...] | None = None,
+    weight_seed: int | None = None,
+    h_seed: int | None = None,
+    auto_advance: bool = False,
+) -> PPDNMFAgent:
+    """Agent ``agent_id``'s state machine; a deployment passes its own block and seeds."""
+    return PPDNMFAgent(
+        agent_id,
+        job.blocks[agent_id] if X is None else X,
+        job.graph.neighbors(agent_id) if neighbors is None else neighbors,
+        job.config,
+        scheme,
+        peer_loader(job),
+        job.make_solver(),
+        weight_seed=job.weight_seeds[agent_id] if weight_seed is None else weight_seed,
+        h_seed=job.h_seeds[agent_id] if h_seed is None else h_seed,
+        auto_advance=auto_advance,
     )
 
 
 def build_roles(
     job: PPDNMFJob, schemes: dict[int, Scheme], *, auto_advance: bool = False
 ) -> dict[int, PPDNMFAgent]:
-    name = job.scenario.crypto.scheme
-    codec = job.codec
-
-    options = paillier_options(job, own_key=False) if name == "paillier" else None
-
-    def loader(data: bytes) -> Scheme:
-        if options is None:
-            return load_public_scheme(name, data, codec=codec)
-        return load_public_scheme(name, data, codec=codec, options=options)
-
-    blocks = job.blocks
     return {
-        i: PPDNMFAgent(
-            i,
-            blocks[i],
-            job.graph.neighbors(i),
-            job.config,
-            schemes[i],
-            loader,
-            job.make_solver(),
-            weight_seed=job.weight_seeds[i],
-            h_seed=job.h_seeds[i],
-            auto_advance=auto_advance,
-        )
-        for i in range(job.n_agents)
+        i: build_role(job, i, schemes[i], auto_advance=auto_advance) for i in range(job.n_agents)
     }
 
 
