@@ -99,11 +99,17 @@ class SlotLayout:
         """Per-user and per-item sums of per-slot rows ``X`` (nnz x F)."""
         F = X.shape[1]
         by_user = np.stack(
-            [np.bincount(self.slot_users, weights=X[:, f], minlength=self.n_users) for f in range(F)],
+            [
+                np.bincount(self.slot_users, weights=X[:, f], minlength=self.n_users)
+                for f in range(F)
+            ],
             axis=1,
         )
         by_item = np.stack(
-            [np.bincount(self.slot_items, weights=X[:, f], minlength=self.n_items) for f in range(F)],
+            [
+                np.bincount(self.slot_items, weights=X[:, f], minlength=self.n_items)
+                for f in range(F)
+            ],
             axis=1,
         )
         return by_user, by_item
@@ -220,6 +226,11 @@ def secure_uniform(shape: tuple[int, ...], bound: float) -> np.ndarray:
 #: (double-precision decoding; measured here for the sets below with masks up
 #: to the headroom). The planner uses it to predict the error masks cause.
 PRECISION_BITS = 35
+#: A product of two ciphertexts from which plaintext masks of magnitude m were
+#: removed carries an error of about m**2 * 2**-PRODUCT_PRECISION_BITS
+#: (measured: m = 2**20 -> ~2e-4, m = 2**23 -> ~1.6e-2, at both 30- and 40-bit
+#: scales); it bounds the masks on the factors RS gets back from the CSP.
+PRODUCT_PRECISION_BITS = 52
 
 #: Parameter sets the planner considers, cheapest first. Beyond the named sets,
 #: 30-bit scales trade a little precision for 10 more bits of mask headroom.
@@ -242,6 +253,13 @@ class PlannedParams:
     value_bits: int
     mask_bits: int
     predicted_error: float
+    factor_bits: int = 2
+    factor_mask_bits: int = 16
+
+    @property
+    def factor_masked_bound(self) -> float:
+        """Largest |factor + mask| the CSP may hold: factor bound * (2**factor_mask_bits + 1)."""
+        return 2.0**self.factor_bits * (2.0**self.factor_mask_bits + 1.0)
 
     @property
     def masked_bound(self) -> float:
@@ -255,6 +273,8 @@ def plan_csr_params(
     mask_bits: int,
     params: str = "auto",
     max_error: float = 1e-2,
+    factor_bound: float = 4.0,
+    factor_mask_bits: int = 16,
 ) -> PlannedParams:
     """Pick (or check) a CKKS set that fits ``depth`` and values masked by ``mask_bits``.
 
@@ -262,7 +282,10 @@ def plan_csr_params(
     value_bound * 2**mask_bits (statistical distance <= 2**-mask_bits) reaches
     value_bound * (2**mask_bits + 1); it must stay below the set's
     ``max_abs_value`` at the last level, and the decoding error it causes
-    (about magnitude * 2**-35) must stay below ``max_error``.
+    (about magnitude * 2**-35) must stay below ``max_error``. The factors the
+    CSP returns are masked with ``factor_mask_bits`` over ``factor_bound``; RS
+    removes those masks before multiplying, which costs an error of about
+    (factor_bound * 2**factor_mask_bits)**2 * 2**-52, also checked.
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
@@ -272,6 +295,23 @@ def plan_csr_params(
         raise ValueError(f"value_bound must be finite and > 0, got {value_bound!r}")
     if not (math.isfinite(max_error) and max_error > 0):
         raise ValueError(f"max_error must be finite and > 0, got {max_error!r}")
+    if (
+        isinstance(factor_mask_bits, bool)
+        or not isinstance(factor_mask_bits, int)
+        or not 0 <= factor_mask_bits <= 60
+    ):
+        raise ValueError(f"factor_mask_bits must be an int in [0, 60], got {factor_mask_bits!r}")
+    if not (math.isfinite(factor_bound) and factor_bound > 0):
+        raise ValueError(f"factor_bound must be finite and > 0, got {factor_bound!r}")
+    factor_bits = max(0, math.ceil(math.log2(factor_bound)))
+    product_error = (2.0 ** (factor_bits + factor_mask_bits)) ** 2 * 2.0**-PRODUCT_PRECISION_BITS
+    if product_error > max_error:
+        most = (PRODUCT_PRECISION_BITS + math.floor(math.log2(max_error))) // 2 - factor_bits
+        raise InsecureParameterError(
+            f"factor_mask_bits={factor_mask_bits} with factors up to 2**{factor_bits} makes "
+            f"products err by about {product_error:.1e} > max_error={max_error:g}; use "
+            f"factor_mask_bits <= {max(most, 0)} or allow a larger max_error"
+        )
     value_bits = max(0, math.ceil(math.log2(value_bound)))
     magnitude = 2.0**value_bits * (2.0**mask_bits + 1.0)
     error = magnitude * 2.0**-PRECISION_BITS
@@ -297,7 +337,16 @@ def plan_csr_params(
         chosen = CSR_PARAM_SETS
     for name, p in chosen.items():
         if p.max_depth >= depth and magnitude < p.max_abs_value:
-            return PlannedParams(name, p, depth, value_bits, mask_bits, error)
+            return PlannedParams(
+                name,
+                p,
+                depth,
+                value_bits,
+                mask_bits,
+                max(error, product_error),
+                factor_bits,
+                factor_mask_bits,
+            )
     if params != "auto":
         p = chosen[params]
         if p.max_depth < depth:

@@ -1,0 +1,435 @@
+"""Run a csr_fhe_mf or fedmf scenario in memory and write its results folder.
+
+Output: ``summary.json``, ``metrics.jsonl`` (one line per epoch, appended and
+flushed as it goes), ``rmse.png`` and ``bytes.png``. A failed run still writes
+``summary.json`` with ``status`` saying why.
+
+RMSE is measured outside the protocol: for csr_fhe_mf by combining the CSP's
+masked factors with RS's masks (a measurement hook no party has), for fedmf
+from the users' vectors and the server's Enc(V) decrypted with the users' key.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cipherfact.agents.envelope import AgentId
+from cipherfact.data.ratings import (
+    Ratings,
+    RatingsSplit,
+    load_ratings,
+    load_train_test,
+    split_last_k,
+    split_random,
+    synthetic_ratings,
+)
+from cipherfact.protocols.base import Profiler
+from cipherfact.simulations.engine import InMemoryEngine
+from cipherfact.simulations.recsys_scenario import CsrFheMFScenario, FedMFScenario, RatingsSpec
+from cipherfact.simulations.results import RunWriter, machine_info, package_versions
+from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
+from cipherfact.solvers.ratings import fit_ratings_mf
+from cipherfact.solvers.ratings import rmse as mf_rmse
+
+__all__ = ["RecsysRun", "load_split", "simulate_recsys"]
+
+
+def load_split(spec: RatingsSpec, seed: int) -> RatingsSplit:
+    """The scenario's train/test ratings (synthetic, one file split, or two files)."""
+    rng = np.random.default_rng([seed, 0x5254])
+    cols = {
+        "user_col": spec.user_col or None,
+        "item_col": spec.item_col or None,
+        "rating_col": spec.rating_col or None,
+        "timestamp_col": spec.timestamp_col or None,
+    }
+    try:
+        if spec.source == "explicit":
+            return load_train_test(spec.train, spec.test, fmt=spec.format, **cols)  # type: ignore[arg-type]
+        if spec.source == "file":
+            ratings = load_ratings(spec.path, fmt=spec.format, **cols)  # type: ignore[arg-type]
+        else:
+            ratings = synthetic_ratings(
+                spec.n_users,
+                spec.n_items,
+                spec.rank,
+                spec.density,
+                rng=rng,
+                noise=spec.noise,
+                scale=(spec.scale_low, spec.scale_high),
+            )
+        if spec.split == "last_k":
+            return split_last_k(ratings, spec.last_k)
+        return split_random(ratings, spec.test_fraction, rng)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"data: {exc}") from exc
+
+
+def _rmse(U: np.ndarray, V: np.ndarray, data: Ratings, offset: float) -> float:
+    if data.n_ratings == 0:
+        return float("nan")
+    pred = offset + np.einsum("sf,sf->s", U[data.users], V[data.items])
+    return float(np.sqrt(np.mean((data.values - pred) ** 2)))
+
+
+def _by_user(data: Ratings, u: int) -> tuple[np.ndarray, np.ndarray]:
+    mask = data.users == u
+    return data.items[mask], data.values[mask]
+
+
+@dataclass
+class RecsysRun:
+    """A built job: roles, how to read factors, the twin's curve, party groups."""
+
+    roles: dict[AgentId, Any]
+    profilers: dict[str, Profiler]
+    groups: dict[AgentId, str]
+    factors: Callable[[], tuple[np.ndarray, np.ndarray]]
+    twin: list[tuple[np.ndarray, np.ndarray]]
+    offset: float
+    epochs: int
+    info: dict[str, Any]
+
+
+def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
+    """Keys, roles and the plaintext twin of a csr_fhe_mf job."""
+    from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
+    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf_layout import SlotLayout
+
+    train = split.train
+    c = scenario.crypto
+    pad = c.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
+    try:
+        cfg = csr.CsrFheMFConfig(
+            job_id=scenario.name,
+            n_users=train.n_users,
+            n_items=train.n_items,
+            n_factors=scenario.n_factors,
+            epochs=scenario.epochs,
+            lr=scenario.lr,
+            reg=scenario.reg,
+            init_scale=scenario.init_scale,
+            init_seed=scenario.seed,
+            rating_offset=scenario.rating_offset,
+            mask_bits=c.mask_bits,
+            value_bound=c.value_bound,
+            factor_mask_bits=c.factor_mask_bits,
+            factor_bound=c.factor_bound,
+            max_error=c.max_error,
+            ckks_params=c.params,
+            hide_pattern=c.hide_pattern,
+            pad_to=pad if c.hide_pattern else 0,
+        )
+    except ValueError as exc:  # includes InsecureParameterError from the planner
+        raise ScenarioError(f"csr_fhe_mf: {exc}") from exc
+    planned = cfg.plan()
+    scheme = make_ckks_scheme(planned.params)
+    profs = {"rs": Profiler(), "csp": Profiler(), "users": Profiler()}
+    rs = csr.RecommenderServer(cfg, load_public_ckks, profs["rs"])
+    csp = csr.CryptoServiceProvider(cfg, scheme, profs["csp"])
+    roles: dict[AgentId, Any] = {csr.RS_ID: rs, csr.CSP_ID: csp}
+    groups = {csr.RS_ID: "rs", csr.CSP_ID: "csp"}
+    entries = []
+    for u in range(cfg.n_users):
+        items, values = _by_user(train, u)
+        seed = [scenario.seed, 0x5544, u]
+        roles[csr.user_id(u)] = csr.CsrUser(
+            u, items, values, cfg, load_public_ckks, np.random.default_rng(seed), profs["users"]
+        )
+        entries.append(csr.user_entries(items, values, cfg, np.random.default_rng(seed)))
+        groups[csr.user_id(u)] = "users"
+    layout = SlotLayout(
+        np.repeat(np.arange(cfg.n_users), [e[0].size for e in entries]),
+        np.concatenate([e[0] for e in entries]),
+        cfg.n_users,
+        cfg.n_items,
+        planned.params.slot_count,
+    )
+    twin: list[tuple[np.ndarray, np.ndarray]] = []
+    csr.run_twin(
+        layout,
+        np.concatenate([e[1] for e in entries]),
+        np.concatenate([e[2] for e in entries]),
+        cfg,
+        lambda _e, U, V: twin.append((U.copy(), V.copy())),
+    )
+
+    def factors() -> tuple[np.ndarray, np.ndarray]:
+        AU, AV = csp.masked_factors()
+        MU, MV = rs.factor_masks()
+        return AU - MU, AV - MV
+
+    info = {
+        "ckks_params": planned.name,
+        "ckks": scheme.describe(),
+        "depth": planned.depth,
+        "mask_bits": cfg.mask_bits,
+        "factor_mask_bits": cfg.factor_mask_bits,
+        "predicted_error": planned.predicted_error,
+        "hide_pattern": cfg.hide_pattern,
+        "pad_to": cfg.pad_to,
+        "slots_used": layout.nnz,
+        "real_ratings": train.n_ratings,
+        "chunks": layout.n_chunks,
+    }
+    return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
+
+
+def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
+    """Shared key pair, server and users of a FedMF job, and its float reference."""
+    from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
+    from cipherfact.protocols import fedmf
+
+    train, c = split.train, scenario.crypto
+    try:
+        cfg = fedmf.FedMFConfig(
+            job_id=scenario.name,
+            n_users=train.n_users,
+            n_items=train.n_items,
+            n_factors=scenario.n_factors,
+            epochs=scenario.epochs,
+            mode=scenario.mode,
+            lr=scenario.lr,
+            reg_u=scenario.reg_u,
+            reg_v=scenario.reg_v,
+            init_value=scenario.init_value,
+            rating_offset=scenario.rating_offset,
+            frac_bits=c.frac_bits,
+            int_bits=c.int_bits,
+        )
+        codec = fedmf.fedmf_codec(cfg)
+    except ValueError as exc:
+        raise ScenarioError(f"fedmf: {exc}") from exc
+    options = PaillierOptions(packing=not c.naive)
+    key = generate_scheme(
+        c.scheme,
+        codec=codec,
+        key_bits=c.key_bits,
+        insecure_test_keys=c.insecure_test_keys,
+        options=options,
+    )
+
+    def load_public(data: bytes) -> Any:
+        return load_public_scheme(
+            c.scheme,
+            data,
+            codec=codec,
+            options=options,
+            **({"insecure_test_keys": c.insecure_test_keys} if c.scheme == "paillier" else {}),
+        )
+
+    profs = {"server": Profiler(), "users": Profiler()}
+    server = fedmf.FedMFServer(cfg, load_public, profs["server"])
+    roles: dict[AgentId, Any] = {fedmf.SERVER_ID: server}
+    groups = {fedmf.SERVER_ID: "server"}
+    users = []
+    for u in range(cfg.n_users):
+        items, values = _by_user(train, u)
+        user = fedmf.FedMFUser(
+            u, items, values, cfg, key, send_key=(u == 0), profiler=profs["users"]
+        )
+        users.append(user)
+        roles[fedmf.user_id(u)] = user
+        groups[fedmf.user_id(u)] = "users"
+    twin = fedmf.fedmf_reference(train.users, train.items, train.values, cfg)
+
+    def factors() -> tuple[np.ndarray, np.ndarray]:
+        U = np.stack([usr.vector for usr in users])
+        blocks = users[0].blocks
+        V = np.concatenate([key.decrypt(ct) for ct in server.encrypted_v]).reshape(
+            -1, cfg.n_factors
+        )
+        return U, V[: blocks.n_items]
+
+    info = {
+        "mode": cfg.mode,
+        "naive": c.naive,
+        "scheme": c.scheme,
+        "key_bits": c.key_bits,
+        "items_per_ciphertext": users[0].blocks.per,
+        "slot_bits": codec.slot_bits,
+    }
+    return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
+
+
+def _party_bytes(engine: InMemoryEngine, groups: dict[AgentId, str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for agent, group in groups.items():
+        entry = out.setdefault(group, {"sent": 0, "received": 0})
+        entry["sent"] += engine.stats.bytes_sent_by(agent)
+        entry["received"] += engine.stats.bytes_received_by(agent)
+    return out
+
+
+def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
+    """Runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (in-memory backend)."""
+    if options.backend != "inmemory":
+        raise ScenarioError(
+            f"{scenario.protocol} runs on the in-memory backend only for now, got "
+            f"{options.backend!r}"
+        )
+    split = load_split(scenario.data, scenario.seed)
+    train, test = split.train, split.test
+    started = time.perf_counter()
+    run = (
+        build_csr(scenario, split)
+        if scenario.protocol == "csr_fhe_mf"
+        else build_fedmf(scenario, split)
+    )
+    writer = RunWriter(out_dir)
+    summary: dict[str, Any] = {
+        "protocol": scenario.protocol,
+        "scenario": scenario_to_dict(scenario),
+        "backend": options.backend,
+        "n_users": train.n_users,
+        "n_items": train.n_items,
+        "train_ratings": train.n_ratings,
+        "test_ratings": test.n_ratings,
+        "dropped_test_ratings": split.n_dropped_test,
+        **run.info,
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "status": "running",
+    }
+    engine = InMemoryEngine(run.roles)
+    metrics: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=run.epochs,
+        desc=scenario.protocol,
+        unit="epoch",
+        disable=not options.progress,
+        file=sys.stderr,
+    )
+    try:
+        engine.start()
+        setup_s = time.perf_counter() - started
+        setup_bytes = engine.stats.bytes_total
+        setup_seconds = {k: p.take() for k, p in run.profilers.items()}
+        for epoch in range(run.epochs):
+            t0, b0 = time.perf_counter(), engine.stats.bytes_total
+            engine.run_outer()
+            wall = time.perf_counter() - t0
+            U, V = run.factors()
+            tU, tV = run.twin[epoch]
+            secs = {k: sum(p.take().values()) for k, p in run.profilers.items()}
+            record = {
+                "epoch": epoch,
+                "train_rmse": _rmse(U, V, train, run.offset),
+                "test_rmse": _rmse(U, V, test, run.offset),
+                "plain_train_rmse": _rmse(tU, tV, train, run.offset),
+                "plain_test_rmse": _rmse(tU, tV, test, run.offset),
+                "bytes": engine.stats.bytes_total - b0,
+                "wall_s": wall,
+                **{f"{k}_s": v for k, v in secs.items()},
+            }
+            metrics.append(record)
+            writer.append_metrics(record)
+            bar.update(1)
+            bar.set_postfix(rmse=f"{record['test_rmse']:.4f}", MB=f"{record['bytes'] / 1e6:.1f}")
+    except BaseException as exc:
+        summary.update(
+            status=f"failed: {type(exc).__name__}: {exc}",
+            epochs=len(metrics),
+            wall_s=time.perf_counter() - started,
+        )
+        writer.write_json("summary.json", summary)
+        raise
+    finally:
+        bar.close()
+    last = metrics[-1]
+    train_bytes = sum(m["bytes"] for m in metrics)
+    train_wall = sum(m["wall_s"] for m in metrics)
+    R = train.to_csr()
+    summary.update(
+        status="completed",
+        epochs=len(metrics),
+        train_rmse=last["train_rmse"],
+        test_rmse=last["test_rmse"],
+        plain_train_rmse=last["plain_train_rmse"],
+        plain_test_rmse=last["plain_test_rmse"],
+        wall_s=time.perf_counter() - started,
+        setup_s=setup_s,
+        seconds_per_epoch=train_wall / len(metrics),
+        bytes_setup=setup_bytes,
+        bytes_total=engine.stats.bytes_total,
+        bytes_per_epoch=train_bytes / len(metrics),
+        bytes_per_party=_party_bytes(engine, run.groups),
+        seconds_per_party={k: sum(setup_seconds[k].values()) for k in run.profilers},
+        traffic=engine.stats.to_dict(),
+    )
+    for k in run.profilers:
+        summary["seconds_per_party"][k] += sum(m[f"{k}_s"] for m in metrics)
+    if test.n_ratings and scenario.protocol == "csr_fhe_mf":
+        ref = fit_ratings_mf(
+            R, scenario.n_factors, method="als", biases=True, epochs=10, seed=scenario.seed
+        )
+        summary["mf_reference_test_rmse"] = mf_rmse(ref, _test_csr(test, R.shape))
+    writer.write_json("summary.json", summary)
+    title = f"{scenario.name}: {train.n_users} users, {train.n_items} items"
+    _plot_rmse(
+        out_dir / "rmse.png",
+        {
+            f"{scenario.protocol} test": [m["test_rmse"] for m in metrics],
+            "plaintext twin test": [m["plain_test_rmse"] for m in metrics],
+            f"{scenario.protocol} train": [m["train_rmse"] for m in metrics],
+        },
+        title,
+    )
+    _plot_party_bytes(out_dir / "bytes.png", summary["bytes_per_party"], title)
+    return summary
+
+
+def _test_csr(test: Ratings, shape: tuple[int, int]) -> Any:
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((test.values, (test.users, test.items)), shape=shape)
+
+
+def _plot_rmse(path: Path, curves: dict[str, list[float]], title: str) -> None:
+    """RMSE per epoch, one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for label, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("RMSE")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_party_bytes(path: Path, per_party: dict[str, dict[str, int]], title: str) -> None:
+    """Bars of MB sent and received per party group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_party)
+    xs = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.bar(xs - 0.2, [per_party[n]["sent"] / 1e6 for n in names], 0.4, label="sent")
+    ax.bar(xs + 0.2, [per_party[n]["received"] / 1e6 for n in names], 0.4, label="received")
+    ax.set_xticks(xs, names)
+    ax.set_ylabel("MB (whole run)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

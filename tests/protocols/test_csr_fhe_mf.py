@@ -1,0 +1,302 @@
+"""csr_fhe_mf: accuracy against the plaintext twin, what RS and CSP see, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cipherfact.agents.envelope import Envelope
+from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
+from cipherfact.crypto.errors import InsecureParameterError
+from cipherfact.data.ratings import Ratings, load_ratings, split_random, synthetic_ratings
+from cipherfact.protocols import csr_fhe_mf as csr
+from cipherfact.protocols.base import ProtocolError
+from cipherfact.protocols.csr_fhe_mf_layout import (
+    SlotLayout,
+    decode_parts,
+    encode_parts,
+    plan_csr_params,
+)
+from cipherfact.simulations.engine import InMemoryEngine
+
+
+def _config(train: Ratings, **kw: object) -> csr.CsrFheMFConfig:
+    base = dict(job_id="t", n_users=train.n_users, n_items=train.n_items, n_factors=2, epochs=3)
+    base.update(kw)
+    return csr.CsrFheMFConfig(**base)  # type: ignore[arg-type]
+
+
+def _run(train: Ratings, test: Ratings, cfg: csr.CsrFheMFConfig, observer=None, record=False):
+    """Run the protocol in memory; returns (protocol RMSEs, twin RMSEs, roles)."""
+    scheme = make_ckks_scheme(cfg.plan().params)
+    rs = csr.RecommenderServer(cfg, load_public_ckks)
+    cspr = csr.CryptoServiceProvider(cfg, scheme)
+    cspr.record_view = record
+    roles = {csr.RS_ID: rs, csr.CSP_ID: cspr}
+    entries = []
+    for u in range(cfg.n_users):
+        m = train.users == u
+        roles[csr.user_id(u)] = csr.CsrUser(
+            u, train.items[m], train.values[m], cfg, load_public_ckks, np.random.default_rng(u)
+        )
+        entries.append(
+            csr.user_entries(train.items[m], train.values[m], cfg, np.random.default_rng(u))
+        )
+    engine = InMemoryEngine(roles, observer=observer)
+    engine.start()
+
+    def rmse(U: np.ndarray, V: np.ndarray) -> float:
+        pred = cfg.rating_offset + np.einsum("sf,sf->s", U[test.users], V[test.items])
+        return float(np.sqrt(np.mean((test.values - pred) ** 2)))
+
+    got = []
+    for _ in range(cfg.epochs):
+        engine.run_outer()
+        (AU, AV), (MU, MV) = cspr.masked_factors(), rs.factor_masks()
+        got.append(rmse(AU - MU, AV - MV))
+    twin: list[float] = []
+    csr.run_twin(
+        rs.layout,
+        np.concatenate([e[1] for e in entries]),
+        np.concatenate([e[2] for e in entries]),
+        cfg,
+        lambda _e, U, V: twin.append(rmse(U, V)),
+    )
+    return got, twin, roles
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Ratings, Ratings]:
+    rng = np.random.default_rng(0)
+    return tuple(split_random(synthetic_ratings(24, 40, 2, 0.2, rng=rng), 0.2, rng))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(data):
+    train, test = data
+    seen: list[Envelope] = []
+    got, twin, roles = _run(train, test, _config(train), observer=seen.append, record=True)
+    return got, twin, roles, seen
+
+
+def test_matches_twin_on_synthetic(synthetic_run) -> None:
+    got, twin, _, _ = synthetic_run
+    assert len(got) == 3
+    assert max(abs(a - b) for a, b in zip(got, twin, strict=True)) < 0.01
+    assert got[-1] < got[0] + 0.05  # trains (does not blow up)
+
+
+def test_matches_twin_on_movielens_csv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    r = synthetic_ratings(20, 30, 2, 0.25, rng=rng, step=0.5)
+    path = tmp_path / "ratings.csv"
+    lines = ["userId,movieId,rating,timestamp"]
+    for u, i, v, t in zip(r.users, r.items, r.values, r.timestamps, strict=True):
+        lines.append(f"{u * 7 + 1},{i * 3 + 10},{v:g},{int(t) + 1_000_000}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loaded = load_ratings(path)
+    assert loaded.n_ratings == r.n_ratings
+    train, test = split_random(loaded, 0.2, np.random.default_rng(1))
+    got, twin, _ = _run(train, test, _config(train, epochs=2))
+    assert max(abs(a - b) for a, b in zip(got, twin, strict=True)) < 0.01
+
+
+def test_rs_never_receives_plaintext(synthetic_run, data) -> None:
+    train, _ = data
+    _, _, _, seen = synthetic_run
+    to_rs = [e for e in seen if e.receiver == csr.RS_ID]
+    stages = {e.stage for e in to_rs}
+    assert stages == {"context", "structure", "ratings", "refreshed"}
+    ratings = {np.float64(v).tobytes() for v in train.values}
+    ratings |= {np.float64(v - 3.0).tobytes() for v in train.values}
+    for env in to_rs:
+        if env.stage in ("ratings", "refreshed"):
+            for part in decode_parts(env.payload, "test"):
+                assert len(part) == 4 or part[:4] == b"CFCK", env.describe()
+        if env.stage == "structure":  # public item indices only
+            assert np.frombuffer(env.payload, ">u8").max() < train.n_items
+        if env.stage == "context":  # the CSP's public CKKS context (key material)
+            assert env.payload[:4] == b"CFPK"
+            continue
+        for raw in ratings:
+            assert raw not in env.payload and raw[::-1] not in env.payload
+
+
+def test_csp_view_is_masked(data) -> None:
+    """Two runs on different data: the CSP's decrypted values look like the masks."""
+    views = []
+    for seed in (11, 12):
+        rng = np.random.default_rng(seed)
+        train, test = split_random(synthetic_ratings(24, 40, 2, 0.2, rng=rng), 0.2, rng)
+        cfg = _config(train, epochs=1)
+        _, _, roles = _run(train, test, cfg, record=True)
+        views.append(np.concatenate([v.ravel() for v in roles[csr.CSP_ID].view]))
+    planned = cfg.plan()
+    expected_std = 2.0**planned.value_bits * 2.0**planned.mask_bits / np.sqrt(3.0)
+    for v in views:
+        se = expected_std / np.sqrt(v.size)
+        assert abs(v.mean()) < 5 * se
+        assert abs(v.std() / expected_std - 1) < 5 / np.sqrt(v.size) + 0.01
+    a, b = views
+    se = expected_std * np.sqrt(1 / a.size + 1 / b.size)
+    assert abs(a.mean() - b.mean()) < 5 * se
+    assert abs(a.std() - b.std()) < 0.05 * expected_std
+
+
+def test_hide_pattern_pads_and_matches_twin(data) -> None:
+    train, test = data
+    pad = int(np.bincount(train.users).max()) + 2
+    seen: list[Envelope] = []
+    cfg = _config(train, epochs=2, hide_pattern=True, pad_to=pad)
+    assert cfg.plan().depth == 3
+    got, twin, _ = _run(train, test, cfg, observer=seen.append)
+    assert max(abs(a - b) for a, b in zip(got, twin, strict=True)) < 0.01
+    sizes = {len(e.payload) // 8 for e in seen if e.stage == "structure" and e.receiver == 0}
+    assert sizes == {pad}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def setup_roles(data):
+    train, _ = data
+    cfg = _config(train, epochs=1)
+    scheme = make_ckks_scheme(cfg.plan().params)
+    rs = csr.RecommenderServer(cfg, load_public_ckks)
+    rs.step(Envelope("t", -1, "context", csr.CSP_ID, csr.RS_ID, scheme.public_bytes()))
+    return cfg, scheme, rs
+
+
+def test_rs_rejects_wrong_context_ciphertext(data) -> None:
+    train, _ = data
+    cfg = _config(train, epochs=1)
+    scheme = make_ckks_scheme(cfg.plan().params)
+    other = make_ckks_scheme(cfg.plan().params)
+    rs = csr.RecommenderServer(cfg, load_public_ckks)
+    rs.step(Envelope("t", -1, "context", csr.CSP_ID, csr.RS_ID, scheme.public_bytes()))
+    for u in range(cfg.n_users):
+        items = np.unique(train.items[train.users == u]).astype(">u8").tobytes()
+        rs.step(Envelope("t", -1, "structure", csr.user_id(u), csr.RS_ID, items))
+    size = rs.layout.chunk_sizes()[0]
+    foreign = other.to_bytes(other.encrypt(np.zeros(size)))
+    payload = encode_parts([(0).to_bytes(4, "big"), foreign])
+    with pytest.raises(ProtocolError, match=r"RS: ratings from agent 2: bad ciphertext.*context"):
+        rs.step(Envelope("t", -1, "ratings", csr.user_id(0), csr.RS_ID, payload))
+    with pytest.raises(ProtocolError, match="RS: ratings from agent 3: bad payload magic"):
+        rs.step(Envelope("t", -1, "ratings", csr.user_id(1), csr.RS_ID, b"garbage-bytes"))
+    good = scheme.to_bytes(scheme.encrypt(np.zeros(size)))
+    broken = good[:-10]
+    payload = encode_parts([(0).to_bytes(4, "big"), broken])
+    with pytest.raises(ProtocolError, match="RS: ratings from agent 4: bad ciphertext"):
+        rs.step(Envelope("t", -1, "ratings", csr.user_id(2), csr.RS_ID, payload))
+
+
+@pytest.mark.parametrize(
+    ("stage", "sender", "match"),
+    [
+        ("masked", csr.CSP_ID, "unexpected stage 'masked' from agent 1"),
+        ("refreshed", csr.user_id(0), r"stage 'refreshed' from agent 2, expected it from"),
+        ("context", csr.user_id(3), r"stage 'context' from agent 5"),
+    ],
+)
+def test_rs_rejects_unexpected_messages(setup_roles, stage, sender, match) -> None:
+    _, _, rs = setup_roles
+    with pytest.raises(ProtocolError, match=match):
+        rs.step(Envelope("t", 0, stage, sender, csr.RS_ID, b"x"))
+
+
+def test_rs_rejects_other_job(setup_roles) -> None:
+    _, _, rs = setup_roles
+    with pytest.raises(ProtocolError, match="envelope for job 'other'"):
+        rs.step(Envelope("other", 0, "refreshed", csr.CSP_ID, csr.RS_ID, b""))
+
+
+def test_csp_rejects_masked_before_structure(setup_roles) -> None:
+    cfg, scheme, _ = setup_roles
+    cspr = csr.CryptoServiceProvider(cfg, scheme)
+    with pytest.raises(ProtocolError, match="after the structure"):
+        cspr.step(Envelope("t", 0, "masked", csr.RS_ID, csr.CSP_ID, encode_parts([])))
+    with pytest.raises(ProtocolError, match="bad structure from agent 0"):
+        cspr.step(Envelope("t", -1, "structure", csr.RS_ID, csr.CSP_ID, b"short"))
+
+
+def test_csp_needs_secret_key(setup_roles) -> None:
+    cfg, scheme, _ = setup_roles
+    with pytest.raises(ValueError, match="needs the CKKS secret key"):
+        csr.CryptoServiceProvider(cfg, scheme.public())
+
+
+# --------------------------------------------------------------------------- planner
+
+
+def test_planner_picks_cheapest_fitting_set() -> None:
+    assert plan_csr_params(2, 16.0, 10).name == "n8192-depth2"
+    assert plan_csr_params(2, 16.0, 20).name == "n8192-depth2-s30"
+    assert plan_csr_params(3, 16.0, 20).name == "n8192-depth3"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(depth=2, value_bound=16.0, mask_bits=40), InsecureParameterError, "max_error"),
+        (
+            dict(depth=2, value_bound=16.0, mask_bits=20, params="n8192-depth2"),
+            InsecureParameterError,
+            "holds",
+        ),
+        (
+            dict(depth=3, value_bound=1.0, mask_bits=4, params="n8192-depth2"),
+            InsecureParameterError,
+            "supports depth 2",
+        ),
+        (dict(depth=2, value_bound=1.0, mask_bits=4, params="nope"), ValueError, "unknown CKKS"),
+        (dict(depth=0, value_bound=1.0, mask_bits=4), ValueError, "depth must be"),
+        (dict(depth=2, value_bound=-1.0, mask_bits=4), ValueError, "value_bound must be"),
+        (dict(depth=2, value_bound=1.0, mask_bits=-1), ValueError, "mask_bits must be"),
+        (
+            dict(depth=2, value_bound=1.0, mask_bits=4, factor_mask_bits=30),
+            InsecureParameterError,
+            "factor_mask_bits=30",
+        ),
+    ],
+)
+def test_planner_refuses(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        plan_csr_params(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(n_factors=0), "n_factors must be a positive int"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(reg=-1.0), "reg must be >= 0"),
+        (dict(hide_pattern=True, pad_to=0), "pad_to must be in"),
+    ],
+)
+def test_config_validation(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        csr.CsrFheMFConfig(job_id="t", n_users=3, n_items=4, **kwargs)  # type: ignore[arg-type]
+
+
+def test_user_entries_validation() -> None:
+    cfg = csr.CsrFheMFConfig(job_id="t", n_users=3, n_items=4, hide_pattern=True, pad_to=2)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="more than pad_to=2"):
+        csr.user_entries(np.array([0, 1, 2]), np.ones(3), cfg, rng)
+    with pytest.raises(ValueError, match="distinct indices"):
+        csr.user_entries(np.array([0, 0]), np.ones(2), cfg, rng)
+    items, neg_r, w = csr.user_entries(np.array([3]), np.array([5.0]), cfg, rng)
+    assert items.size == 2 and w.sum() == 1 and neg_r[w == 1][0] == -2.0
+
+
+def test_layout_bytes_round_trip() -> None:
+    layout = SlotLayout(np.array([0, 0, 1, 2]), np.array([1, 3, 0, 2]), 3, 4, 4096)
+    back = SlotLayout.from_bytes(layout.to_bytes())
+    assert np.array_equal(back.slot_users, layout.slot_users)
+    assert np.array_equal(back.slot_items, layout.slot_items)
+    with pytest.raises(ValueError, match="slot layout bytes have length"):
+        SlotLayout.from_bytes(layout.to_bytes()[:-1])
