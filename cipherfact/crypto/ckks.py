@@ -259,13 +259,17 @@ class CkksScheme(Scheme):
         )
 
     def add_plain(self, a: Ciphertext, x: np.ndarray) -> CkksCiphertext:
+        """Enc(a) + x, computed as Enc(a) + Enc(x).
+
+        TenSEAL's ciphertext + plaintext decrypts correctly by itself, but a
+        later ciphertext x ciphertext product of the result can decrypt to
+        garbage once |x| is large (here: |x| >= 2**8 at a 2**40 scale; see
+        OpenMined/TenSEAL issue #462). Adding a fresh encryption costs one
+        encryption and is exact in the same sense as any CKKS addition.
+        """
         ca = self._own(a, "a")
         values = self._plain_like(ca, x, "x")
-        slots = self._params.slot_count
-        chunks = tuple(
-            self._op(v, values[i * slots : (i + 1) * slots], "add") for i, v in enumerate(ca.chunks)
-        )
-        return self._wrap(chunks, ca.size)
+        return self.add(ca, self.encrypt(values))
 
     def mul_scalar(self, a: Ciphertext, k: int, *, k_max: int | None = None) -> CkksCiphertext:
         """Enc(x) * k by double-and-add: exact for integers and spends no level.

@@ -424,3 +424,15 @@ def test_registry_classmethods(scheme: CkksScheme) -> None:
     assert fresh.params == NAMED_PARAMS["n4096-depth1"] and fresh.has_secret_key
     loaded = CkksScheme.from_public_bytes(scheme.public_bytes())
     assert loaded.fingerprint == scheme.fingerprint and not loaded.has_secret_key
+
+
+@pytest.mark.parametrize("offset", [2.0**4, 2.0**8, 2.0**14])
+def test_large_plain_offsets_survive_later_products(scheme: CkksScheme, offset: float) -> None:
+    """(Enc(u + m) - m) * (Enc(v + m) - m) * ... must decrypt to u v^2 (TenSEAL #462)."""
+    rng = np.random.default_rng(5)
+    u, v = rng.uniform(-1, 1, 16), rng.uniform(-1, 1, 16)
+    m = np.full(16, offset)
+    a = scheme.add_plain(scheme.encrypt(u + m), -m)
+    b = scheme.add_plain(scheme.encrypt(v + m), -m)
+    out = scheme.decrypt(scheme.mul(scheme.mul(a, b), b))
+    np.testing.assert_allclose(out, u * v * v, atol=1e-4)
