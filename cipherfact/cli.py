@@ -45,8 +45,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="resume from the last checkpoint in --out (same final result as an "
-        "uninterrupted run)",
+        help="resume from the last checkpoint in --out (same final result as an uninterrupted run)",
     )
     p.add_argument(
         "--out", default=None, help="output folder (default: runs/<scenario>-<backend>-seed<seed>)"

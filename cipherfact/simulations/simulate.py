@@ -158,7 +158,11 @@ def inmemory_engine(
             network = network_report(outer_waves, outer_retrans)
             setup = network_report(setup_waves, setup_retrans) if t == 0 else None
         yield NetworkedOuterResult(
-            result.metrics, result.Ws, result.Hs, result.stats, network=network,
+            result.metrics,
+            result.Ws,
+            result.Hs,
+            result.stats,
+            network=network,
             setup_network=setup,
         )
 

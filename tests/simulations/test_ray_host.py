@@ -1,0 +1,174 @@
+"""The pieces of the Ray engine that need no Ray: host transport, hosts, pool sizing.
+
+Two ``AgentHost`` objects driven in this process with the engine's routing give
+the in-memory factors bit for bit: the engine's semantics, without actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from cipherfact.agents.envelope import Envelope
+from cipherfact.agents.ray_transport import HostTransport
+from cipherfact.agents.transport import TransportError
+from cipherfact.protocols.ppdnmf import load_state_npz
+from cipherfact.simulations.network import NetworkModel
+from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
+from cipherfact.simulations.ray_engine import (
+    AgentHost,
+    _merge,
+    pool_spec,
+    round_robin,
+    stats_from_raw,
+)
+from cipherfact.simulations.scenario import load_scenario
+
+PLACEMENT = {0: 0, 1: 1, 2: 0, 3: 1}
+
+
+def _env(s: int, r: int, stage: str = "offer") -> Envelope:
+    return Envelope("job", 0, stage, s, r, b"abc")
+
+
+def test_host_transport_keeps_local_messages_and_batches_remote_ones() -> None:
+    seen: list[Envelope] = []
+    t = HostTransport(0, PLACEMENT, observer=seen.append)
+    assert t.agents == [0, 2]
+    t.send(_env(0, 2))
+    t.send(_env(0, 1))
+    t.send(_env(2, 3))
+    t.send(_env(2, 1, "reply"))
+    assert t.pending() == 1
+    assert [e.receiver for e in t.recv(2)] == [2]
+    out = t.take_outbox()
+    assert list(out) == [1]
+    assert [(e.sender, e.receiver, e.stage) for e in out[1]] == [
+        (0, 1, "offer"),
+        (2, 3, "offer"),
+        (2, 1, "reply"),
+    ]
+    assert t.take_outbox() == {}
+    assert (t.local_messages, t.remote_messages) == (1, 3)
+    assert t.stats.messages_total == 4 and len(seen) == 4
+    assert t.deliver([_env(1, 0), _env(3, 2)]) == 2
+    assert t.pending() == 2
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (lambda t: t.send(_env(1, 0)), "host 0 cannot send for agent 1"),
+        (lambda t: t.send(_env(0, 9)), "unknown receiver 9"),
+        (lambda t: t.recv(1), "agent 1 is not hosted by host 0"),
+        (lambda t: t.deliver([_env(0, 1)]), "host 0 got an envelope for agent 1"),
+    ],
+)
+def test_host_transport_rejects_misrouting(
+    action: Callable[[HostTransport], object], message: str
+) -> None:
+    with pytest.raises(TransportError, match=message):
+        action(HostTransport(0, PLACEMENT))
+
+
+def test_host_without_agents_is_refused() -> None:
+    with pytest.raises(ValueError, match="host 2 has no agents"):
+        HostTransport(2, PLACEMENT)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "resources", "expected"),
+    [
+        ({}, {"CPU": 2.0}, (2, 1.0, 0.0)),
+        ({}, {"CPU": 16.0}, (6, 1.0, 0.0)),  # never more actors than agents
+        ({"cpus_per_actor": 0.5}, {"CPU": 2.0}, (4, 0.5, 0.0)),
+        ({"actors": 3}, {"CPU": 2.0}, (3, 1.0, 0.0)),
+        ({"wants_gpu": True}, {"CPU": 4.0, "GPU": 1.0}, (4, 1.0, 0.25)),
+        ({"wants_gpu": True}, {"CPU": 2.0}, (2, 1.0, 0.0)),
+        ({"gpus_per_actor": 0.5}, {"CPU": 2.0}, (2, 1.0, 0.5)),
+    ],
+)
+def test_pool_spec(kwargs: dict, resources: dict, expected: tuple) -> None:
+    spec = pool_spec(6, resources, **kwargs)
+    assert (spec.actors, spec.num_cpus, spec.num_gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cpus_per_actor": 0.0}, "cpus_per_actor must be > 0, got 0.0"),
+        ({"actors": 0}, "actors must be >= 1, got 0"),
+        ({"gpus_per_actor": -1.0}, "gpus_per_actor must be >= 0, got -1.0"),
+    ],
+)
+def test_pool_spec_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pool_spec(6, {"CPU": 2.0}, **kwargs)
+
+
+def test_round_robin() -> None:
+    assert round_robin(5, 2) == {0: 0, 1: 1, 2: 0, 3: 1, 4: 0}
+
+
+def test_hosts_in_process_match_inmemory() -> None:
+    scenario = load_scenario(
+        "ppdnmf-synthetic",
+        [
+            "n_agents=5",
+            "outer_iters=2",
+            "inner_iters=3",
+            "data.rows=10",
+            "data.cols=30",
+            "crypto.scheme=plain",
+        ],
+    )
+    job = prepare_job(scenario)
+    reference = list(run_inmemory(job))[-1]
+    placement = round_robin(job.n_agents, 2)
+    net = NetworkModel(latency_ms=5.0)
+    hosts = [AgentHost(k, job, placement, net) for k in range(2)]
+
+    def route(outboxes: dict) -> None:
+        """Lock-step routing: every host with mail, then route again."""
+        inflight = _merge(outboxes)
+        while inflight:
+            inflight = _merge({k: hosts[k].deliver(envs) for k, envs in inflight.items()})
+
+    route({k: h.start() for k, h in enumerate(hosts)})
+    for _ in range(job.config.outer_iters):
+        route({k: h.begin_outer() for k, h in enumerate(hosts)})
+    reports = [h.report() for h in hosts]
+    agents = {i: a for r in reports for i, a in r.agents.items()}
+    for i in range(job.n_agents):
+        assert np.array_equal(agents[i].W, reference.Ws[i])
+        assert np.array_equal(agents[i].H, reference.Hs[i])
+        assert agents[i].ready
+    stats = stats_from_raw([r.stats for r in reports])
+    assert stats.bytes_total == reference.stats.bytes_total
+    assert dict(stats.bytes_by_edge) == dict(reference.stats.bytes_by_edge)
+    assert all(r.waves for r in reports)  # the clocks charged the envelopes
+    states = hosts[0].checkpoint()
+    assert sorted(states) == [0, 2, 4]
+    assert int(load_state_npz(states[0])["outer"]) == 2
+    for h in hosts:
+        h.close()
+
+
+def test_host_failure_names_host_agents_and_round() -> None:
+    scenario = load_scenario(
+        "ppdnmf-synthetic",
+        [
+            "n_agents=4",
+            "outer_iters=1",
+            "inner_iters=2",
+            "data.rows=8",
+            "data.cols=20",
+            "crypto.scheme=plain",
+        ],
+    )
+    job = prepare_job(scenario)
+    host = AgentHost(0, job, round_robin(4, 2))
+    with pytest.raises(RuntimeError, match=r"host 0 \(agents \[0, 2\]\) failed during begin_outer"):
+        host.begin_outer()  # public keys missing: the key stage never ran
