@@ -20,6 +20,7 @@ from pathlib import Path
 
 RUNS = {
     "synthetic-paillier": ["ppdnmf-synthetic"],
+    "synthetic-paillier-ray": ["ppdnmf-synthetic", "--backend", "ray"],
     "synthetic-plain": ["ppdnmf-synthetic", "--set", "crypto.scheme=plain"],
     "digits-plain": ["ppdnmf-digits", "--set", "crypto.scheme=plain"],
     # digits with Paillier costs ~4x synthetic per iteration (640 vs 150 values
@@ -40,9 +41,9 @@ def run(out: Path, names: list[str], quick: bool) -> None:
 
 def table(out: Path, names: list[str]) -> str:
     rows = [
-        "| run | scheme | outer x inner | rel. error | centralized | gap | spread | wall s "
+        "| run | backend | scheme | outer x inner | rel. error | centralized | gap | spread | wall s "
         "| s / outer | MB total |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         path = out / name / "summary.json"
@@ -52,7 +53,7 @@ def table(out: Path, names: list[str]) -> str:
         sc = s["scenario"]
         outer = s["outer_iters_completed"]
         rows.append(
-            f"| {name} | {s['scheme']} | {outer} x {sc['inner_iters']} | {s['rel_error']:.5f} "
+            f"| {name} | {s['backend']} | {s['scheme']} | {outer} x {sc['inner_iters']} | {s['rel_error']:.5f} "
             f"| {s['centralized_rel_error']:.5f} | {100 * s['rel_error_gap']:+.2f}% "
             f"| {s['consensus_spread']:.1e} | {s['wall_s']:.1f} | {s['protocol_s'] / outer:.2f} "
             f"| {s['bytes_total'] / 1e6:.1f} |"
