@@ -41,8 +41,8 @@ def run(out: Path, names: list[str], quick: bool) -> None:
 
 def table(out: Path, names: list[str]) -> str:
     rows = [
-        "| run | backend | scheme | outer x inner | rel. error | centralized | gap | spread | wall s "
-        "| s / outer | MB total |",
+        "| run | backend | scheme | outer x inner | rel. error | centralized | gap | spread "
+        "| wall s | s / outer | MB total |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
@@ -53,7 +53,8 @@ def table(out: Path, names: list[str]) -> str:
         sc = s["scenario"]
         outer = s["outer_iters_completed"]
         rows.append(
-            f"| {name} | {s['backend']} | {s['scheme']} | {outer} x {sc['inner_iters']} | {s['rel_error']:.5f} "
+            f"| {name} | {s['backend']} | {s['scheme']} | {outer} x {sc['inner_iters']} "
+            f"| {s['rel_error']:.5f} "
             f"| {s['centralized_rel_error']:.5f} | {100 * s['rel_error_gap']:+.2f}% "
             f"| {s['consensus_spread']:.1e} | {s['wall_s']:.1f} | {s['protocol_s'] / outer:.2f} "
             f"| {s['bytes_total'] / 1e6:.1f} |"

@@ -18,8 +18,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a scenario (bundled name or TOML file) and write its results folder",
         description="Run a multi-agent scenario. Bundled scenarios: ppdnmf-synthetic (the "
-        "paper's setup), ppdnmf-digits. Results: summary.json, metrics.jsonl, factors.npz, "
-        "error.png, bytes.png, graph.png (agents coloured by traffic) in --out.",
+        "paper's setup), ppdnmf-digits, csr-fhe-mf-synthetic, fedmf-synthetic. Results in "
+        "--out: summary.json, metrics.jsonl and PNG plots; for ppdnmf also factors.npz and "
+        "graph.png (agents coloured by traffic).",
     )
     p.add_argument("scenario", help="bundled scenario name or path to a .toml file")
     p.add_argument(
@@ -162,6 +163,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
         "estimated_total_s",
         "bytes_total",
         "messages_total",
+        # recommendation protocols
+        "train_rmse",
+        "test_rmse",
+        "plain_test_rmse",
+        "epochs",
+        "seconds_per_epoch",
     )
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"results written to {out}/", file=sys.stderr)

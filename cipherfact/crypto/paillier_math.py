@@ -9,6 +9,7 @@ integers: keys never cross a process boundary as pickled objects.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -21,6 +22,18 @@ from cipherfact.crypto.keys import random_unit
 from cipherfact.crypto.options import PaillierOptions
 
 __all__ = ["PaillierMath"]
+
+
+@functools.lru_cache(maxsize=256)
+def _public_table(h_s: int, n2: int, bits: int, window: int, use_gmpy2: bool) -> FixedBaseTable:
+    """Fixed-base table of a *public* key, shared by every holder in this process.
+
+    A simulation hosts many agents per process and each loads its neighbours'
+    public keys: without sharing, one key's 2.4 MB table is built once per
+    neighbour that holds it. Tables are read-only after construction; only
+    public values go into the cache key.
+    """
+    return FixedBaseTable(h_s, n2, bits, window, gmpy2.mpz if use_gmpy2 else int)
 
 
 class PaillierMath:
@@ -74,7 +87,9 @@ class PaillierMath:
                     FixedBaseTable(self.h_s % self.q2, self.q2, bits, w, self.mpz),
                 )
             else:
-                self._tables = (FixedBaseTable(self.h_s, self.n2, bits, w, self.mpz),)
+                self._tables = (
+                    _public_table(int(self.h_s), int(self.n2), bits, w, self.options.use_gmpy2),
+                )
         return self._tables
 
     def random_factor(self) -> Any:

@@ -182,6 +182,7 @@ class PPDNMFAgent(StateMachine):
         self._replies: dict[AgentId, Ciphertext] = {}
         self._answered: set[tuple[int, AgentId]] = set()
         self._buffered: list[Envelope] = []
+        self._weight_cache: dict[int, dict[AgentId, int]] = {}
         self.records: list[OuterRecord] = []
 
     # -- public state -------------------------------------------------------
@@ -293,9 +294,7 @@ class PPDNMFAgent(StateMachine):
     def _reply(self, env: Envelope, W_then: np.ndarray) -> Envelope:
         """Step 2: Enc_i(-W_i) -> rerand(a_ji * (Enc_i(-W_i) + W_j)) under i's key."""
         peer = self._peers[env.sender]
-        weight = round_weights(
-            self._weight_seed, env.round, self.neighbors, self.config.weight_bits
-        )[env.sender]
+        weight = self._weights(env.round)[env.sender]
         with self.profiler.section("crypto"):
             try:
                 offer = peer.from_bytes(env.payload)
@@ -349,9 +348,7 @@ class PPDNMFAgent(StateMachine):
 
     def _finish_round(self) -> list[Envelope]:
         """Step 3 and the ADMM update; then move to the next round."""
-        weights = round_weights(
-            self._weight_seed, self.round, self.neighbors, self.config.weight_bits
-        )
+        weights = self._weights(self.round)
         with self.profiler.section("crypto"):
             weighted = [
                 self.scheme.mul_scalar(self._replies[j], weights[j], k_max=self.config.weight_max)
@@ -402,6 +399,20 @@ class PPDNMFAgent(StateMachine):
         return out
 
     # -- helpers ---------------------------------------------------------------
+
+    def _weights(self, round_index: int) -> dict[AgentId, int]:
+        """This round's private weights (drawn once per round, used for every neighbour)."""
+        cached = self._weight_cache.get(round_index)
+        if cached is None:
+            cached = round_weights(
+                self._weight_seed, round_index, self.neighbors, self.config.weight_bits
+            )
+            # neighbours are at most one round apart: keep rounds k-1..k+1 only
+            self._weight_cache = {
+                r: w for r, w in self._weight_cache.items() if abs(r - round_index) <= 1
+            }
+            self._weight_cache[round_index] = cached
+        return cached
 
     def _check_routing(self, env: Envelope) -> None:
         if env.job_id != self.config.job_id:

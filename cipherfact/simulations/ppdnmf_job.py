@@ -200,7 +200,7 @@ def generate_keys(
     return schemes
 
 
-def paillier_options(job: PPDNMFJob, *, own_key: bool = True) -> PaillierOptions:
+def paillier_options(job: PPDNMFJob) -> PaillierOptions:
     """Options for every Paillier key of the job, own or a neighbour's.
 
     No per-key worker processes: a simulation hosts many keys per process, so
@@ -208,7 +208,11 @@ def paillier_options(job: PPDNMFJob, *, own_key: bool = True) -> PaillierOptions
     ``run_inmemory``), and the Ray and gRPC backends already run a process
     per core or per agent.
     """
-    return PaillierOptions(processes=1, djn_public=job.scenario.crypto.djn_public)
+    # 7-bit windows: 64 multiplications per randomness instead of 75 at 6 bits, for
+    # 4.2 MB tables instead of 2.4 MB (public tables are shared per process).
+    return PaillierOptions(
+        processes=1, djn_public=job.scenario.crypto.djn_public, djn_window_bits=7
+    )
 
 
 def peer_loader(job: PPDNMFJob) -> Callable[[bytes], Scheme]:
@@ -238,7 +242,7 @@ def build_role(
     """Agent ``agent_id``'s state machine; a deployment passes its own block and seeds."""
     return PPDNMFAgent(
         agent_id,
-        job.blocks[agent_id] if X is None else X,
+        job.X[:, job.columns[agent_id]] if X is None else X,
         job.graph.neighbors(agent_id) if neighbors is None else neighbors,
         job.config,
         scheme,

@@ -27,7 +27,6 @@ equals the in-memory run bit for bit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -42,8 +41,6 @@ from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.ray_transport import HostId, HostTransport
 from cipherfact.agents.traffic import TrafficStats
-from cipherfact.crypto import generate_scheme, load_public_scheme
-from cipherfact.crypto.base import Scheme
 from cipherfact.protocols.ppdnmf import PPDNMFAgent, load_state_npz, save_state_npz
 from cipherfact.simulations.checkpoint import job_meta, load_checkpoint, save_checkpoint
 from cipherfact.simulations.network import (
@@ -56,7 +53,7 @@ from cipherfact.simulations.network import (
     merge_waves,
     report,
 )
-from cipherfact.simulations.ppdnmf_job import PPDNMFJob, outer_metrics, paillier_options
+from cipherfact.simulations.ppdnmf_job import PPDNMFJob, build_role, generate_key, outer_metrics
 from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.scenario import ScenarioError
 
@@ -70,54 +67,10 @@ class RayEngineError(RuntimeError):
 # --- inside an actor ---------------------------------------------------------------
 
 
-def own_scheme(job: PPDNMFJob) -> Scheme:
-    """A fresh key pair for one agent (OS randomness; never derived from the seed).
-
-    No worker processes (``crypto.processes`` is for the in-memory backend): the
-    actor pool already puts one process on each core, and a pool per agent would
-    multiply processes by the number of agents.
-    """
-    crypto = job.scenario.crypto
-    if crypto.scheme == "paillier":
-        return generate_scheme(
-            "paillier",
-            codec=job.codec,
-            key_bits=crypto.key_bits,
-            insecure_test_keys=crypto.insecure_test_keys,
-            options=dataclasses.replace(paillier_options(job), processes=1),
-        )
-    return generate_scheme("plain", codec=job.codec)
-
-
 def build_local_roles(job: PPDNMFJob, agents: list[AgentId]) -> dict[AgentId, PPDNMFAgent]:
-    """The roles of ``agents`` only, each with a key pair generated here.
-
-    Mirrors ``ppdnmf_job.build_roles``, which builds every agent of the job.
-    """
-    name = job.scenario.crypto.scheme
-    codec = job.codec
-    options = paillier_options(job, own_key=False) if name == "paillier" else None
-
-    def loader(data: bytes) -> Scheme:
-        if options is None:
-            return load_public_scheme(name, data, codec=codec)
-        return load_public_scheme(name, data, codec=codec, options=options)
-
-    roles = {}
-    for i in agents:
-        block = job.X[:, job.columns[i]]
-        roles[i] = PPDNMFAgent(
-            i,
-            block,
-            job.graph.neighbors(i),
-            job.config,
-            own_scheme(job),
-            loader,
-            job.make_solver(),
-            weight_seed=job.weight_seeds[i],
-            h_seed=job.h_seeds[i],
-        )
-    return roles
+    """The roles of ``agents`` only, each with a key pair generated here, in the actor
+    (secret keys never leave it)."""
+    return {i: build_role(job, i, generate_key(job)) for i in agents}
 
 
 @dataclass
