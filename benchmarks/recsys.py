@@ -27,7 +27,7 @@ import numpy as np
 from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.protocols import fedmf
 from cipherfact.simulations.engine import InMemoryEngine
-from cipherfact.simulations.recsys_sim import load_split
+from cipherfact.simulations.recsys_sim import fedmf_config, load_split
 from cipherfact.simulations.results import machine_info, package_versions
 from cipherfact.simulations.scenario import load_scenario
 from cipherfact.simulations.simulate import simulate
@@ -42,19 +42,7 @@ def naive_fedmf_partial(scenario: Any, n_users_run: int, key_bits: int) -> dict[
     """Epoch 0 of naive FedMF for the first ``n_users_run`` users: seconds and bytes."""
     split = load_split(scenario.data, scenario.seed)
     train = split.train
-    cfg = fedmf.FedMFConfig(
-        job_id="naive",
-        n_users=train.n_users,
-        n_items=train.n_items,
-        n_factors=scenario.n_factors,
-        epochs=scenario.epochs,
-        mode=scenario.mode,
-        lr=scenario.lr,
-        reg_u=scenario.reg_u,
-        reg_v=scenario.reg_v,
-        init_value=scenario.init_value,
-        rating_offset=scenario.rating_offset,
-    )
+    cfg = fedmf_config(scenario, train)
     codec = fedmf.fedmf_codec(cfg)
     options = PaillierOptions(packing=False)
     key = generate_scheme("paillier", codec=codec, key_bits=key_bits, options=options)

@@ -327,17 +327,21 @@ def outer_metrics(
     Hs: list[np.ndarray],
     seconds: dict[str, float],
     wall: float,
-    bytes_: int,
-    messages: int,
+    stats: TrafficStats,
+    before: tuple[int, int],
 ) -> OuterMetrics:
-    """Metrics of one outer iteration; shared by every engine."""
+    """Metrics of one outer iteration; shared by every engine.
+
+    ``before`` is ``(bytes_total, messages_total)`` of ``stats`` when the
+    iteration began.
+    """
     crypto_s, compute_s = seconds.get("crypto", 0.0), seconds.get("compute", 0.0)
     return OuterMetrics(
         outer=t,
         rel_error=relative_error(job.blocks, Ws, Hs),
         consensus_spread=consensus_spread(Ws),
-        bytes=bytes_,
-        messages=messages,
+        bytes=stats.bytes_total - before[0],
+        messages=stats.messages_total - before[1],
         crypto_s=crypto_s,
         compute_s=compute_s,
         transport_s=max(0.0, wall - crypto_s - compute_s),
@@ -376,7 +380,7 @@ def _pump_outer_iterations(
     job: PPDNMFJob, roles: dict[int, PPDNMFAgent], engine: InMemoryEngine
 ) -> Iterator[OuterResult]:
     for t in range(job.config.outer_iters):
-        before_bytes, before_msgs = engine.stats.bytes_total, engine.stats.messages_total
+        before = engine.stats.bytes_total, engine.stats.messages_total
         start = time.perf_counter()
         engine.run_outer()
         wall = time.perf_counter() - start
@@ -386,16 +390,7 @@ def _pump_outer_iterations(
                 seconds[name] = seconds.get(name, 0.0) + value
         Ws = [roles[i].W for i in range(job.n_agents)]
         Hs = [roles[i].H for i in range(job.n_agents)]
-        metrics = outer_metrics(
-            job,
-            t,
-            Ws,
-            Hs,
-            seconds,
-            wall,
-            engine.stats.bytes_total - before_bytes,
-            engine.stats.messages_total - before_msgs,
-        )
+        metrics = outer_metrics(job, t, Ws, Hs, seconds, wall, engine.stats, before)
         yield OuterResult(metrics, Ws, Hs, engine.stats)
 
 

@@ -540,21 +540,12 @@ class RayRun:
                 engine.restore(states)
             setup = engine.start()
             for t in range(first, job.config.outer_iters):
-                before_bytes, before_msgs = engine.stats.bytes_total, engine.stats.messages_total
+                before = engine.stats.bytes_total, engine.stats.messages_total
                 start = time.perf_counter()
                 agents, net = engine.run_outer()
                 wall = time.perf_counter() - start
                 Ws, Hs, seconds = _reports_to_lists(job, agents)
-                metrics = outer_metrics(
-                    job,
-                    t,
-                    Ws,
-                    Hs,
-                    seconds,
-                    wall,
-                    engine.stats.bytes_total - before_bytes,
-                    engine.stats.messages_total - before_msgs,
-                )
+                metrics = outer_metrics(job, t, Ws, Hs, seconds, wall, engine.stats, before)
                 yield NetworkedOuterResult(
                     metrics,
                     Ws,

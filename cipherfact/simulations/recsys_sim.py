@@ -184,12 +184,10 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
     return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
 
 
-def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
-    """Shared key pair, server and users of a FedMF job, and its float reference."""
-    from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
+def fedmf_config(scenario: FedMFScenario, train: Ratings) -> Any:
+    """The protocol's ``FedMFConfig`` for a scenario and its training ratings."""
     from cipherfact.protocols import fedmf
 
-    train, c = split.train, scenario.crypto
     try:
         cfg = fedmf.FedMFConfig(
             job_id=scenario.name,
@@ -203,12 +201,23 @@ def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
             reg_v=scenario.reg_v,
             init_value=scenario.init_value,
             rating_offset=scenario.rating_offset,
-            frac_bits=c.frac_bits,
-            int_bits=c.int_bits,
+            frac_bits=scenario.crypto.frac_bits,
+            int_bits=scenario.crypto.int_bits,
         )
-        codec = fedmf.fedmf_codec(cfg)
+        fedmf.fedmf_codec(cfg)  # validates the slot layout
     except ValueError as exc:
         raise ScenarioError(f"fedmf: {exc}") from exc
+    return cfg
+
+
+def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
+    """Shared key pair, server and users of a FedMF job, and its float reference."""
+    from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
+    from cipherfact.protocols import fedmf
+
+    train, c = split.train, scenario.crypto
+    cfg = fedmf_config(scenario, train)
+    codec = fedmf.fedmf_codec(cfg)
     options = PaillierOptions(packing=not c.naive)
     key = generate_scheme(
         c.scheme,
