@@ -39,7 +39,7 @@ SCHEME_CASES: dict[str, SchemeCase] = {
         )
     ),
     "plain": SchemeCase(lambda: generate_scheme("plain", codec=CODEC, key_bits=TEST_KEY_BITS)),
-    # "ckks": SchemeCase(lambda: generate_scheme("ckks", ...), atol=1e-4),
+    "ckks": SchemeCase(lambda: generate_scheme("ckks"), atol=1e-4),
 }
 
 
