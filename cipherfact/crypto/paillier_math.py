@@ -79,6 +79,8 @@ class PaillierMath:
         return xq + self.q2 * ((xp - xq) * self.q2_inv_p2 % self.p2)
 
     def _djn_tables(self) -> tuple[FixedBaseTable, ...]:
+        if self.h_s is None:  # unreachable: self.djn requires h_s
+            raise ValueError("DJN randomness needs h_s in the public key")
         if self._tables is None:
             bits, w = self.options.djn_exponent_bits, self.options.djn_window_bits
             if self.crt:

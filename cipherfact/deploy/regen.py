@@ -33,12 +33,13 @@ def generate(out_dir: Path, root: Path | None = None) -> list[Path]:
         f"-I{root}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--pyi_out={out_dir}",  # type stubs, so mypy checks the code using the messages
         *(str(root / p) for p in PROTOS),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"protoc failed ({proc.returncode}): {proc.stderr.strip()}")
-    return sorted(out_dir.rglob("*_pb2*.py"))
+    return sorted([*out_dir.rglob("*_pb2*.py"), *out_dir.rglob("*_pb2*.pyi")])
 
 
 def stale_files(root: Path | None = None) -> list[str]:
