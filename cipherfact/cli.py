@@ -178,6 +178,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 BENCH_MODULES = {
     "crypto": "cipherfact.bench.crypto",
     "solvers": "cipherfact.bench.solvers",
+    "protocols": "cipherfact.bench.protocols",
 }
 
 

@@ -280,10 +280,14 @@ def _party_bytes(engine: InMemoryEngine, groups: dict[AgentId, str]) -> dict[str
 
 
 def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
-    """Runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (in-memory backend)."""
+    """Runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (in-memory and Ray backends)."""
+    if options.backend == "ray":
+        from cipherfact.simulations.ray_recsys import simulate_recsys_ray
+
+        return simulate_recsys_ray(scenario, out_dir, options)
     if options.backend != "inmemory":
         raise ScenarioError(
-            f"{scenario.protocol} runs on the in-memory backend only for now, got "
+            f"{scenario.protocol} runs on the in-memory and ray backends only, got "
             f"{options.backend!r}"
         )
     split = load_split(scenario.data, scenario.seed)

@@ -83,12 +83,6 @@ def test_impossible_mask_is_refused_before_keys(tmp_path: Path) -> None:
         simulate(scenario, tmp_path, progress=False)
 
 
-def test_ray_backend_not_yet(tmp_path: Path) -> None:
-    scenario = load_scenario("csr-fhe-mf-synthetic", SMALL)
-    with pytest.raises(ScenarioError, match="in-memory backend only"):
-        simulate(scenario, tmp_path, backend="ray", progress=False)
-
-
 def _write(path: Path, rows) -> None:
     lines = ["userId,movieId,rating,timestamp"]
     lines += [f"{u},{i},{v:g},{t}" for u, i, v, t in rows]

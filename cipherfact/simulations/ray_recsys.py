@@ -1,0 +1,655 @@
+"""The Ray backend for the recommendation protocols (csr_fhe_mf, fedmf).
+
+Roles are built *inside* the actors by a picklable factory, each actor keeping
+only the roles placed on it, so secret keys are generated where their holder
+runs and never travel: the CSP's CKKS key in the CSP's actor; FedMF's Paillier
+key pair, which all users share, in the one actor that hosts every user (a
+shared secret key cannot be handed to several actors without pickling it).
+The key holder's actor is created first and reports the job's *public*
+parameters (the protocol config, the plaintext twin); the other actors build
+their roles from those, so every actor holds the same config as in memory.
+
+Routing reuses the ppdnmf engine's pieces (``HostTransport``, outboxes batched
+per destination actor, quiescence detected at the driver). Measurement hooks
+(the CSP's masked factors with RS's masks; FedMF's Enc(V) as bytes, decrypted
+by the users' actor) are called between epochs, like the in-memory harness.
+
+Results: FedMF is exact fixed-point Paillier with sequential users, so a run
+equals the in-memory run bit for bit. csr_fhe_mf decrypts CKKS values whose
+noise depends on fresh encryption randomness, so two runs, in memory or not,
+agree on RMSE to the CKKS noise only (measured ~1e-6), and ciphertext sizes
+(compressed serialization) vary by a fraction of a percent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from cipherfact.agents.agent import Agent
+from cipherfact.agents.envelope import AgentId
+from cipherfact.agents.ray_transport import HostId, HostTransport
+from cipherfact.agents.traffic import TrafficStats
+from cipherfact.protocols.base import Profiler
+from cipherfact.simulations.ray_engine import (
+    Outbox,
+    RayEngineError,
+    ray_session,
+    stats_from_raw,
+    stats_to_raw,
+)
+from cipherfact.simulations.recsys_sim import (
+    _by_user,
+    _party_bytes,
+    _plot_party_bytes,
+    _plot_rmse,
+    _rmse,
+    _test_csr,
+    build_csr,
+    build_fedmf,
+    fedmf_config,
+    load_split,
+)
+from cipherfact.simulations.results import RunWriter, machine_info, package_versions
+from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
+from cipherfact.solvers.ratings import fit_ratings_mf
+from cipherfact.solvers.ratings import rmse as mf_rmse
+
+__all__ = [
+    "LocalRoles",
+    "RayRolesEngine",
+    "RoleHost",
+    "csr_placement",
+    "fedmf_placement",
+    "simulate_recsys_ray",
+]
+
+
+@dataclass
+class LocalRoles:
+    """What a factory builds in one actor: its roles, profilers per party group,
+    measurement hooks, and the public facts the driver may learn (no keys)."""
+
+    roles: dict[AgentId, Any]
+    profilers: dict[str, Profiler]
+    hooks: dict[str, Callable[..., Any]]
+    public: dict[str, Any]
+
+
+RoleFactory = Callable[[list[AgentId]], LocalRoles]
+
+
+# --- placement ------------------------------------------------------------------------
+
+
+def _check_hosts(n_users: int, hosts: int) -> None:
+    if isinstance(n_users, bool) or not isinstance(n_users, int) or n_users < 1:
+        raise ValueError(f"n_users must be a positive int, got {n_users!r}")
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
+        raise ValueError(f"hosts must be a positive int, got {hosts!r}")
+
+
+def csr_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
+    """RS on actor 0, CSP on actor 1 (when there are two), users round-robin over all
+    actors: RS and CSP are the parties that must not share a process."""
+    from cipherfact.protocols import csr_fhe_mf as csr
+
+    _check_hosts(n_users, hosts)
+    out = {csr.RS_ID: 0, csr.CSP_ID: 1 % hosts}
+    out.update({csr.user_id(u): u % hosts for u in range(n_users)})
+    return out
+
+
+def fedmf_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
+    """Server on actor 0, every user on actor 1 (when there are two): the users share
+    one secret key, which is generated in their actor and never pickled."""
+    from cipherfact.protocols import fedmf
+
+    _check_hosts(n_users, hosts)
+    out = {fedmf.SERVER_ID: 0}
+    out.update({fedmf.user_id(u): 1 % hosts for u in range(n_users)})
+    return out
+
+
+# --- factories (run inside the actors) ------------------------------------------------
+
+
+def _keep(roles: Mapping[AgentId, Any], agents: list[AgentId]) -> dict[AgentId, Any]:
+    missing = sorted(set(agents) - set(roles))
+    if missing:
+        raise ValueError(f"the factory cannot build agents {missing}")
+    return {i: roles[i] for i in agents}
+
+
+@dataclass(frozen=True)
+class CsrKeyHolder:
+    """Builds the job as in memory (the CSP's CKKS key is generated here, once) and
+    keeps the local roles; publishes the config, twin and parameter facts."""
+
+    scenario: Any
+
+    def __call__(self, agents: list[AgentId]) -> LocalRoles:
+        from cipherfact.protocols import csr_fhe_mf as csr
+
+        run = build_csr(self.scenario, load_split(self.scenario.data, self.scenario.seed))
+        csp, rs = run.roles[csr.CSP_ID], run.roles[csr.RS_ID]
+        public = {
+            "config": csp.config,
+            "twin": run.twin,
+            "groups": run.groups,
+            "offset": run.offset,
+            "epochs": run.epochs,
+            "info": run.info,
+        }
+        hooks: dict[str, Callable[..., Any]] = {"masked_factors": csp.masked_factors}
+        if csr.RS_ID in agents:
+            hooks["factor_masks"] = rs.factor_masks
+        return LocalRoles(_keep(run.roles, agents), run.profilers, hooks, public)
+
+
+@dataclass(frozen=True)
+class CsrPublicRoles:
+    """RS and users from the public config only (they hold no secret key); built
+    exactly as ``build_csr`` builds them."""
+
+    scenario: Any
+    config: Any
+
+    def __call__(self, agents: list[AgentId]) -> LocalRoles:
+        from cipherfact.crypto.ckks import load_public_ckks
+        from cipherfact.protocols import csr_fhe_mf as csr
+
+        train = load_split(self.scenario.data, self.scenario.seed).train
+        cfg = self.config
+        profs = {"rs": Profiler(), "csp": Profiler(), "users": Profiler()}
+        roles: dict[AgentId, Any] = {}
+        hooks: dict[str, Callable[..., Any]] = {}
+        for i in agents:
+            if i == csr.RS_ID:
+                rs = csr.RecommenderServer(cfg, load_public_ckks, profs["rs"])
+                roles[i], hooks["factor_masks"] = rs, rs.factor_masks
+            elif i >= csr.user_id(0):
+                u = i - csr.user_id(0)
+                items, values = _by_user(train, u)
+                rng = np.random.default_rng([self.scenario.seed, 0x5544, u])
+                roles[i] = csr.CsrUser(u, items, values, cfg, load_public_ckks, rng, profs["users"])
+        return LocalRoles(_keep(roles, agents), profs, hooks, {})
+
+
+@dataclass(frozen=True)
+class FedMFKeyHolder:
+    """Builds the job as in memory (the users' shared Paillier key is generated here,
+    once); keeps the local roles and decrypts Enc(V) bytes for measurement."""
+
+    scenario: Any
+
+    def __call__(self, agents: list[AgentId]) -> LocalRoles:
+        from cipherfact.protocols import fedmf
+
+        run = build_fedmf(self.scenario, load_split(self.scenario.data, self.scenario.seed))
+        server = run.roles[fedmf.SERVER_ID]
+        users = [run.roles[fedmf.user_id(u)] for u in range(server.config.n_users)]
+        key = users[0].scheme
+        F, n_items = server.config.n_factors, server.config.n_items
+
+        def vectors() -> np.ndarray:
+            return np.stack([usr.vector for usr in users])
+
+        def decrypt_v(blobs: list[bytes]) -> np.ndarray:
+            V = np.concatenate([key.decrypt(key.from_bytes(b)) for b in blobs])
+            return V.reshape(-1, F)[:n_items]
+
+        hooks: dict[str, Callable[..., Any]] = {"vectors": vectors, "decrypt_v": decrypt_v}
+        if fedmf.SERVER_ID in agents:
+            hooks["encrypted_v"] = lambda: [server.scheme.to_bytes(c) for c in server.encrypted_v]
+        public = {
+            "config": server.config,
+            "twin": run.twin,
+            "groups": run.groups,
+            "offset": run.offset,
+            "epochs": run.epochs,
+            "info": run.info,
+        }
+        return LocalRoles(_keep(run.roles, agents), run.profilers, hooks, public)
+
+
+@dataclass(frozen=True)
+class FedMFServerRole:
+    """The server from the public config and the users' public key (sent in the key
+    stage as in memory); the loader is built as ``build_fedmf`` builds it."""
+
+    scenario: Any
+
+    def __call__(self, agents: list[AgentId]) -> LocalRoles:
+        from cipherfact.crypto import PaillierOptions, load_public_scheme
+        from cipherfact.protocols import fedmf
+
+        if agents != [fedmf.SERVER_ID]:
+            raise ValueError(f"the FedMF server actor hosts agent 0 only, got {agents}")
+        train = load_split(self.scenario.data, self.scenario.seed).train
+        c = self.scenario.crypto
+        cfg = fedmf_config(self.scenario, train)
+        codec = fedmf.fedmf_codec(cfg)
+        options = PaillierOptions(packing=not c.naive)
+        extra = {"insecure_test_keys": c.insecure_test_keys} if c.scheme == "paillier" else {}
+
+        def load_public(data: bytes) -> Any:
+            return load_public_scheme(c.scheme, data, codec=codec, options=options, **extra)
+
+        profs = {"server": Profiler(), "users": Profiler()}
+        server = fedmf.FedMFServer(cfg, load_public, profs["server"])
+
+        def encrypted_v() -> list[bytes]:
+            return [server.scheme.to_bytes(ct) for ct in server.encrypted_v]  # type: ignore[union-attr]
+
+        return LocalRoles({fedmf.SERVER_ID: server}, profs, {"encrypted_v": encrypted_v}, {})
+
+
+# --- the actor ------------------------------------------------------------------------
+
+
+@dataclass
+class RolesReport:
+    """What the driver gathers from one actor at an epoch boundary (no keys, no data)."""
+
+    stats: dict[str, dict[Any, int]]
+    seconds: dict[str, float]
+    ready: dict[AgentId, bool]
+    local_messages: int
+    remote_messages: int
+
+
+class RoleHost:
+    """Runs the roles a factory builds here; a plain class the engine makes remote.
+
+    Same delivery rule as ``InMemoryEngine`` inside the actor (FIFO per receiver,
+    receivers polled in id order); every call pumps to local quiescence and
+    returns the envelopes for other actors.
+    """
+
+    def __init__(
+        self, host: HostId, factory: RoleFactory, placement: Mapping[AgentId, HostId]
+    ) -> None:
+        # One BLAS thread, as ``simulate`` sets for the in-memory run.
+        self._blas_limit = threadpool_limits(limits=1)
+        self.host = host
+        self.transport = HostTransport(host, placement)
+        local = factory(self.transport.agents)
+        if sorted(local.roles) != self.transport.agents:
+            raise ValueError(
+                f"host {host}: the factory built agents {sorted(local.roles)}, the placement "
+                f"puts {self.transport.agents} here"
+            )
+        self.roles = dict(sorted(local.roles.items()))
+        self.profilers = local.profilers
+        self.hooks = local.hooks
+        self._public = local.public
+        self.agents = {i: Agent(i, r, self.transport) for i, r in self.roles.items()}
+
+    def _fail(self, what: str, exc: BaseException) -> RuntimeError:
+        return RuntimeError(
+            f"host {self.host} (agents {sorted(self.roles)}) failed during {what}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    def _pump(self) -> Outbox:
+        while self.transport.pending():
+            for agent in self.agents.values():
+                agent.poll()
+        return self.transport.take_outbox()
+
+    def public(self) -> dict[str, Any]:
+        return self._public
+
+    def start(self) -> Outbox:
+        try:
+            for agent in self.agents.values():
+                agent.start()
+            return self._pump()
+        except Exception as exc:
+            raise self._fail("setup", exc) from exc
+
+    def begin_outer(self) -> Outbox:
+        try:
+            for i, role in self.roles.items():
+                self.agents[i].send(role.begin_outer())
+            return self._pump()
+        except Exception as exc:
+            raise self._fail("begin_outer", exc) from exc
+
+    def deliver(self, envs: list[Any]) -> Outbox:
+        try:
+            self.transport.deliver(envs)
+            return self._pump()
+        except Exception as exc:
+            raise self._fail("message delivery", exc) from exc
+
+    def report(self) -> RolesReport:
+        """Traffic so far, seconds per party group since the last report, readiness."""
+        seconds = {k: sum(p.take().values()) for k, p in self.profilers.items()}
+        return RolesReport(
+            stats=stats_to_raw(self.transport.stats),
+            seconds=seconds,
+            ready={i: bool(r.at_boundary or r.done) for i, r in self.roles.items()},
+            local_messages=self.transport.local_messages,
+            remote_messages=self.transport.remote_messages,
+        )
+
+    def hook(self, name: str, *args: Any) -> Any:
+        """Call a measurement hook (factors for the harness's RMSE)."""
+        fn = self.hooks.get(name)
+        if fn is None:
+            raise ValueError(f"host {self.host} has no hook {name!r} (has {sorted(self.hooks)})")
+        return fn(*args)
+
+
+# --- the driver -----------------------------------------------------------------------
+
+
+class RayRolesEngine:
+    """Owns the actors of one run; routes envelope batches until the system is quiet."""
+
+    def __init__(self, placement: Mapping[AgentId, HostId], num_cpus: float = 1.0) -> None:
+        if not num_cpus > 0:
+            raise ValueError(f"num_cpus must be > 0, got {num_cpus}")
+        self.placement = dict(placement)
+        self.hosted = {
+            k: sorted(a for a, h in self.placement.items() if h == k)
+            for k in sorted(set(self.placement.values()))
+        }
+        self.num_cpus = num_cpus
+        self.hosts: dict[HostId, Any] = {}
+        self.stats = TrafficStats()
+        self.seconds: dict[str, float] = {}
+        self.local_messages = 0
+        self.remote_messages = 0
+        self.phase = "setup"
+
+    def add_host(self, k: HostId, factory: RoleFactory) -> dict[str, Any]:
+        """Create actor ``k`` (its roles are built there); returns its public facts."""
+        import ray
+
+        if k not in self.hosted or k in self.hosts:
+            raise ValueError(f"host {k} is not in the placement or already exists")
+        remote = ray.remote(RoleHost).options(
+            num_cpus=self.num_cpus, max_restarts=0, max_task_retries=0
+        )
+        self.hosts[k] = remote.remote(k, factory, self.placement)
+        return self._get(k, self.hosts[k].public.remote())
+
+    def _get(self, k: HostId, ref: Any) -> Any:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(ref)
+        except RayActorError as exc:
+            raise RayEngineError(
+                f"Ray actor {k} hosting agents {self.hosted[k]} died during {self.phase}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        except RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            raise RayEngineError(f"{self.phase}: {cause}") from exc
+
+    def _drive(self, method: str) -> None:
+        """Call ``method`` on every actor, then forward batches to idle actors until
+        no call is outstanding and nothing is queued."""
+        import ray
+
+        busy = {getattr(h, method).remote(): k for k, h in self.hosts.items()}
+        queued: Outbox = {}
+        while busy:
+            done, _ = ray.wait(list(busy), num_returns=1)
+            for ref in done:
+                k = busy.pop(ref)
+                for dest, envs in self._get(k, ref).items():
+                    queued.setdefault(dest, []).extend(envs)
+            running = set(busy.values())
+            for dest in sorted(queued):
+                if dest not in running:
+                    busy[self.hosts[dest].deliver.remote(queued.pop(dest))] = dest
+
+    def _gather(self) -> dict[AgentId, bool]:
+        refs = {k: h.report.remote() for k, h in self.hosts.items()}
+        reports: dict[HostId, RolesReport] = {k: self._get(k, r) for k, r in refs.items()}
+        self.stats = stats_from_raw([r.stats for r in reports.values()])
+        self.local_messages = sum(r.local_messages for r in reports.values())
+        self.remote_messages = sum(r.remote_messages for r in reports.values())
+        self.seconds = {}
+        ready: dict[AgentId, bool] = {}
+        for r in reports.values():
+            ready.update(r.ready)
+            for group, s in r.seconds.items():
+                self.seconds[group] = self.seconds.get(group, 0.0) + s
+        return ready
+
+    def start(self) -> None:
+        missing = sorted(set(self.hosted) - set(self.hosts))
+        if missing:
+            raise ValueError(f"hosts {missing} of the placement were never added")
+        self._drive("start")
+        self._gather()
+
+    def run_outer(self, epoch: int) -> None:
+        """One epoch; raises ``RayEngineError`` if some role is not at the boundary."""
+        self.phase = f"epoch {epoch}"
+        self._drive("begin_outer")
+        stuck = [i for i, ok in sorted(self._gather().items()) if not ok]
+        if stuck:
+            raise RayEngineError(f"agents {stuck} did not finish epoch {epoch}")
+
+    def hook(self, agent: AgentId, name: str, *args: Any) -> Any:
+        """Call hook ``name`` on the actor that hosts ``agent``."""
+        k = self.placement[agent]
+        return self._get(k, self.hosts[k].hook.remote(name, *args))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "actors": len(self.hosted),
+            "num_cpus_per_actor": self.num_cpus,
+            "agents_per_actor": {str(k): v for k, v in self.hosted.items()},
+            "local_messages": self.local_messages,
+            "cross_actor_messages": self.remote_messages,
+        }
+
+    def close(self) -> None:
+        import ray
+
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):  # a dead actor: nothing to stop
+                ray.kill(host)
+
+
+# --- the runner -----------------------------------------------------------------------
+
+
+def _engine_for(
+    scenario: Any, n_users: int, hosts: int, num_cpus: float
+) -> tuple[RayRolesEngine, dict[str, Any], Callable[[], tuple[np.ndarray, np.ndarray]]]:
+    """Actors for the scenario (key holder first), its public facts, and its factor
+    measurement (combining hooks as the in-memory ``RecsysRun.factors`` does)."""
+    if scenario.protocol == "csr_fhe_mf":
+        from cipherfact.protocols import csr_fhe_mf as csr
+
+        engine = RayRolesEngine(csr_placement(n_users, hosts), num_cpus)
+        try:
+            key_host = engine.placement[csr.CSP_ID]
+            public = engine.add_host(key_host, CsrKeyHolder(scenario))
+            for k in engine.hosted:
+                if k != key_host:
+                    engine.add_host(k, CsrPublicRoles(scenario, public["config"]))
+        except BaseException:
+            engine.close()
+            raise
+
+        def csr_factors() -> tuple[np.ndarray, np.ndarray]:
+            AU, AV = engine.hook(csr.CSP_ID, "masked_factors")
+            MU, MV = engine.hook(csr.RS_ID, "factor_masks")
+            return AU - MU, AV - MV
+
+        return engine, public, csr_factors
+
+    from cipherfact.protocols import fedmf
+
+    engine = RayRolesEngine(fedmf_placement(n_users, hosts), num_cpus)
+    try:
+        key_host = engine.placement[fedmf.user_id(0)]
+        public = engine.add_host(key_host, FedMFKeyHolder(scenario))
+        for k in engine.hosted:
+            if k != key_host:
+                engine.add_host(k, FedMFServerRole(scenario))
+    except BaseException:
+        engine.close()
+        raise
+    first = fedmf.user_id(0)
+
+    def fedmf_factors() -> tuple[np.ndarray, np.ndarray]:
+        blobs = engine.hook(fedmf.SERVER_ID, "encrypted_v")
+        return engine.hook(first, "vectors"), engine.hook(first, "decrypt_v", blobs)
+
+    return engine, public, fedmf_factors
+
+
+def simulate_recsys_ray(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
+    """``--backend ray`` for csr_fhe_mf and fedmf: same files and fields as in memory,
+    plus ``ray`` (actors, placement, cross-actor messages).
+
+    Starts (and stops) a local Ray unless ``options.ray_address`` names a cluster or
+    Ray is already running. ``options.ray_actors`` (default: the cluster's CPUs, at
+    least 2) sets the actor count; FedMF uses at most 2 (server, users).
+    """
+    if options.checkpoint_every or options.resume:
+        raise ScenarioError(f"{scenario.protocol} has no checkpoints (ray backend); drop them")
+    if options.network is not None and options.network.enabled:
+        raise ScenarioError(f"{scenario.protocol} has no network emulation (ray backend)")
+    with ray_session(options.ray_address):
+        return _run(scenario, Path(out_dir), options)
+
+
+def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
+    import ray
+
+    split = load_split(scenario.data, scenario.seed)
+    train, test = split.train, split.test
+    started = time.perf_counter()
+    hosts = options.ray_actors or max(2, int(ray.cluster_resources().get("CPU", 2)))
+    hosts = min(hosts, train.n_users + 2)
+    engine, public, factors = _engine_for(
+        scenario, train.n_users, hosts, options.ray_cpus_per_actor
+    )
+    groups, twin, offset, epochs = (
+        public["groups"],
+        public["twin"],
+        public["offset"],
+        public["epochs"],
+    )
+    writer = RunWriter(out_dir)
+    summary: dict[str, Any] = {
+        "protocol": scenario.protocol,
+        "scenario": scenario_to_dict(scenario),
+        "backend": options.backend,
+        "n_users": train.n_users,
+        "n_items": train.n_items,
+        "train_ratings": train.n_ratings,
+        "test_ratings": test.n_ratings,
+        "dropped_test_ratings": split.n_dropped_test,
+        **public["info"],
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "status": "running",
+    }
+    metrics: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=epochs,
+        desc=scenario.protocol,
+        unit="epoch",
+        disable=not options.progress,
+        file=sys.stderr,
+    )
+    try:
+        engine.start()
+        setup_s = time.perf_counter() - started
+        setup_bytes = engine.stats.bytes_total
+        seconds = dict(engine.seconds)
+        for epoch in range(epochs):
+            t0, b0 = time.perf_counter(), engine.stats.bytes_total
+            engine.run_outer(epoch)
+            wall = time.perf_counter() - t0
+            U, V = factors()
+            tU, tV = twin[epoch]
+            record = {
+                "epoch": epoch,
+                "train_rmse": _rmse(U, V, train, offset),
+                "test_rmse": _rmse(U, V, test, offset),
+                "plain_train_rmse": _rmse(tU, tV, train, offset),
+                "plain_test_rmse": _rmse(tU, tV, test, offset),
+                "bytes": engine.stats.bytes_total - b0,
+                "wall_s": wall,
+                **{f"{k}_s": v for k, v in engine.seconds.items()},
+            }
+            for k, v in engine.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+            metrics.append(record)
+            writer.append_metrics(record)
+            bar.update(1)
+    except BaseException as exc:
+        summary.update(
+            status=f"failed: {type(exc).__name__}: {exc}",
+            epochs=len(metrics),
+            wall_s=time.perf_counter() - started,
+            ray=engine.info(),
+        )
+        writer.write_json("summary.json", summary)
+        raise
+    finally:
+        bar.close()
+        engine.close()
+    train_bytes = sum(m["bytes"] for m in metrics)
+    last = metrics[-1]
+    summary.update(
+        status="completed",
+        epochs=len(metrics),
+        train_rmse=last["train_rmse"],
+        test_rmse=last["test_rmse"],
+        plain_train_rmse=last["plain_train_rmse"],
+        plain_test_rmse=last["plain_test_rmse"],
+        wall_s=time.perf_counter() - started,
+        setup_s=setup_s,
+        seconds_per_epoch=sum(m["wall_s"] for m in metrics) / len(metrics),
+        bytes_setup=setup_bytes,
+        bytes_total=engine.stats.bytes_total,
+        bytes_per_epoch=train_bytes / len(metrics),
+        bytes_per_party=_party_bytes(engine, groups),  # type: ignore[arg-type]
+        seconds_per_party=seconds,
+        traffic=engine.stats.to_dict(),
+        ray=engine.info(),
+    )
+    if test.n_ratings and scenario.protocol == "csr_fhe_mf":
+        R = train.to_csr()
+        ref = fit_ratings_mf(
+            R, scenario.n_factors, method="als", biases=True, epochs=10, seed=scenario.seed
+        )
+        summary["mf_reference_test_rmse"] = mf_rmse(ref, _test_csr(test, R.shape))
+    writer.write_json("summary.json", summary)
+    title = f"{scenario.name}: {train.n_users} users, {train.n_items} items"
+    _plot_rmse(
+        out_dir / "rmse.png",
+        {
+            f"{scenario.protocol} test": [m["test_rmse"] for m in metrics],
+            "plaintext twin test": [m["plain_test_rmse"] for m in metrics],
+            f"{scenario.protocol} train": [m["train_rmse"] for m in metrics],
+        },
+        title,
+    )
+    _plot_party_bytes(out_dir / "bytes.png", summary["bytes_per_party"], title)
+    return summary
