@@ -50,19 +50,15 @@ from cipherfact.simulations.ray_engine import (
 from cipherfact.simulations.recsys_sim import (
     _by_user,
     _party_bytes,
-    _plot_party_bytes,
-    _plot_rmse,
     _rmse,
-    _test_csr,
     build_csr,
     build_fedmf,
     fedmf_config,
+    finish_summary,
     load_split,
 )
 from cipherfact.simulations.results import RunWriter, machine_info, package_versions
 from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
-from cipherfact.solvers.ratings import fit_ratings_mf
-from cipherfact.solvers.ratings import rmse as mf_rmse
 
 __all__ = [
     "LocalRoles",
@@ -614,42 +610,18 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
     finally:
         bar.close()
         engine.close()
-    train_bytes = sum(m["bytes"] for m in metrics)
-    last = metrics[-1]
-    summary.update(
-        status="completed",
-        epochs=len(metrics),
-        train_rmse=last["train_rmse"],
-        test_rmse=last["test_rmse"],
-        plain_train_rmse=last["plain_train_rmse"],
-        plain_test_rmse=last["plain_test_rmse"],
+    summary["ray"] = engine.info()
+    return finish_summary(
+        summary,
+        scenario,
+        train,
+        test,
+        metrics,
+        writer,
         wall_s=time.perf_counter() - started,
         setup_s=setup_s,
-        seconds_per_epoch=sum(m["wall_s"] for m in metrics) / len(metrics),
-        bytes_setup=setup_bytes,
-        bytes_total=engine.stats.bytes_total,
-        bytes_per_epoch=train_bytes / len(metrics),
+        setup_bytes=setup_bytes,
+        stats=engine.stats,
         bytes_per_party=_party_bytes(engine, groups),  # type: ignore[arg-type]
         seconds_per_party=seconds,
-        traffic=engine.stats.to_dict(),
-        ray=engine.info(),
     )
-    if test.n_ratings and scenario.protocol == "csr_fhe_mf":
-        R = train.to_csr()
-        ref = fit_ratings_mf(
-            R, scenario.n_factors, method="als", biases=True, epochs=10, seed=scenario.seed
-        )
-        summary["mf_reference_test_rmse"] = mf_rmse(ref, _test_csr(test, R.shape))
-    writer.write_json("summary.json", summary)
-    title = f"{scenario.name}: {train.n_users} users, {train.n_items} items"
-    _plot_rmse(
-        out_dir / "rmse.png",
-        {
-            f"{scenario.protocol} test": [m["test_rmse"] for m in metrics],
-            "plaintext twin test": [m["plain_test_rmse"] for m in metrics],
-            f"{scenario.protocol} train": [m["train_rmse"] for m in metrics],
-        },
-        title,
-    )
-    _plot_party_bytes(out_dir / "bytes.png", summary["bytes_per_party"], title)
-    return summary

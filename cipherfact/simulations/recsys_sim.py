@@ -358,10 +358,42 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         raise
     finally:
         bar.close()
+    seconds_per_party = {k: sum(setup_seconds[k].values()) for k in run.profilers}
+    for k in run.profilers:
+        seconds_per_party[k] += sum(m[f"{k}_s"] for m in metrics)
+    return finish_summary(
+        summary,
+        scenario,
+        train,
+        test,
+        metrics,
+        writer,
+        wall_s=time.perf_counter() - started,
+        setup_s=setup_s,
+        setup_bytes=setup_bytes,
+        stats=engine.stats,
+        bytes_per_party=_party_bytes(engine, run.groups),
+        seconds_per_party=seconds_per_party,
+    )
+
+
+def finish_summary(
+    summary: dict[str, Any],
+    scenario: Any,
+    train: Ratings,
+    test: Ratings,
+    metrics: list[dict[str, Any]],
+    writer: RunWriter,
+    *,
+    wall_s: float,
+    setup_s: float,
+    setup_bytes: int,
+    stats: Any,
+    bytes_per_party: dict[str, Any],
+    seconds_per_party: dict[str, float],
+) -> dict[str, Any]:
+    """Complete ``summary.json`` and draw the plots; shared by every backend."""
     last = metrics[-1]
-    train_bytes = sum(m["bytes"] for m in metrics)
-    train_wall = sum(m["wall_s"] for m in metrics)
-    R = train.to_csr()
     summary.update(
         status="completed",
         epochs=len(metrics),
@@ -369,19 +401,18 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         test_rmse=last["test_rmse"],
         plain_train_rmse=last["plain_train_rmse"],
         plain_test_rmse=last["plain_test_rmse"],
-        wall_s=time.perf_counter() - started,
+        wall_s=wall_s,
         setup_s=setup_s,
-        seconds_per_epoch=train_wall / len(metrics),
+        seconds_per_epoch=sum(m["wall_s"] for m in metrics) / len(metrics),
         bytes_setup=setup_bytes,
-        bytes_total=engine.stats.bytes_total,
-        bytes_per_epoch=train_bytes / len(metrics),
-        bytes_per_party=_party_bytes(engine, run.groups),
-        seconds_per_party={k: sum(setup_seconds[k].values()) for k in run.profilers},
-        traffic=engine.stats.to_dict(),
+        bytes_total=stats.bytes_total,
+        bytes_per_epoch=sum(m["bytes"] for m in metrics) / len(metrics),
+        bytes_per_party=bytes_per_party,
+        seconds_per_party=seconds_per_party,
+        traffic=stats.to_dict(),
     )
-    for k in run.profilers:
-        summary["seconds_per_party"][k] += sum(m[f"{k}_s"] for m in metrics)
     if test.n_ratings and scenario.protocol == "csr_fhe_mf":
+        R = train.to_csr()
         ref = fit_ratings_mf(
             R, scenario.n_factors, method="als", biases=True, epochs=10, seed=scenario.seed
         )
@@ -389,7 +420,7 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
     writer.write_json("summary.json", summary)
     title = f"{scenario.name}: {train.n_users} users, {train.n_items} items"
     _plot_rmse(
-        out_dir / "rmse.png",
+        writer.out_dir / "rmse.png",
         {
             f"{scenario.protocol} test": [m["test_rmse"] for m in metrics],
             "plaintext twin test": [m["plain_test_rmse"] for m in metrics],
@@ -397,7 +428,7 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         },
         title,
     )
-    _plot_party_bytes(out_dir / "bytes.png", summary["bytes_per_party"], title)
+    _plot_party_bytes(writer.out_dir / "bytes.png", summary["bytes_per_party"], title)
     return summary
 
 
