@@ -56,9 +56,10 @@ from cipherfact.simulations.recsys_sim import (
     fedmf_config,
     finish_summary,
     load_split,
+    summary_header,
 )
-from cipherfact.simulations.results import RunWriter, machine_info, package_versions
-from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
+from cipherfact.simulations.results import RunWriter
+from cipherfact.simulations.scenario import ScenarioError
 
 __all__ = [
     "LocalRoles",
@@ -550,20 +551,7 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
         public["epochs"],
     )
     writer = RunWriter(out_dir)
-    summary: dict[str, Any] = {
-        "protocol": scenario.protocol,
-        "scenario": scenario_to_dict(scenario),
-        "backend": options.backend,
-        "n_users": train.n_users,
-        "n_items": train.n_items,
-        "train_ratings": train.n_ratings,
-        "test_ratings": test.n_ratings,
-        "dropped_test_ratings": split.n_dropped_test,
-        **public["info"],
-        "machine": machine_info(),
-        "versions": package_versions(),
-        "status": "running",
-    }
+    summary = summary_header(scenario, options.backend, split, public["info"])
     metrics: list[dict[str, Any]] = []
     bar = tqdm(
         total=epochs,

@@ -299,20 +299,7 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         else build_fedmf(scenario, split)
     )
     writer = RunWriter(out_dir)
-    summary: dict[str, Any] = {
-        "protocol": scenario.protocol,
-        "scenario": scenario_to_dict(scenario),
-        "backend": options.backend,
-        "n_users": train.n_users,
-        "n_items": train.n_items,
-        "train_ratings": train.n_ratings,
-        "test_ratings": test.n_ratings,
-        "dropped_test_ratings": split.n_dropped_test,
-        **run.info,
-        "machine": machine_info(),
-        "versions": package_versions(),
-        "status": "running",
-    }
+    summary = summary_header(scenario, options.backend, split, run.info)
     engine = InMemoryEngine(run.roles)
     metrics: list[dict[str, Any]] = []
     bar = tqdm(
@@ -375,6 +362,27 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         bytes_per_party=_party_bytes(engine, run.groups),
         seconds_per_party=seconds_per_party,
     )
+
+
+def summary_header(
+    scenario: Any, backend: str, split: RatingsSplit, info: dict[str, Any]
+) -> dict[str, Any]:
+    """The fields of ``summary.json`` known before training; shared by every backend."""
+    train, test = split.train, split.test
+    return {
+        "protocol": scenario.protocol,
+        "scenario": scenario_to_dict(scenario),
+        "backend": backend,
+        "n_users": train.n_users,
+        "n_items": train.n_items,
+        "train_ratings": train.n_ratings,
+        "test_ratings": test.n_ratings,
+        "dropped_test_ratings": split.n_dropped_test,
+        **info,
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "status": "running",
+    }
 
 
 def finish_summary(
