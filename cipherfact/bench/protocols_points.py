@@ -20,12 +20,19 @@ __all__ = ["CSV_FIELDS", "accuracy_history", "point_row", "run_point"]
 #: scalar columns of ``points.csv`` (``points.json`` also holds the nested dicts)
 CSV_FIELDS = (
     "label",
+    "sweep",
     "protocol",
     "scheme",
     "mode",
     "packing",
     "n_agents",
     "n_users",
+    "topology",
+    "degree_mean",
+    "data_rows",
+    "data_cols",
+    "rank",
+    "ckks_params",
     "key_bits",
     "insecure_test_keys",
     "iterations",
@@ -43,18 +50,28 @@ CSV_FIELDS = (
     "bytes_per_party_max",
     "bytes_per_edge_mean",
     "bytes_per_edge_max",
+    "network_latency_ms",
+    "network_bandwidth_mbps",
+    "simulated_network_s",
     "seed",
 )
 
 
 def run_point(spec: PointSpec, out_dir: Path) -> dict[str, Any]:
     """Simulate ``spec`` in-memory into ``out_dir`` and return its row."""
+    from cipherfact.simulations.network import NetworkModel
     from cipherfact.simulations.scenario import load_scenario
     from cipherfact.simulations.simulate import SimOptions, simulate
 
     scenario = load_scenario(spec.scenario, list(spec.overrides))
-    summary = simulate(scenario, out_dir, options=SimOptions(backend="inmemory", progress=False))
-    return point_row(spec, summary)
+    network = None
+    if spec.network is not None:
+        latency_ms, bandwidth_mbps = spec.network
+        network = NetworkModel(
+            latency_ms=latency_ms, bandwidth_mbps=bandwidth_mbps, seed=scenario.seed
+        )
+    options = SimOptions(backend="inmemory", progress=False, network=network)
+    return point_row(spec, simulate(scenario, out_dir, options=options))
 
 
 def _party_bytes(summary: dict[str, Any]) -> list[int]:
@@ -83,14 +100,25 @@ def point_row(spec: PointSpec, summary: dict[str, Any]) -> dict[str, Any]:
     party_mean, party_max = _stats(_party_bytes(summary))
     edge_mean, edge_max = _stats(edges)
     scheme = "ckks" if protocol == "csr_fhe_mf" else summary.get("scheme", crypto.get("scheme"))
+    network = summary.get("network") or {}
+    graph = summary.get("graph") or {}
+    shape = summary.get("data_shape") or [None, None]
     row: dict[str, Any] = {
         "label": spec.label,
+        "sweep": spec.sweep,
         "protocol": protocol,
         "scheme": scheme,
         "mode": summary.get("mode"),
         "packing": None if protocol != "fedmf" else not summary.get("naive", False),
         "n_agents": summary.get("n_agents"),
         "n_users": summary.get("n_users"),
+        # ppdnmf only; ring/complete are spelled small_world/erdos_renyi (see plan)
+        "topology": spec.swept.get("topology", scenario.get("topology", {}).get("kind")),
+        "degree_mean": graph.get("average_degree"),
+        "data_rows": shape[0],
+        "data_cols": shape[1],
+        "rank": scenario.get("rank") if ppdnmf else scenario.get("n_factors"),
+        "ckks_params": summary.get("ckks_params"),
         "key_bits": crypto.get("key_bits") if scheme == "paillier" else None,
         "insecure_test_keys": bool(crypto.get("insecure_test_keys", False)),
         "iterations": summary.get("outer_iters_completed", summary.get("epochs")),
@@ -113,6 +141,10 @@ def point_row(spec: PointSpec, summary: dict[str, Any]) -> dict[str, Any]:
         "bytes_per_party_max": party_max,
         "bytes_per_edge_mean": edge_mean,
         "bytes_per_edge_max": edge_max,
+        "network_latency_ms": network.get("latency_ms"),
+        "network_bandwidth_mbps": network.get("bandwidth_mbps"),
+        # None: no network model ran for this point (recsys), never a made-up 0
+        "simulated_network_s": summary.get("simulated_network_s"),
         "seed": scenario["seed"],
         "swept": dict(spec.swept),
         "overrides": list(spec.overrides),

@@ -33,6 +33,41 @@ def _fmt(value: Any, kind: str = "") -> str:
     return str(value)
 
 
+def _sweep_cell(r: dict[str, Any]) -> str:
+    """The swept parameter and its value, e.g. ``topology=ring``."""
+    value = {
+        "agents": r["n_agents"] if r["n_agents"] is not None else r["n_users"],
+        "key_bits": r["key_bits"],
+        "topology": f"{r['topology']} (deg {_fmt(r['degree_mean'])})",
+        "data_size": f"{r['data_rows']}x{r['data_cols']}",
+        "rank": r["rank"],
+        "packing": r["packing"],
+        "ckks_params": r["ckks_params"],
+        "protocol": r["protocol"] + (f"-{r['mode']}" if r["mode"] else "") + f"/{r['scheme']}",
+    }.get(r["sweep"], "")
+    return f"{r['sweep']}={value}"
+
+
+def _network_note(rows: Sequence[dict[str, Any]]) -> str:
+    """Which network model the ``sim net s`` column assumes (from the rows themselves)."""
+    models = sorted(
+        {
+            (r["network_latency_ms"], r["network_bandwidth_mbps"])
+            for r in rows
+            if r["simulated_network_s"] is not None
+        },
+        key=str,
+    )
+    if not models:
+        return "No network model ran (sim net s is empty)."
+    shown = "; ".join(f"{lat:g} ms latency, {bw:g} Mb/s per edge" for lat, bw in models)
+    return (
+        f"sim net s: simulated network time of the ppdnmf messages on {shown} "
+        "(synchronous waves, no loss; see cipherfact.simulations.network), "
+        "not measured and not included in wall s."
+    )
+
+
 def format_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
     """Markdown ready to paste: the exact command, machine and key caveat first."""
     machine = header["machine"]
@@ -54,6 +89,7 @@ def format_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
         ]
     cols = [
         "point",
+        "sweep",
         "protocol",
         "scheme",
         "agents/users",
@@ -66,17 +102,19 @@ def format_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
         "crypto s",
         "compute s",
         "transport s",
+        "sim net s",
         "MB total",
         "MB/party max",
         "MB/edge max",
     ]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * 3 + "---:|" * (len(cols) - 3)]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * 4 + "---:|" * (len(cols) - 4)]
     for r in rows:
         bits = _fmt(r["key_bits"]) + ("*" if r["insecure_test_keys"] and r["key_bits"] else "")
         proto = r["protocol"] + (f" ({r['mode']})" if r["mode"] else "")
         acc = f"{_fmt(r['accuracy'], 'acc')} {r['accuracy_metric']}"
         cells = [
             r["label"],
+            _sweep_cell(r),
             proto,
             r["scheme"],
             _fmt(r["n_agents"] if r["n_agents"] is not None else r["n_users"]),
@@ -89,6 +127,7 @@ def format_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
             _fmt(r["crypto_s"]),
             _fmt(r["compute_s"]),
             _fmt(r["transport_s"]),
+            _fmt(r["simulated_network_s"]),
             _fmt(r["bytes_total"], "bytes"),
             _fmt(r["bytes_per_party_max"], "bytes"),
             _fmt(r["bytes_per_edge_max"], "bytes"),
@@ -103,7 +142,8 @@ def format_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
         "crypto/compute/transport split: ppdnmf only (recsys summaries split time "
         "per party instead, see points.json). "
         "csr_fhe_mf's CKKS accuracy varies in the last digits between runs (encryption "
-        "noise from OS randomness); every other accuracy is reproduced exactly by the seed.",
+        "noise from OS randomness); every other accuracy is reproduced exactly by the seed. "
+        + _network_note(rows),
         "",
     ]
     return "\n".join(lines)
@@ -122,8 +162,8 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def _series_by_agents(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[tuple]]:
     series: dict[str, list[tuple]] = {}
-    for r in rows:
-        if r["protocol"] != "ppdnmf" or r[key] is None:
+    for r in rows:  # the agents/key-size sweeps only: other sweeps vary something else
+        if r["protocol"] != "ppdnmf" or r[key] is None or r["sweep"] not in ("agents", "key_bits"):
             continue
         name = r["scheme"] + (f" {r['key_bits']}-bit" if r["key_bits"] else "")
         series.setdefault(name, []).append((r["n_agents"], r[key]))

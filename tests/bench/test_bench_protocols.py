@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from cipherfact.bench.protocols_plan import PointSpec, plan_points
+from cipherfact.bench.protocols_plan import NETWORK, SWEEPS, PointSpec, plan_points
 from cipherfact.bench.protocols_points import CSV_FIELDS, point_row
 from cipherfact.cli import main
+from cipherfact.protocols.csr_fhe_mf_layout import CSR_PARAM_SETS, plan_csr_params
+from cipherfact.simulations.ppdnmf_job import prepare_job
+from cipherfact.simulations.scenario import load_scenario
 
 OUTPUTS = (
     "points.csv",
@@ -68,9 +71,14 @@ def test_every_point_has_its_fields(quick_run: tuple[Path, dict[str, Any]]) -> N
         assert p["seed"] == 0 and p["scenario"]["seed"] == 0
         assert p["versions"]["numpy"] and p["versions"]["cipherfact"]
         assert p["machine"]["cores"] >= 1 and p["machine"]["cpu"]
+        assert p["sweep"] in SWEEPS
         if p["protocol"] == "ppdnmf":
             split = p["crypto_s"] + p["compute_s"] + p["transport_s"]
             assert 0 < split <= p["wall_s"]
+            assert p["simulated_network_s"] > 0
+            assert (p["network_latency_ms"], p["network_bandwidth_mbps"]) == NETWORK
+        else:
+            assert p["simulated_network_s"] is None
     assert data["command"].startswith("cipherfact bench protocols --quick --out ")
 
 
@@ -132,6 +140,10 @@ def test_quick_point_list() -> None:
         "ppdnmf-paillier1024-n8",
     ]
     assert set(labels[4:]) == {
+        "ppdnmf-plain-n8-ring",
+        "ppdnmf-plain-n8-complete",
+        "ppdnmf-plain-n8-60x400",
+        "ppdnmf-plain-n8-rank10",
         "csr_fhe_mf-ckks",
         "fedmf-full-paillier-packed",
         "fedmf-part-paillier-packed",
@@ -147,13 +159,88 @@ def test_full_point_list_uses_real_keys() -> None:
     points = plan_points("full", 3)
     bits = {p.swept["key_bits"] for p in points if p.label.startswith("ppdnmf-paillier")}
     assert bits == {2048, 3072}
-    assert {p.swept["n_agents"] for p in points if p.label.startswith("ppdnmf-plain")} == {
+    agents = [p for p in points if p.sweep == "agents"]
+    assert {p.swept["n_agents"] for p in agents if p.label.startswith("ppdnmf-plain")} == {
         10,
         20,
         50,
     }
     assert all("seed=3" in p.overrides for p in points)
     assert not any("crypto.insecure_test_keys=true" in p.overrides for p in points)
+
+
+def _ppdnmf_fact(point: PointSpec) -> tuple[str, Any]:
+    """What a ppdnmf sweep point really runs: its graph's degrees, data shape or rank."""
+    job = prepare_job(load_scenario(point.scenario, list(point.overrides)))
+    if point.sweep == "topology":
+        degrees = sorted({job.graph.degree(i) for i in range(job.n_agents)})
+        return point.swept["topology"], degrees
+    if point.sweep == "data_size":
+        return "shape", list(job.X.shape)
+    return "rank", job.config.rank
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_plans_hold_the_new_sweeps_with_valid_overrides(mode: str) -> None:
+    points = plan_points(mode, 0)
+    sweeps = {p.sweep for p in points}
+    assert {"agents", "topology", "data_size", "rank", "protocol"} <= sweeps
+    assert ({"packing", "ckks_params", "key_bits"} <= sweeps) == (mode == "full")
+    for p in points:
+        scenario = load_scenario(p.scenario, list(p.overrides))  # valid, not run
+        assert scenario.seed == 0
+        assert (p.network == NETWORK) == (p.scenario == "ppdnmf-synthetic"), p.label
+    facts = dict(_ppdnmf_fact(p) for p in points if p.sweep in ("topology", "data_size"))
+    assert facts["ring"] == [2] and facts["complete"] == [7]  # every agent's degree
+    assert facts["shape"] == ([60, 400] if mode == "quick" else [120, 800])
+    ranks = sorted(_ppdnmf_fact(p)[1] for p in points if p.sweep == "rank")
+    assert ranks == ([10] if mode == "quick" else [3, 10])
+
+
+def test_full_plan_sweeps_ckks_sets_and_fedmf_packing() -> None:
+    points = plan_points("full", 0)
+    csr = [p for p in points if p.sweep == "ckks_params"]
+    assert {p.swept["ckks_params"] for p in csr} == set(CSR_PARAM_SETS)
+    for p in csr:
+        c = load_scenario(p.scenario, list(p.overrides)).crypto
+        assert c.params == p.swept["ckks_params"]
+        # the planner accepts each set at the job's depth (2) with the chosen mask
+        planned = plan_csr_params(2, c.value_bound, c.mask_bits, c.params)
+        assert planned.name == c.params
+    packing = {p.swept["packing"]: p for p in points if p.sweep == "packing"}
+    assert set(packing) == {True, False}
+    for packed, p in packing.items():
+        s = load_scenario(p.scenario, list(p.overrides))
+        assert s.crypto.naive is (not packed) and s.data.n_users == 20
+        assert s.crypto.key_bits == 2048 and not s.crypto.insecure_test_keys
+
+
+def test_tiny_run_records_simulated_network_time(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    out, data = tiny_run
+    with (out / "points.csv").open(encoding="utf-8") as f:
+        rows = {r["label"]: r for r in csv.DictReader(f)}
+    for p in data["points"]:
+        if p["protocol"] == "ppdnmf":
+            assert p["simulated_network_s"] > 0.05  # at least one 50 ms latency
+            summary = json.loads((out / p["label"] / "summary.json").read_text("utf-8"))
+            assert summary["network"]["bandwidth_mbps"] == NETWORK[1]
+            assert float(rows[p["label"]]["simulated_network_s"]) == p["simulated_network_s"]
+        else:
+            assert rows[p["label"]]["simulated_network_s"] == ""
+    assert "sim net s" in (out / "table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sweep": "colour"}, "sweep must be one of"),
+        ({"network": (50.0, 0.0)}, r"network must be \(latency_ms >= 0, bandwidth_mbps > 0\)"),
+        ({"network": (-1.0, 10.0)}, "network must be"),
+    ],
+)
+def test_point_spec_rejects_bad_sweep_or_network(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PointSpec("x", "ppdnmf-synthetic", (), **kwargs)
 
 
 @pytest.mark.parametrize(
