@@ -267,7 +267,25 @@ def plan_points(mode: str, seed: int) -> list[PointSpec]:
     sizes: tuple[str, ...]
     if mode == "full":
         sizes = ("outer_iters=20",)
-        points += [_ppdnmf("plain", n, 2048, sizes, seed) for n in (10, 20, 50)]
+        # Scaling: same columns per agent; a small-world graph of degree 4 stays
+        # connected at any size (a geometric graph of degree 3 does not at 50+).
+        points += [
+            _ppdnmf(
+                "plain",
+                n,
+                2048,
+                sizes,
+                seed,
+                extra=(
+                    "topology.kind=small_world",
+                    "topology.degree=4",
+                    "topology.rewire=0.1",
+                    f"data.cols={20 * n}",
+                ),
+                swept={"topology": "small_world", "data_cols": 20 * n},
+            )
+            for n in (10, 20, 50, 100, 200)
+        ]
         points += [
             _ppdnmf("paillier", 10, bits, sizes, seed, sweep="key_bits") for bits in (2048, 3072)
         ]

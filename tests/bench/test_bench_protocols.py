@@ -160,11 +160,11 @@ def test_full_point_list_uses_real_keys() -> None:
     bits = {p.swept["key_bits"] for p in points if p.label.startswith("ppdnmf-paillier")}
     assert bits == {2048, 3072}
     agents = [p for p in points if p.sweep == "agents"]
-    assert {p.swept["n_agents"] for p in agents if p.label.startswith("ppdnmf-plain")} == {
-        10,
-        20,
-        50,
-    }
+    scaling = [p for p in agents if p.label.startswith("ppdnmf-plain")]
+    assert {p.swept["n_agents"] for p in scaling} == {10, 20, 50, 100, 200}
+    for p in scaling:  # every size builds: connected graph, enough columns
+        job = prepare_job(load_scenario(p.scenario, list(p.overrides)))
+        assert job.n_agents == p.swept["n_agents"] and job.graph.is_connected()
     assert all("seed=3" in p.overrides for p in points)
     assert not any("crypto.insecure_test_keys=true" in p.overrides for p in points)
 
