@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.agents.ray_transport import HostId, HostTransport
+from cipherfact.agents.ray_transport import HostId, HostTransport, RolesHost
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.protocols.ppdnmf import PPDNMFAgent, load_state_npz, save_state_npz
 from cipherfact.simulations.checkpoint import job_meta, load_checkpoint, save_checkpoint
@@ -117,13 +116,16 @@ def stats_from_raw(parts: list[dict[str, dict[Any, int]]]) -> TrafficStats:
     return out
 
 
-class AgentHost:
-    """Runs several agents in one process; a plain class the engine makes remote.
+class AgentHost(RolesHost):
+    """Runs several ppdnmf agents in one process; a plain class the engine makes remote.
 
     Every method pumps local messages to quiescence and returns the envelopes
     bound for other hosts. Failures are re-raised as ``RuntimeError`` naming the
     host, its agents and the round, since that is what Ray carries back.
     """
+
+    start_stage = "key exchange"
+    skip_done_roles = True
 
     def __init__(
         self,
@@ -135,36 +137,14 @@ class AgentHost:
         # One BLAS thread, as in the in-memory engine: the actor pool already fills
         # the cores, and a fixed thread count keeps float results bit-identical.
         self._blas_limit = threadpool_limits(limits=1)
-        self.host = host
         self.clock = NetworkClock(network) if network is not None and network.enabled else None
-        self.transport = HostTransport(
+        transport = HostTransport(
             host, placement, observer=None if self.clock is None else self.clock.record
         )
-        self.roles = build_local_roles(job, self.transport.agents)
-        self.agents = {i: Agent(i, role, self.transport) for i, role in self.roles.items()}
-        self.busy_s = 0.0  # seconds spent handling messages: the actor's utilisation
+        self._bind(host, transport, build_local_roles(job, transport.agents))
 
-    def _fail(self, what: str, exc: BaseException) -> RuntimeError:
-        rounds = sorted({r.round for r in self.roles.values()})
-        return RuntimeError(
-            f"host {self.host} (agents {sorted(self.roles)}) failed during {what} at round(s) "
-            f"{rounds}: {type(exc).__name__}: {exc}"
-        )
-
-    def _pump(self) -> Outbox:
-        """Handle local envelopes until none is left; return what other hosts get.
-
-        (Returning early after a time quantum, so that other hosts get their
-        replies sooner, was tried: no gain measurable on the shared 2-core
-        machine, whose run-to-run noise is larger, so it was left out.)
-        """
-        start = time.perf_counter()
-        while self.transport.pending():
-            for agent in self.agents.values():
-                agent.poll()
-        out = self.transport.take_outbox()
-        self.busy_s += time.perf_counter() - start
-        return out
+    def _when(self) -> str:
+        return f" at round(s) {sorted({r.round for r in self.roles.values()})}"
 
     def pid(self) -> int:
         return os.getpid()
@@ -176,31 +156,6 @@ class AgentHost:
                 role.restore_state(load_state_npz(states[i]))
         except (KeyError, ValueError, TypeError) as exc:
             raise self._fail("restore", exc) from exc
-
-    def start(self) -> Outbox:
-        """Send the public keys (the protocol's key stage)."""
-        try:
-            for agent in self.agents.values():
-                agent.start()
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("key exchange", exc) from exc
-
-    def begin_outer(self) -> Outbox:
-        try:
-            for i, role in self.roles.items():
-                if not role.done:
-                    self.agents[i].send(role.begin_outer())
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("begin_outer", exc) from exc
-
-    def deliver(self, envs: list[Envelope]) -> Outbox:
-        try:
-            self.transport.deliver(envs)
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("message delivery", exc) from exc
 
     def report(self) -> HostReport:
         """Factors (for the harness's metrics), timings, traffic and network waves."""

@@ -35,9 +35,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId
-from cipherfact.agents.ray_transport import HostId, HostTransport
+from cipherfact.agents.ray_transport import HostId, HostTransport, RolesHost
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.protocols.base import Profiler
 from cipherfact.simulations.ray_engine import (
@@ -265,7 +264,7 @@ class RolesReport:
     remote_messages: int
 
 
-class RoleHost:
+class RoleHost(RolesHost):
     """Runs the roles a factory builds here; a plain class the engine makes remote.
 
     Same delivery rule as ``InMemoryEngine`` inside the actor (FIFO per receiver,
@@ -278,57 +277,20 @@ class RoleHost:
     ) -> None:
         # One BLAS thread, as ``simulate`` sets for the in-memory run.
         self._blas_limit = threadpool_limits(limits=1)
-        self.host = host
-        self.transport = HostTransport(host, placement)
-        local = factory(self.transport.agents)
-        if sorted(local.roles) != self.transport.agents:
+        transport = HostTransport(host, placement)
+        local = factory(transport.agents)
+        if sorted(local.roles) != transport.agents:
             raise ValueError(
                 f"host {host}: the factory built agents {sorted(local.roles)}, the placement "
-                f"puts {self.transport.agents} here"
+                f"puts {transport.agents} here"
             )
-        self.roles = dict(sorted(local.roles.items()))
+        self._bind(host, transport, local.roles)
         self.profilers = local.profilers
         self.hooks = local.hooks
         self._public = local.public
-        self.agents = {i: Agent(i, r, self.transport) for i, r in self.roles.items()}
-
-    def _fail(self, what: str, exc: BaseException) -> RuntimeError:
-        return RuntimeError(
-            f"host {self.host} (agents {sorted(self.roles)}) failed during {what}: "
-            f"{type(exc).__name__}: {exc}"
-        )
-
-    def _pump(self) -> Outbox:
-        while self.transport.pending():
-            for agent in self.agents.values():
-                agent.poll()
-        return self.transport.take_outbox()
 
     def public(self) -> dict[str, Any]:
         return self._public
-
-    def start(self) -> Outbox:
-        try:
-            for agent in self.agents.values():
-                agent.start()
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("setup", exc) from exc
-
-    def begin_outer(self) -> Outbox:
-        try:
-            for i, role in self.roles.items():
-                self.agents[i].send(role.begin_outer())
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("begin_outer", exc) from exc
-
-    def deliver(self, envs: list[Any]) -> Outbox:
-        try:
-            self.transport.deliver(envs)
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("message delivery", exc) from exc
 
     def report(self) -> RolesReport:
         """Traffic so far, seconds per party group since the last report, readiness."""
