@@ -76,4 +76,24 @@ class TrafficStats:
             "bytes_by_stage": dict(self.bytes_by_stage),
             "messages_by_stage": dict(self.messages_by_stage),
             "bytes_by_edge": {f"{s}->{r}": b for (s, r), b in sorted(self.bytes_by_edge.items())},
+            "messages_by_edge": {
+                f"{s}->{r}": n for (s, r), n in sorted(self.messages_by_edge.items())
+            },
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrafficStats:
+        """Rebuild the edge and stage counters from ``to_dict`` (e.g. one per deployed
+        agent's ``result.json``); per-round counters are not part of that record."""
+        out = cls()
+        try:
+            for name in ("bytes_by_edge", "messages_by_edge"):
+                for key, value in data.get(name, {}).items():
+                    sender, receiver = key.split("->")
+                    getattr(out, name)[(int(sender), int(receiver))] += int(value)
+            for name in ("bytes_by_stage", "messages_by_stage"):
+                for key, value in data.get(name, {}).items():
+                    getattr(out, name)[str(key)] += int(value)
+        except (AttributeError, ValueError) as exc:
+            raise ValueError(f"not a traffic record: {exc}") from exc
+        return out

@@ -67,7 +67,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "and gather their results into summary.json, metrics.jsonl and factors.npz in --out.",
     )
     local.add_argument("scenario", help="bundled scenario name or path to a .toml file")
-    local.add_argument("--agents", type=int, required=True, help="number of agent processes")
+    local.add_argument("--agents", type=int, default=None,
+                       help="number of agent processes (ppdnmf: default the scenario's "
+                       "n_agents; csr_fhe_mf: RS + CSP + one per user, fixed by the data)")
     local.add_argument("--out", default=None, help="output folder (default runs/<scenario>-grpc)")
     local.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a scenario field (repeatable)")
@@ -95,7 +97,8 @@ def _setup_logging(verbose: bool, agent_id: int | None = None) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from cipherfact.deploy.jobfile import load_job
-    from cipherfact.deploy.node import Node, NodeError, NodeStoppedError, latest_checkpoint
+    from cipherfact.deploy.node import NodeError, NodeStoppedError, latest_checkpoint
+    from cipherfact.deploy.nodes import make_node
 
     _setup_logging(args.verbose, args.agent_id)
     job = load_job(args.job)
@@ -113,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume: agent {args.agent_id} has no checkpoint")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
-    node = Node(job, args.agent_id, resume_from=resume_from, stop=stop)
+    node = make_node(job, args.agent_id, resume_from=resume_from, stop=stop)
     try:
         result = node.run()
     except NodeStoppedError as exc:
@@ -123,9 +126,13 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("cipherfact.deploy").error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    done = (
+        f"its part as {result['party']} ({result['epochs_completed']} epochs)"
+        if "party" in result
+        else f"{result['round']} rounds"
+    )
     logging.getLogger("cipherfact.deploy").info(
-        "agent %s completed %s rounds; results in %s", args.agent_id, result["round"],
-        job.agent_out(args.agent_id),
+        "agent %s completed %s; results in %s", args.agent_id, done, job.agent_out(args.agent_id)
     )
     return 0
 
@@ -156,8 +163,9 @@ def _local(args: argparse.Namespace) -> int:
         timeouts={"peer_s": args.peer_timeout},
         timeout_s=args.timeout,
     )
-    keys = ("status", "transport", "n_agents", "rel_error", "consensus_spread", "wall_s",
-            "bytes_total", "grpc_bytes_total", "messages_total")
+    keys = ("status", "transport", "n_agents", "processes", "rel_error", "consensus_spread",
+            "train_rmse", "test_rmse", "plain_test_rmse", "wall_s", "bytes_total",
+            "grpc_bytes_total", "messages_total")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"results written to {out}/ (agent logs in {out}/agents/)", file=sys.stderr)
     return 0 if summary["status"] == "completed" else 1

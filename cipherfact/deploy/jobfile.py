@@ -5,6 +5,8 @@ plus ``--set``-style overrides, or an inline ``[scenario]`` table), every
 agent's address, the graph (explicit edges, or built from the scenario's
 topology and seed), the certificate paths and the timeouts. Relative paths
 are relative to the job file. Unknown keys are errors, like in scenarios.
+Deployable protocols: ppdnmf (agent ids 0..n_agents-1) and csr_fhe_mf (agent
+0 is the recommender server, 1 the CSP, 2 + u user u).
 
 Example::
 
@@ -108,6 +110,19 @@ class DeployJob:
         return resolve_path(self.path.parent, value)
 
 
+DEPLOYABLE = ("ppdnmf", "csr_fhe_mf")
+
+
+def party_count(scenario: Any) -> int:
+    """How many agent processes a job has: ppdnmf's agents, or csr_fhe_mf's RS, CSP and
+    one process per user (the users are read off the scenario's training ratings)."""
+    if scenario.protocol == "ppdnmf":
+        return int(scenario.n_agents)
+    from cipherfact.simulations.recsys_sim import load_split
+
+    return load_split(scenario.data, scenario.seed).train.n_users + 2
+
+
 def resolve_path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
@@ -181,10 +196,12 @@ def load_job(path: str | Path) -> DeployJob:
         "[job]",
     )
     scenario = _scenario(tree, job, base, path.stem)
-    if scenario.protocol != "ppdnmf":
+    if scenario.protocol not in DEPLOYABLE:
         raise JobFileError(
-            f"protocol {scenario.protocol!r} cannot be deployed yet (deployable: ppdnmf)"
+            f"protocol {scenario.protocol!r} cannot be deployed yet (deployable: "
+            f"{', '.join(DEPLOYABLE)})"
         )
+    n_parties = party_count(scenario)
 
     raw_agents = tree.get("agents")
     if not isinstance(raw_agents, list) or not raw_agents:
@@ -204,10 +221,15 @@ def load_job(path: str | Path) -> DeployJob:
             k: resolve_path(base, entry[k]) for k in ("data_path", "cert", "key") if entry.get(k)
         }
         agents[agent_id] = AgentSpec(agent_id, address, listen, **opt)
-    if sorted(agents) != list(range(scenario.n_agents)):
+    if sorted(agents) != list(range(n_parties)):
+        what = (
+            f"n_agents = {n_parties}"
+            if scenario.protocol == "ppdnmf"
+            else f"{n_parties - 2} users, so RS (0), CSP (1) and users (2..)"
+        )
         raise JobFileError(
-            f"{path} lists agents {sorted(agents)}; the scenario has n_agents = "
-            f"{scenario.n_agents}, so ids must be 0..{scenario.n_agents - 1}"
+            f"{path} lists agents {sorted(agents)}; the scenario has {what}, so ids must be "
+            f"0..{n_parties - 1}"
         )
 
     tls = tree.get("tls", {})
@@ -245,6 +267,22 @@ def load_job(path: str | Path) -> DeployJob:
     checkpoint_every = _typed(job, "checkpoint_every", int, 0, "job")
     if checkpoint_every < 0:
         raise JobFileError(f"job.checkpoint_every must be >= 0, got {checkpoint_every}")
+    if scenario.protocol != "ppdnmf":
+        unsupported = [
+            name
+            for name, used in (
+                ("job.checkpoint_every", checkpoint_every > 0),
+                ("[graph] edges", edges is not None),
+                ("agents[].data_path", any(a.data_path for a in agents.values())),
+            )
+            if used
+        ]
+        if unsupported:
+            raise JobFileError(
+                f"{path}: {', '.join(unsupported)} cannot be used with {scenario.protocol} "
+                "(its parties are fixed by the protocol and take their ratings from the "
+                "scenario's data; checkpoints are ppdnmf-only)"
+            )
     out = _typed(job, "out", str, "results", "job")
     return DeployJob(
         path=path,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cipherfact.deploy.jobfile import load_job, render_job
+from cipherfact.deploy.jobfile import DEPLOYABLE, DeployJob, load_job, party_count, render_job
 from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.references import relative_error
@@ -46,10 +46,41 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def local_parties(
+    scenario: str, overrides: Sequence[str], n_agents: int | None
+) -> tuple[list[str], int]:
+    """The overrides a local job runs with and its number of agent processes.
+
+    ppdnmf: ``n_agents`` (default: the scenario's) becomes the scenario's
+    ``n_agents``. csr_fhe_mf: RS, CSP and one process per user, so the count
+    follows from the data; ``n_agents``, if given, must match it.
+    """
+    if n_agents is not None and (
+        isinstance(n_agents, bool) or not isinstance(n_agents, int) or n_agents < 2
+    ):
+        raise ValueError(f"--agents must be an integer >= 2, got {n_agents!r}")
+    parsed = load_scenario(scenario, overrides)  # fails fast on a bad scenario
+    if parsed.protocol == "ppdnmf":
+        n = parsed.n_agents if n_agents is None else n_agents
+        load_scenario(scenario, [*overrides, f"n_agents={n}"])
+        return [*overrides, f"n_agents={n}"], n
+    n = party_count(parsed) if parsed.protocol in DEPLOYABLE else 0
+    if not n:
+        raise ValueError(
+            f"protocol {parsed.protocol!r} cannot be deployed (deployable: {', '.join(DEPLOYABLE)})"
+        )
+    if n_agents is not None and n_agents != n:
+        raise ValueError(
+            f"--agents {n_agents}: a {parsed.protocol} job with {n - 2} users runs {n} processes "
+            "(RS, CSP and one per user); leave --agents out or pass that number"
+        )
+    return list(overrides), n
+
+
 def write_local_job(
     scenario: str,
     overrides: Sequence[str],
-    n_agents: int,
+    n_agents: int | None,
     out: Path,
     *,
     checkpoint_every: int = 0,
@@ -63,8 +94,7 @@ def write_local_job(
     ``dial_ports`` differ from ``listen_ports`` only when something sits in
     between (the wire-bytes benchmark's counting proxy).
     """
-    if not isinstance(n_agents, int) or n_agents < 2:
-        raise ValueError(f"--agents must be an integer >= 2, got {n_agents!r}")
+    overrides, n_agents = local_parties(scenario, overrides, n_agents)
     out.mkdir(parents=True, exist_ok=True)
     if not insecure and not (out / "certs" / "ca.pem").exists():
         write_job_certs(out / "certs", n_agents)
@@ -73,7 +103,7 @@ def write_local_job(
     scenario_ref = str(Path(scenario).resolve()) if Path(scenario).exists() else scenario
     text = render_job(
         scenario=scenario_ref,
-        overrides=[*overrides, f"n_agents={n_agents}"],
+        overrides=overrides,
         addresses=[f"{LOOPBACK}:{p}" for p in dial],
         listens=[f"{LOOPBACK}:{p}" for p in listen_ports],
         out="agents",
@@ -138,17 +168,27 @@ def resume_point(job: Path, n_agents: int) -> int:
     return min(o for o in outs if o is not None)
 
 
+def _results(deploy: DeployJob, n: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        path = deploy.agent_out(i) / "result.json"
+        out.append(json.loads(path.read_text()) if path.exists() else {"status": "no result"})
+    return out
+
+
 def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any]:
     """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz."""
     deploy = load_job(job_path)
+    if deploy.scenario.protocol == "csr_fhe_mf":
+        from cipherfact.deploy.csr_gather import gather_csr
+
+        return gather_csr(deploy, _results(deploy, len(deploy.agents)), codes, wall_s,
+                          job_path.parent)
     scenario = deploy.scenario
     job = prepare_job(scenario)
     out = job_path.parent
     n = job.n_agents
-    results: list[dict[str, Any]] = []
-    for i in range(n):
-        path = deploy.agent_out(i) / "result.json"
-        results.append(json.loads(path.read_text()) if path.exists() else {"status": "no result"})
+    results = _results(deploy, n)
     summary: dict[str, Any] = {
         "protocol": "ppdnmf",
         "backend": "grpc",
@@ -216,7 +256,7 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any
 
 def deploy_local(
     scenario: str,
-    n_agents: int,
+    n_agents: int | None,
     out: str | Path,
     overrides: Sequence[str] = (),
     *,
@@ -228,7 +268,7 @@ def deploy_local(
 ) -> dict[str, Any]:
     """Run a whole job as ``n_agents`` local processes; returns the gathered summary."""
     out = Path(out)
-    load_scenario(scenario, [*overrides, f"n_agents={n_agents}"])  # fail fast on a bad scenario
+    overrides, n_agents = local_parties(scenario, overrides, n_agents)
     resume_from = None
     if resume:
         job_path = out / "job.toml"

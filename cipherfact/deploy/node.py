@@ -23,16 +23,21 @@ from typing import Any
 
 import numpy as np
 
-from cipherfact.agents.agent import Agent, AgentError
+from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.agents.transport import TransportError
 from cipherfact.crypto import load_public_scheme
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.data.matrix_io import load_matrix
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.transport import GrpcTransport, check_health
-from cipherfact.protocols.base import ProtocolError
+from cipherfact.deploy.node_base import (
+    STAGE_ABORT,
+    BaseNode,
+    NodeError,
+    NodeStoppedError,
+    write_atomic,
+)
+from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols.ppdnmf import (
     STAGE_KEY,
     STAGE_OFFER,
@@ -51,20 +56,17 @@ from cipherfact.simulations.ppdnmf_job import (
 )
 from cipherfact.simulations.topology import Graph
 
+__all__ = [
+    "STAGE_ABORT",
+    "Node",
+    "NodeError",
+    "NodeStoppedError",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "plan_node",
+]
+
 log = logging.getLogger("cipherfact.deploy")
-
-STAGE_ABORT = "abort"
-STAGES = frozenset({STAGE_KEY, STAGE_OFFER, STAGE_REPLY, STAGE_ABORT})
-MAX_ABORT_BYTES = 2000
-POLL_S = 0.2
-
-
-class NodeError(RuntimeError):
-    """The agent stopped before finishing: names the agent, the peer and the round."""
-
-
-class NodeStoppedError(NodeError):
-    """Stopped on request (SIGTERM)."""
 
 
 @dataclass
@@ -137,11 +139,7 @@ class PayloadFormat:
 
     def __call__(self, env: Envelope) -> None:
         try:
-            if env.stage == STAGE_ABORT:
-                if env.nbytes > MAX_ABORT_BYTES:
-                    raise ValueError(f"abort reason of {env.nbytes} bytes is too long")
-                bytes(env.payload).decode("utf-8")
-            elif env.stage == STAGE_KEY:
+            if env.stage == STAGE_KEY:
                 self._peers[env.sender] = load_public_scheme(
                     self._name, bytes(env.payload), codec=self._codec
                 )
@@ -152,7 +150,7 @@ class PayloadFormat:
                 peer.from_bytes(bytes(env.payload))
             elif env.stage == STAGE_REPLY:
                 self._own.from_bytes(bytes(env.payload))
-        except (CryptoError, UnicodeDecodeError) as exc:
+        except CryptoError as exc:
             raise ValueError(f"not a valid {env.stage} payload: {exc}") from exc
 
 
@@ -166,37 +164,27 @@ def latest_checkpoint(out: Path) -> int | None:
     return int(found[-1].stem.split("-")[1]) if found else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+class Node(BaseNode):
+    """One ppdnmf agent: checkpoints at outer boundaries and begins each outer by itself."""
 
-
-class Node:
-    """Runs one agent to completion; ``stop`` (set by SIGTERM) ends it cleanly."""
+    stages = frozenset({STAGE_KEY, STAGE_OFFER, STAGE_REPLY})
 
     def __init__(self, deploy: DeployJob, agent_id: AgentId, *, resume_from: int | None = None,
                  stop: threading.Event | None = None) -> None:
-        self.deploy = deploy
-        self.agent_id = agent_id
+        super().__init__(deploy, agent_id, stop=stop)
         self.resume_from = resume_from
-        self.stop = stop or threading.Event()
-        self.out = deploy.agent_out(agent_id)
-        self.transport: GrpcTransport | None = None
-        self.role: PPDNMFAgent | None = None
-        self._heard: dict[AgentId, tuple[int, float]] = {}
-        self._metrics_path = self.out / "metrics.jsonl"
+        self.plan: NodePlan | None = None
+        self.scheme: Scheme | None = None
+        self._reported = 0
+        self._outer_started = 0.0
 
-    # -- public --------------------------------------------------------------
+    # -- building --------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        """Run the agent; returns its result record (also written to result.json)."""
-        started = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        plan = plan_node(self.deploy, self.agent_id)
-        scheme = generate_key(plan.job)
-        role = self.role = node_role(plan, scheme)
+    def prepare(self) -> None:
+        plan = self.plan = plan_node(self.deploy, self.agent_id)
+        self.scheme = generate_key(plan.job)
+        role = self.role = node_role(plan, self.scheme)
+        self.job_id = plan.job.config.job_id
         if self.resume_from is not None:
             path = checkpoint_path(self.out, self.resume_from)
             if not path.is_file():
@@ -204,172 +192,92 @@ class Node:
             role.restore_state(load_state_npz(path.read_bytes()))
             log.info("agent %s resuming at outer %d (round %d)", self.agent_id, role.outer,
                      role.round)
-        if self.resume_from is None or not self._metrics_path.exists():
-            self._metrics_path.write_text("", encoding="utf-8")
+        if self.resume_from is None or not self.metrics_path.exists():
+            self.metrics_path.write_text("", encoding="utf-8")
         else:
             self._truncate_metrics(role.outer)
-        peers = {j: self.deploy.agent(j).address for j in role.neighbors}
-        spec = self.deploy.agent(self.agent_id)
-        transport = self.transport = GrpcTransport(
-            self.agent_id,
-            plan.job.config.job_id,
-            spec.listen,
-            peers,
-            self.deploy.tls_files(self.agent_id),
-            stages=STAGES,
-            max_round=plan.job.config.total_rounds,
-            retry=self.deploy.retry,
-            check_payload=PayloadFormat(plan.job, scheme),
-        )
-        status = "failed"
-        try:
-            transport.start()
-            self._loop(Agent(self.agent_id, role, transport), role, transport)
-            status = "completed"
-        except NodeStoppedError as exc:
-            status = f"stopped: {exc}"
-            self._abort(str(exc))
-            raise
-        except (NodeError, TransportError, AgentError, ProtocolError, ValueError) as exc:
-            status = f"failed: {exc}"
-            self._abort(str(exc))
-            raise NodeError(str(exc)) from exc
-        finally:
-            result = self._result(plan, scheme, status, time.perf_counter() - started)
-            (self.out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True)
-                                                  + "\n", encoding="utf-8")
-            transport.close()
-        arrays: dict[str, Any] = {"W": role.W, "H": role.H}
-        if plan.columns is not None:
-            arrays["columns"] = plan.columns
-        np.savez(self.out / "factors.npz", **arrays)
-        return result
+        self._reported = len(role.records)
+        self._outer_started = time.perf_counter()
 
-    # -- the loop ----------------------------------------------------------------
+    def peers(self) -> list[AgentId]:
+        return list(self.role.neighbors) if self.role is not None else []
 
-    def _loop(self, agent: Agent, role: PPDNMFAgent, transport: GrpcTransport) -> None:
-        agent.start()
-        log.info("agent %s sent its public key to neighbours %s", self.agent_id,
-                 list(role.neighbors))
-        last_progress = time.monotonic()
-        outer_started = time.perf_counter()
-        reported = len(role.records)
-        sent_before = (0, 0, 0)
-        while not role.done:
-            if self.stop.is_set():
-                raise NodeStoppedError(
-                    f"agent {self.agent_id} stopped by signal at round {role.round} "
-                    f"(outer {role.outer})"
-                )
-            if role.at_boundary:
-                self._checkpoint(role)
-                agent.send(role.begin_outer())
-                continue
-            envs = transport.recv(self.agent_id, timeout=POLL_S)
-            if not envs:
-                self._check_silence(role, last_progress)
-                continue
-            last_progress = time.monotonic()
-            for env in envs:
-                self._heard[env.sender] = (env.round, last_progress)
-                if env.stage == STAGE_ABORT:
-                    reason = bytes(env.payload).decode("utf-8", "replace")
-                    raise NodeError(
-                        f"agent {self.agent_id}: neighbour agent {env.sender} aborted the job "
-                        f"at round {env.round}: {reason}"
-                    )
-                agent.deliver(env)
-                while len(role.records) > reported:
-                    record = role.records[reported]
-                    stats = transport.stats
-                    now_sent = (stats.bytes_total, stats.messages_total,
-                                transport.grpc_bytes_sent)
-                    self._write_metrics(record, outer_started, now_sent, sent_before)
-                    log.info("agent %s finished outer %d (round %d)", self.agent_id,
-                             record.outer, role.round)
-                    sent_before, outer_started = now_sent, time.perf_counter()
-                    reported += 1
-        self._checkpoint(role)
+    def max_round(self) -> int:
+        assert self.plan is not None
+        return self.plan.job.config.total_rounds
 
-    def _checkpoint(self, role: PPDNMFAgent) -> None:
+    def current_round(self) -> int:
+        return int(self.role.round)
+
+    def position(self) -> str:
+        return f"round {self.role.round} (outer {self.role.outer})"
+
+    def payload_check(self) -> PayloadCheck:
+        assert self.plan is not None and self.scheme is not None
+        return PayloadFormat(self.plan.job, self.scheme)
+
+    def silence_limit(self) -> float:
+        return self.deploy.peer_timeout_s if self.role.keys_ready else self.deploy.retry.startup_s
+
+    # -- the loop's hooks --------------------------------------------------------------
+
+    def should_begin(self) -> bool:
+        return bool(self.role.at_boundary)
+
+    def begin(self, agent: Agent) -> None:
+        self._checkpoint()
+        super().begin(agent)
+
+    def after_deliver(self) -> None:
+        role = self.role
+        while len(role.records) > self._reported:
+            record = role.records[self._reported]
+            payload, messages, grpc_bytes = self.traffic_since_last()
+            self.append_metrics({
+                "outer": record.outer,
+                "local_sq_error": record.local_sq_error,
+                "crypto_s": record.seconds.get("crypto", 0.0),
+                "compute_s": record.seconds.get("compute", 0.0),
+                "wall_s": time.perf_counter() - self._outer_started,
+                "bytes_sent": payload,
+                "messages_sent": messages,
+                "grpc_bytes_sent": grpc_bytes,
+            })
+            log.info("agent %s finished outer %d (round %d)", self.agent_id, record.outer,
+                     role.round)
+            self._outer_started = time.perf_counter()
+            self._reported += 1
+
+    def finish(self) -> None:
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        role = self.role
         every = self.deploy.checkpoint_every
         if not every or role.outer == 0 or (role.outer % every and not role.done):
             return
         path = checkpoint_path(self.out, role.outer)
         if not path.exists():
-            _write_atomic(path, save_state_npz(role.checkpoint_state()))
+            write_atomic(path, save_state_npz(role.checkpoint_state()))
 
-    def _check_silence(self, role: PPDNMFAgent, last_progress: float) -> None:
-        limit = self.deploy.peer_timeout_s if role.keys_ready else self.deploy.retry.startup_s
-        silent = time.monotonic() - last_progress
-        if silent < limit:
-            return
-        now = time.monotonic()
-        heard = []
-        for j in role.neighbors:
-            if j in self._heard:
-                r, t = self._heard[j]
-                heard.append(f"agent {j} at round {r} {now - t:.1f} s ago")
-            else:
-                heard.append(f"agent {j} never")
-        stalest = min(role.neighbors, key=lambda j: self._heard.get(j, (-2, 0.0)))
-        health = check_health(self.deploy.agent(stalest).address, stalest,
-                              self.deploy.tls_files(self.agent_id))
-        raise NodeError(
-            f"agent {self.agent_id}: no message from any neighbour for {silent:.1f} s "
-            f"(limit {limit:g} s) at round {role.round} (outer {role.outer}); last heard: "
-            f"{', '.join(heard)}; agent {stalest} health: {health}"
-        )
-
-    def _abort(self, reason: str) -> None:
-        """Tell every neighbour (one short try each) so the failure spreads, not a hang."""
-        if self.transport is None or self.role is None:
-            return
-        text = reason.encode("utf-8")[: MAX_ABORT_BYTES - 100]
-        for j in self.role.neighbors:
-            env = Envelope(self.transport.job_id, max(self.role.round, -1), STAGE_ABORT,
-                           self.agent_id, j, text)
-            self.transport.send_best_effort(env)
-
-    # -- output ------------------------------------------------------------------
-
-    def _write_metrics(self, record: Any, started: float, now: tuple[int, int, int],
-                       before: tuple[int, int, int]) -> None:
-        line = {
-            "outer": record.outer,
-            "local_sq_error": record.local_sq_error,
-            "crypto_s": record.seconds.get("crypto", 0.0),
-            "compute_s": record.seconds.get("compute", 0.0),
-            "wall_s": time.perf_counter() - started,
-            "bytes_sent": now[0] - before[0],
-            "messages_sent": now[1] - before[1],
-            "grpc_bytes_sent": now[2] - before[2],
-        }
-        with self._metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+    # -- output ------------------------------------------------------------------------
 
     def _truncate_metrics(self, keep_outer: int) -> None:
-        lines = [ln for ln in self._metrics_path.read_text(encoding="utf-8").splitlines()
+        lines = [ln for ln in self.metrics_path.read_text(encoding="utf-8").splitlines()
                  if ln.strip() and json.loads(ln)["outer"] < keep_outer]
-        self._metrics_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        self.metrics_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
-    def _result(self, plan: NodePlan, scheme: Scheme, status: str, wall: float) -> dict[str, Any]:
-        role, transport = self.role, self.transport
-        stats = transport.stats if transport is not None else None
+    def result_fields(self) -> dict[str, Any]:
+        role = self.role
         return {
-            "agent_id": self.agent_id,
-            "job_id": plan.job.config.job_id,
-            "status": status,
-            "round": role.round if role else None,
-            "outer_iters_completed": role.outer if role else 0,
+            "outer_iters_completed": role.outer if role is not None else 0,
             "resumed_from": self.resume_from,
-            "neighbors": list(role.neighbors) if role else [],
-            "key_fingerprint": scheme.fingerprint,
-            "tls": not self.deploy.insecure,
-            "wall_s": wall,
-            "bytes_sent": stats.bytes_total if stats else 0,
-            "messages_sent": stats.messages_total if stats else 0,
-            "grpc_bytes_sent": transport.grpc_bytes_sent if transport else 0,
-            "traffic": stats.to_dict() if stats else {},
-            "setup_bytes_sent": stats.bytes_by_round.get(-1, 0) if stats else 0,
+            "key_fingerprint": self.scheme.fingerprint if self.scheme is not None else None,
         }
+
+    def write_outputs(self) -> None:
+        assert self.plan is not None
+        arrays: dict[str, Any] = {"W": self.role.W, "H": self.role.H}
+        if self.plan.columns is not None:
+            arrays["columns"] = self.plan.columns
+        np.savez(self.out / "factors.npz", **arrays)

@@ -1,4 +1,4 @@
-"""Bytes on the wire: a small ppdnmf job over gRPC + mTLS, next to the simulation's count.
+"""Bytes on the wire: a small job over gRPC + mTLS, next to the simulation's count.
 
 Runs ``deploy local``'s agents with a byte-counting TCP relay in front of every
 agent (peers dial the relay, the relay forwards to the agent), so the TCP
@@ -19,7 +19,15 @@ import threading
 import time
 from pathlib import Path
 
-from cipherfact.deploy.local import LOOPBACK, free_ports, gather, launch, wait_all, write_local_job
+from cipherfact.deploy.local import (
+    LOOPBACK,
+    free_ports,
+    gather,
+    launch,
+    local_parties,
+    wait_all,
+    write_local_job,
+)
 from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 
@@ -69,15 +77,25 @@ class CountingRelay:
         self._sock.close()
 
 
-def run(scenario: str, overrides: list[str], n_agents: int, out: Path) -> dict[str, object]:
-    sc = load_scenario(scenario, [*overrides, f"n_agents={n_agents}"])
-    job = prepare_job(sc)
-    last = None
-    for last in run_inmemory(job):  # noqa: B007 - only the final state is needed
-        pass
-    if last is None:
-        raise RuntimeError("the simulation produced no outer iteration")
-    sim_bytes, sim_msgs = last.stats.bytes_total, last.stats.messages_total
+def simulated_traffic(scenario: str, overrides: list[str], out: Path) -> tuple[int, int]:
+    """(payload bytes, messages) the in-memory simulation counts for the same job."""
+    sc = load_scenario(scenario, overrides)
+    if sc.protocol == "ppdnmf":
+        last = None
+        for last in run_inmemory(prepare_job(sc)):  # noqa: B007 - only the final state counts
+            pass
+        if last is None:
+            raise RuntimeError("the simulation produced no outer iteration")
+        return last.stats.bytes_total, last.stats.messages_total
+    from cipherfact.simulations.simulate import SimOptions, simulate
+
+    summary = simulate(sc, out / "simulation", options=SimOptions(progress=False))
+    return summary["bytes_total"], summary["traffic"]["messages_total"]
+
+
+def run(scenario: str, overrides: list[str], n_agents: int | None, out: Path) -> dict[str, object]:
+    overrides, n_agents = local_parties(scenario, overrides, n_agents)
+    sim_bytes, sim_msgs = simulated_traffic(scenario, overrides, out)
 
     ports = free_ports(2 * n_agents)
     listen, dial = ports[:n_agents], ports[n_agents:]
@@ -94,7 +112,8 @@ def run(scenario: str, overrides: list[str], n_agents: int, out: Path) -> dict[s
         "simulation_payload_bytes": sim_bytes,
         "simulation_messages": sim_msgs,
         "grpc_payload_bytes": summary["bytes_total"],
-        "grpc_messages": summary["messages_total"],
+        "grpc_messages": summary.get("messages_total", summary.get("traffic", {}).get(
+            "messages_total")),
         "grpc_message_bytes": summary["grpc_bytes_total"],
         "tcp_bytes_to_server": sum(r.to_server for r in relays),
         "tcp_bytes_to_client": sum(r.to_client for r in relays),
@@ -105,7 +124,8 @@ def run(scenario: str, overrides: list[str], n_agents: int, out: Path) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", default="ppdnmf-synthetic")
-    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--agents", type=int, default=None,
+                   help="ppdnmf agents (default the scenario's); csr_fhe_mf: fixed by the data")
     p.add_argument("--out", default="runs/wire-bench")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)

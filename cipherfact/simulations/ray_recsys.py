@@ -47,14 +47,14 @@ from cipherfact.simulations.ray_engine import (
     stats_to_raw,
 )
 from cipherfact.simulations.recsys_sim import (
-    _by_user,
-    _party_bytes,
     _rmse,
     build_csr,
     build_fedmf,
+    csr_user,
     fedmf_config,
     finish_summary,
     load_split,
+    party_bytes,
     summary_header,
 )
 from cipherfact.simulations.results import RunWriter
@@ -174,10 +174,7 @@ class CsrPublicRoles:
                 rs = csr.RecommenderServer(cfg, load_public_ckks, profs["rs"])
                 roles[i], hooks["factor_masks"] = rs, rs.factor_masks
             elif i >= csr.user_id(0):
-                u = i - csr.user_id(0)
-                items, values = _by_user(train, u)
-                rng = np.random.default_rng([self.scenario.seed, 0x5544, u])
-                roles[i] = csr.CsrUser(u, items, values, cfg, load_public_ckks, rng, profs["users"])
+                roles[i] = csr_user(self.scenario, train, cfg, i - csr.user_id(0), profs["users"])
         return LocalRoles(_keep(roles, agents), profs, hooks, {})
 
 
@@ -572,6 +569,6 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
         setup_s=setup_s,
         setup_bytes=setup_bytes,
         stats=engine.stats,
-        bytes_per_party=_party_bytes(engine, groups),  # type: ignore[arg-type]
+        bytes_per_party=party_bytes(engine.stats, groups),
         seconds_per_party=seconds,
     )

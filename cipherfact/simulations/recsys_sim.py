@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cipherfact.agents.envelope import AgentId
+from cipherfact.agents.traffic import TrafficStats
 from cipherfact.data.ratings import (
     Ratings,
     RatingsSplit,
@@ -99,13 +100,15 @@ class RecsysRun:
     info: dict[str, Any]
 
 
-def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
-    """Keys, roles and the plaintext twin of a csr_fhe_mf job."""
-    from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
-    from cipherfact.protocols import csr_fhe_mf as csr
-    from cipherfact.protocols.csr_fhe_mf_layout import SlotLayout
+def csr_config(scenario: CsrFheMFScenario, train: Ratings) -> Any:
+    """The protocol's ``CsrFheMFConfig`` for a scenario and its training ratings.
 
-    train = split.train
+    Every party derives the same config from the scenario alone (the padding
+    length is the public maximum of ratings per user), so a deployed party
+    needs no message to agree on it.
+    """
+    from cipherfact.protocols import csr_fhe_mf as csr
+
     c = scenario.crypto
     pad = c.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
     try:
@@ -129,30 +132,52 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
             hide_pattern=c.hide_pattern,
             pad_to=pad if c.hide_pattern else 0,
         )
+        cfg.plan()
     except ValueError as exc:  # includes InsecureParameterError from the planner
         raise ScenarioError(f"csr_fhe_mf: {exc}") from exc
-    planned = cfg.plan()
-    scheme = make_ckks_scheme(planned.params)
-    profs = {"rs": Profiler(), "csp": Profiler(), "users": Profiler()}
-    rs = csr.RecommenderServer(cfg, load_public_ckks, profs["rs"])
-    csp = csr.CryptoServiceProvider(cfg, scheme, profs["csp"])
-    roles: dict[AgentId, Any] = {csr.RS_ID: rs, csr.CSP_ID: csp}
-    groups = {csr.RS_ID: "rs", csr.CSP_ID: "csp"}
-    entries = []
-    for u in range(cfg.n_users):
-        items, values = _by_user(train, u)
-        seed = [scenario.seed, 0x5544, u]
-        roles[csr.user_id(u)] = csr.CsrUser(
-            u, items, values, cfg, load_public_ckks, np.random.default_rng(seed), profs["users"]
-        )
-        entries.append(csr.user_entries(items, values, cfg, np.random.default_rng(seed)))
-        groups[csr.user_id(u)] = "users"
+    return cfg
+
+
+def csr_user_rng(scenario: CsrFheMFScenario, u: int) -> np.random.Generator:
+    """User ``u``'s generator for its dummy padding items (seeded: the twin needs it)."""
+    return np.random.default_rng([scenario.seed, 0x5544, u])
+
+
+def csr_user(
+    scenario: CsrFheMFScenario,
+    train: Ratings,
+    cfg: Any,
+    u: int,
+    profiler: Profiler | None = None,
+    rng: np.random.Generator | None = None,
+) -> Any:
+    """User ``u``'s role, holding only its own ratings (built alike by every backend)."""
+    from cipherfact.crypto.ckks import load_public_ckks
+    from cipherfact.protocols import csr_fhe_mf as csr
+
+    items, values = _by_user(train, u)
+    return csr.CsrUser(
+        u, items, values, cfg, load_public_ckks, rng or csr_user_rng(scenario, u), profiler
+    )
+
+
+def csr_twin(
+    scenario: CsrFheMFScenario, train: Ratings, cfg: Any
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """The plaintext twin's factors after every epoch, and the slot layout's sizes."""
+    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf_layout import SlotLayout
+
+    entries = [
+        csr.user_entries(*_by_user(train, u), cfg, csr_user_rng(scenario, u))
+        for u in range(cfg.n_users)
+    ]
     layout = SlotLayout(
         np.repeat(np.arange(cfg.n_users), [e[0].size for e in entries]),
         np.concatenate([e[0] for e in entries]),
         cfg.n_users,
         cfg.n_items,
-        planned.params.slot_count,
+        cfg.plan().params.slot_count,
     )
     twin: list[tuple[np.ndarray, np.ndarray]] = []
     csr.run_twin(
@@ -162,25 +187,53 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
         cfg,
         lambda _e, U, V: twin.append((U.copy(), V.copy())),
     )
+    return twin, {"slots_used": layout.nnz, "chunks": layout.n_chunks}
 
-    def factors() -> tuple[np.ndarray, np.ndarray]:
-        AU, AV = csp.masked_factors()
-        MU, MV = rs.factor_masks()
-        return AU - MU, AV - MV
 
-    info = {
+def csr_info(
+    cfg: Any, scheme_description: Any, train: Ratings, sizes: dict[str, int]
+) -> dict[str, Any]:
+    """The parameter facts of a csr_fhe_mf job that ``summary.json`` reports."""
+    planned = cfg.plan()
+    return {
         "ckks_params": planned.name,
-        "ckks": scheme.describe(),
+        "ckks": scheme_description,
         "depth": planned.depth,
         "mask_bits": cfg.mask_bits,
         "factor_mask_bits": cfg.factor_mask_bits,
         "predicted_error": planned.predicted_error,
         "hide_pattern": cfg.hide_pattern,
         "pad_to": cfg.pad_to,
-        "slots_used": layout.nnz,
+        "slots_used": sizes["slots_used"],
         "real_ratings": train.n_ratings,
-        "chunks": layout.n_chunks,
+        "chunks": sizes["chunks"],
     }
+
+
+def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
+    """Keys, roles and the plaintext twin of a csr_fhe_mf job."""
+    from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
+    from cipherfact.protocols import csr_fhe_mf as csr
+
+    train = split.train
+    cfg = csr_config(scenario, train)
+    scheme = make_ckks_scheme(cfg.plan().params)
+    profs = {"rs": Profiler(), "csp": Profiler(), "users": Profiler()}
+    rs = csr.RecommenderServer(cfg, load_public_ckks, profs["rs"])
+    csp = csr.CryptoServiceProvider(cfg, scheme, profs["csp"])
+    roles: dict[AgentId, Any] = {csr.RS_ID: rs, csr.CSP_ID: csp}
+    groups = {csr.RS_ID: "rs", csr.CSP_ID: "csp"}
+    for u in range(cfg.n_users):
+        roles[csr.user_id(u)] = csr_user(scenario, train, cfg, u, profs["users"])
+        groups[csr.user_id(u)] = "users"
+    twin, sizes = csr_twin(scenario, train, cfg)
+
+    def factors() -> tuple[np.ndarray, np.ndarray]:
+        AU, AV = csp.masked_factors()
+        MU, MV = rs.factor_masks()
+        return AU - MU, AV - MV
+
+    info = csr_info(cfg, scheme.describe(), train, sizes)
     return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
 
 
@@ -270,12 +323,13 @@ def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
     return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
 
 
-def _party_bytes(engine: InMemoryEngine, groups: dict[AgentId, str]) -> dict[str, dict[str, int]]:
+def party_bytes(stats: TrafficStats, groups: dict[AgentId, str]) -> dict[str, dict[str, int]]:
+    """Bytes sent and received per party group ("rs", "csp", "users", ...)."""
     out: dict[str, dict[str, int]] = {}
     for agent, group in groups.items():
         entry = out.setdefault(group, {"sent": 0, "received": 0})
-        entry["sent"] += engine.stats.bytes_sent_by(agent)
-        entry["received"] += engine.stats.bytes_received_by(agent)
+        entry["sent"] += stats.bytes_sent_by(agent)
+        entry["received"] += stats.bytes_received_by(agent)
     return out
 
 
@@ -359,7 +413,7 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
         setup_s=setup_s,
         setup_bytes=setup_bytes,
         stats=engine.stats,
-        bytes_per_party=_party_bytes(engine, run.groups),
+        bytes_per_party=party_bytes(engine.stats, run.groups),
         seconds_per_party=seconds_per_party,
     )
 
@@ -419,7 +473,12 @@ def finish_summary(
         seconds_per_party=seconds_per_party,
         traffic=stats.to_dict(),
     )
-    if test.n_ratings and scenario.protocol == "csr_fhe_mf":
+    # A plaintext ALS reference needs rank <= min(users, items); tiny jobs skip it.
+    if (
+        test.n_ratings
+        and scenario.protocol == "csr_fhe_mf"
+        and scenario.n_factors <= min(train.n_users, train.n_items)
+    ):
         R = train.to_csr()
         ref = fit_ratings_mf(
             R, scenario.n_factors, method="als", biases=True, epochs=10, seed=scenario.seed

@@ -107,3 +107,75 @@ def test_sigterm_stops_an_agent_cleanly_and_tells_its_neighbours(tmp_path: Path)
     # Each neighbour either got agent 1's abort notice or found it gone first; both name it.
     for status in statuses:
         assert status.startswith("failed: ") and "agent 1" in status and "round" in status, status
+
+
+# --- csr_fhe_mf: RS, CSP and every user as separate processes -----------------------------
+
+CSR = "csr-fhe-mf-synthetic"
+CSR_SMALL = ["data.n_users=3", "data.n_items=10", "data.density=0.5", "epochs=2"]
+# Two in-memory runs already differ by ~1e-6 in RMSE: CKKS encryption noise
+# comes from fresh OS randomness, so results agree to that noise, not to bits.
+CKKS_TOL = 1e-4
+
+
+def test_csr_fhe_mf_parties_as_processes_match_inmemory(tmp_path: Path) -> None:
+    from cipherfact.simulations.simulate import SimOptions, simulate
+
+    summary = deploy_local(CSR, None, tmp_path / "grpc", CSR_SMALL, timeouts={"peer_s": 30},
+                           timeout_s=150)
+    assert summary["status"] == "completed", summary["status"]
+    assert summary["transport"] == "mTLS" and summary["processes"] == 5
+    mem = simulate(load_scenario(CSR, CSR_SMALL), tmp_path / "mem",
+                   options=SimOptions(progress=False))
+    for key in ("train_rmse", "test_rmse"):
+        assert abs(summary[key] - mem[key]) < CKKS_TOL, key
+    assert summary["plain_test_rmse"] == mem["plain_test_rmse"]
+    # Same messages; ciphertext sizes vary by a fraction of a percent (compressed CKKS).
+    assert summary["traffic"]["messages_total"] == mem["traffic"]["messages_total"]
+    assert summary["traffic"]["messages_by_stage"] == mem["traffic"]["messages_by_stage"]
+    assert abs(summary["bytes_total"] / mem["bytes_total"] - 1) < 0.01
+    assert summary["grpc_bytes_total"] > summary["bytes_total"]
+    rows, mem_rows = (
+        [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("grpc", "mem")
+    )
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for a, b in zip(rows, mem_rows, strict=True):
+        assert abs(a["test_rmse"] - b["test_rmse"]) < CKKS_TOL
+    with np.load(tmp_path / "grpc" / "factors.npz") as f:
+        U, V = f["U"], f["V"]
+    assert U.shape == (3, 4) and V.shape == (10, 4)
+    # Each party keeps its own files: RS its masks, the CSP its masked factors, users nothing.
+    agents = tmp_path / "grpc" / "agents"
+    with np.load(agents / "agent-0" / "share.npz") as rs, \
+            np.load(agents / "agent-1" / "share.npz") as csp:
+        assert str(rs["kind"]) == "masks" and str(csp["kind"]) == "masked_factors"
+        assert np.allclose(csp["U_1"] - rs["U_1"], U)
+        assert not np.allclose(csp["U_1"], U, atol=1.0)  # the CSP's share hides the model
+    for u in range(3):
+        assert not (agents / f"agent-{u + 2}" / "share.npz").exists()
+        log = (agents / f"agent-{u + 2}" / "agent.log").read_text()
+        assert f"completed its part as user {u}" in log
+    assert "completed its part as rs (2 epochs)" in (agents / "agent-0" / "agent.log").read_text()
+
+
+def test_csr_fhe_mf_killed_csp_stops_rs_with_a_clear_error(tmp_path: Path) -> None:
+    timeouts = {"peer_s": 5, "retries": 2, "backoff_s": 0.1, "backoff_max_s": 0.2}
+    overrides = [*CSR_SMALL[:-1], "epochs=200"]
+    job = write_local_job(CSR, overrides, None, tmp_path, timeouts=timeouts)
+    procs = launch(job, 5)
+    rs_metrics = tmp_path / "agents" / "agent-0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not rs_metrics.exists() or '"epoch": 1' not in rs_metrics.read_text()
+    ):
+        time.sleep(0.05)
+    assert procs[1].poll() is None, "the CSP finished before it could be killed"
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    codes = wait_all(procs, timeout=60)
+    assert time.monotonic() - killed_at < timeouts["peer_s"] + 10
+    assert codes[1] == -signal.SIGKILL and codes[0] == 1
+    assert codes[2:] == [0, 0, 0]  # the users had finished their part
+    status = json.loads((tmp_path / "agents" / "agent-0" / "result.json").read_text())["status"]
+    assert status.startswith("failed: ") and "agent 1" in status and "round" in status, status

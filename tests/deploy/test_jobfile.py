@@ -98,3 +98,59 @@ def test_per_agent_data_path_and_explicit_graph(tmp_path: Path) -> None:
     assert plan.graph.neighbors(1) == (0, 2)
     seeds = {(plan_node(job, 1).weight_seed) for _ in range(2)}  # private seeds by default?
     assert len(seeds) == 1  # render_job writes private_seeds = false (reproducible)
+
+
+# --- csr_fhe_mf jobs: RS (0), CSP (1), one process per user ------------------------------
+
+CSR_SMALL = ["data.n_users=3", "data.n_items=10", "data.density=0.5", "epochs=2"]
+
+
+def csr_job(n_parties: int, **kwargs: object) -> str:
+    return good(
+        scenario="csr-fhe-mf-synthetic",
+        overrides=CSR_SMALL,
+        addresses=[f"127.0.0.1:{50100 + i}" for i in range(n_parties)],
+        **kwargs,
+    )
+
+
+def test_csr_job_has_rs_csp_and_one_agent_per_user(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, csr_job(5)))
+    assert job.scenario.protocol == "csr_fhe_mf" and sorted(job.agents) == [0, 1, 2, 3, 4]
+
+
+def test_csr_job_with_the_wrong_number_of_parties_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(JobFileError, match=r"3 users, so RS \(0\), CSP \(1\).*0\.\.4"):
+        load_job(write(tmp_path, csr_job(4)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = 1"),
+         "job.checkpoint_every cannot be used with csr_fhe_mf"),
+        (lambda t: t + "\n[graph]\nedges = [[0, 1]]\n", r"\[graph\] edges cannot be used"),
+        (lambda t: t.replace('address = "127.0.0.1:50102"',
+                             'address = "127.0.0.1:50102"\ndata_path = "x.npy"'),
+         r"agents\[\]\.data_path cannot be used"),
+    ],
+)
+def test_csr_job_refuses_ppdnmf_only_settings(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(JobFileError, match=message):
+        load_job(write(tmp_path, edit(csr_job(5))))
+
+
+def test_fedmf_cannot_be_deployed(tmp_path: Path) -> None:
+    text = good(scenario="fedmf-synthetic", overrides=["epochs=1"])
+    with pytest.raises(JobFileError, match="protocol 'fedmf' cannot be deployed yet"):
+        load_job(write(tmp_path, text))
+
+
+def test_local_csr_job_counts_its_parties_and_checks_agents() -> None:
+    from cipherfact.deploy.local import local_parties
+
+    assert local_parties("csr-fhe-mf-synthetic", CSR_SMALL, None) == (CSR_SMALL, 5)
+    with pytest.raises(ValueError, match="runs 5 processes"):
+        local_parties("csr-fhe-mf-synthetic", CSR_SMALL, 4)
+    overrides, n = local_parties("ppdnmf-synthetic", SMALL, None)
+    assert n == 10 and overrides[-1] == "n_agents=10"

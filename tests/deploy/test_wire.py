@@ -76,3 +76,28 @@ def test_envelope_with_sender_equal_receiver_is_malformed() -> None:
     msg.receiver = msg.sender
     with pytest.raises(WireError, match="malformed envelope"):
         from_proto(msg)
+
+
+def test_csr_payload_format_refuses_malformed_framing() -> None:
+    from cipherfact.agents.envelope import Envelope
+    from cipherfact.deploy.csr_node import CsrPayloadFormat
+    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf_layout import encode_parts
+
+    check = CsrPayloadFormat()
+
+    def env(stage: str, payload: bytes, sender: int = 2) -> Envelope:
+        return Envelope("j", -1, stage, sender, 3 if sender == csr.RS_ID else csr.RS_ID, payload)
+
+    check(env(csr.STAGE_RATINGS, encode_parts([b"a", b"bc"])))
+    check(env(csr.STAGE_STRUCTURE, bytes(16)))
+    with pytest.raises(ValueError, match="bad payload magic"):
+        check(env(csr.STAGE_RATINGS, b"garbage-bytes-here"))
+    with pytest.raises(ValueError, match="truncated"):
+        check(env(csr.STAGE_MASKED, encode_parts([b"abc"])[:-1], sender=csr.RS_ID))
+    with pytest.raises(ValueError, match="not a list of 8-byte item indices"):
+        check(env(csr.STAGE_STRUCTURE, bytes(12)))
+    with pytest.raises(ValueError, match="a layout message is 24 bytes"):
+        check(env(csr.STAGE_LAYOUT, bytes(23), sender=csr.RS_ID))
+    with pytest.raises(ValueError, match="a CKKS context of 0 bytes"):
+        check(env(csr.STAGE_CONTEXT, b"", sender=csr.CSP_ID))
