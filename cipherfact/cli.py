@@ -73,9 +73,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     ray.add_argument(
         "--ray-cpus-per-actor",
         type=float,
-        default=1.0,
+        default=None,
         metavar="C",
-        help="CPUs each actor reserves (default 1)",
+        help="CPUs each actor reserves (default 1, or an even share of the cluster's CPUs "
+        "when --ray-actors exceeds them)",
     )
     ray.add_argument(
         "--ray-gpus-per-actor",

@@ -42,6 +42,7 @@ from cipherfact.protocols.base import Profiler
 from cipherfact.simulations.ray_engine import (
     Outbox,
     RayEngineError,
+    actor_cpus,
     ray_session,
     stats_from_raw,
     stats_to_raw,
@@ -500,9 +501,13 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
     started = time.perf_counter()
     hosts = options.ray_actors or max(2, int(ray.cluster_resources().get("CPU", 2)))
     hosts = min(hosts, train.n_users + 2)
-    engine, public, factors = _engine_for(
-        scenario, train.n_users, hosts, options.ray_cpus_per_actor
-    )
+    try:
+        cpus = actor_cpus(
+            hosts, float(ray.cluster_resources().get("CPU", 1.0)), options.ray_cpus_per_actor
+        )
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from exc
+    engine, public, factors = _engine_for(scenario, train.n_users, hosts, cpus)
     groups, twin, offset, epochs = (
         public["groups"],
         public["twin"],

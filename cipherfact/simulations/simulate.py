@@ -66,7 +66,7 @@ class SimOptions:
     resume: bool = False
     network: NetworkModel | None = None
     ray_actors: int | None = None
-    ray_cpus_per_actor: float = 1.0
+    ray_cpus_per_actor: float | None = None  # None: 1, or a share when actors > CPUs
     ray_gpus_per_actor: float | None = None
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ class SimOptions:
             raise ScenarioError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.ray_actors is not None and self.ray_actors < 1:
             raise ScenarioError(f"ray_actors must be >= 1, got {self.ray_actors}")
-        if not self.ray_cpus_per_actor > 0:
+        if self.ray_cpus_per_actor is not None and not self.ray_cpus_per_actor > 0:
             raise ScenarioError(f"ray_cpus_per_actor must be > 0, got {self.ray_cpus_per_actor}")
         if self.ray_gpus_per_actor is not None and self.ray_gpus_per_actor < 0:
             raise ScenarioError(f"ray_gpus_per_actor must be >= 0, got {self.ray_gpus_per_actor}")

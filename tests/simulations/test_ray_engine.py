@@ -152,7 +152,7 @@ def test_dead_actor_stops_the_run_and_resume_matches(
     )
     with pytest.raises(
         RayEngineError,
-        match=r"Ray actor 0 hosting agents \[0, 2, 4\] died during outer iteration 3",
+        match=r"Ray actor 0 hosting agents \[\d+(, \d+)*\] died during outer iteration 3",
     ):
         _run(overrides, out, backend="ray", checkpoint_every=2)
     summary = json.loads((out / "summary.json").read_text())

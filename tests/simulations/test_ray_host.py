@@ -84,7 +84,8 @@ def test_host_without_agents_is_refused() -> None:
         ({}, {"CPU": 2.0}, (2, 1.0, 0.0)),
         ({}, {"CPU": 16.0}, (6, 1.0, 0.0)),  # never more actors than agents
         ({"cpus_per_actor": 0.5}, {"CPU": 2.0}, (4, 0.5, 0.0)),
-        ({"actors": 3}, {"CPU": 2.0}, (3, 1.0, 0.0)),
+        ({"actors": 4}, {"CPU": 2.0}, (4, 0.5, 0.0)),  # more actors than CPUs: a share
+        ({"actors": 3}, {"CPU": 4.0}, (3, 1.0, 0.0)),
         ({"wants_gpu": True}, {"CPU": 4.0, "GPU": 1.0}, (4, 1.0, 0.25)),
         ({"wants_gpu": True}, {"CPU": 2.0}, (2, 1.0, 0.0)),
         ({"gpus_per_actor": 0.5}, {"CPU": 2.0}, (2, 1.0, 0.5)),
@@ -101,6 +102,8 @@ def test_pool_spec(kwargs: dict, resources: dict, expected: tuple) -> None:
         ({"cpus_per_actor": 0.0}, "cpus_per_actor must be > 0, got 0.0"),
         ({"actors": 0}, "actors must be >= 1, got 0"),
         ({"gpus_per_actor": -1.0}, "gpus_per_actor must be >= 0, got -1.0"),
+        ({"actors": 3, "cpus_per_actor": 1.0}, r"3 actors x 1 CPUs = 3 CPUs, but the Ray "
+         r"cluster has 2: Ray could never start them all"),
     ],
 )
 def test_pool_spec_validation(kwargs: dict, message: str) -> None:
@@ -172,3 +175,18 @@ def test_host_failure_names_host_agents_and_round() -> None:
     host = AgentHost(0, job, round_robin(4, 2))
     with pytest.raises(RuntimeError, match=r"host 0 \(agents \[0, 2\]\) failed during begin_outer"):
         host.begin_outer()  # public keys missing: the key stage never ran
+
+
+def test_balanced_placement_spreads_the_work_not_the_count() -> None:
+    from cipherfact.simulations.ray_engine import AGENT_ROUND_COST, balanced_placement
+
+    degrees = [4, 2, 3, 4, 5, 3, 3, 2, 1, 3]  # ppdnmf-synthetic's geometric graph
+    placement = balanced_placement(degrees, 2)
+    assert sorted(placement) == list(range(10)) and set(placement.values()) == {0, 1}
+    load = [sum(AGENT_ROUND_COST + d for i, d in enumerate(degrees) if placement[i] == k)
+            for k in (0, 1)]
+    assert load == [35, 35]  # round-robin gives 36 / 34
+    assert balanced_placement(degrees, 2) == placement  # deterministic
+    assert set(balanced_placement([1, 1, 1], 5).values()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="hosts must be >= 1"):
+        balanced_placement(degrees, 0)
