@@ -67,8 +67,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="actors in the pool; agents are placed round-robin, several per actor "
-        "(default: one per CPU of the Ray cluster)",
+        help="actors in the pool; several agents per actor, placed so that each actor "
+        "gets about the same work per round (default: one per CPU of the Ray cluster)",
     )
     ray.add_argument(
         "--ray-cpus-per-actor",

@@ -176,7 +176,7 @@ class CsrNode(BaseNode):
             return [j for j in self.peers() if j != csr.CSP_ID] if role.scheme else [csr.CSP_ID]
         if isinstance(role, csr.CryptoServiceProvider):
             return [csr.RS_ID]
-        return [csr.CSP_ID] if role._scheme is None else [csr.RS_ID]
+        return [csr.RS_ID] if role.has_context else [csr.CSP_ID]
 
     def silence_limit(self) -> float:
         # Until the epochs start, peers may still be starting or generating keys.

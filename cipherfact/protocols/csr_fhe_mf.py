@@ -269,6 +269,11 @@ class CsrUser(_Role):
     def done(self) -> bool:
         return self._done
 
+    @property
+    def has_context(self) -> bool:
+        """Whether the CSP's public context has arrived (next: RS's layout)."""
+        return self._scheme is not None
+
     def start(self) -> list[Envelope]:
         return []
 

@@ -49,7 +49,6 @@ FAULT = ["outer_iters=8", *SMALL[1:]]
 FAULT_TIMEOUTS = {"peer_s": 6, "retries": 2, "backoff_s": 0.1, "backoff_max_s": 0.2}
 
 
-@pytest.mark.slow
 def test_killed_agent_stops_the_others_and_resume_gives_same_factors(tmp_path: Path) -> None:
     job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1,
                           timeouts=FAULT_TIMEOUTS)
@@ -84,7 +83,6 @@ def test_killed_agent_stops_the_others_and_resume_gives_same_factors(tmp_path: P
     assert len(resumed) == 1 and resumed.pop() >= 1
 
 
-@pytest.mark.slow
 def test_sigterm_stops_an_agent_cleanly_and_tells_its_neighbours(tmp_path: Path) -> None:
     job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1,
                           timeouts=FAULT_TIMEOUTS)
