@@ -55,10 +55,11 @@ def test_killed_agent_stops_the_others_and_resume_gives_same_factors(tmp_path: P
     procs = launch(job, N)
     victim = 2
     deadline = time.monotonic() + 120
-    target = checkpoint_path(tmp_path / "agents" / f"agent-{victim}", 1)
-    while not target.exists() and time.monotonic() < deadline:
+    # Kill once every agent has a checkpoint to resume from (neighbours may lag a round).
+    targets = [checkpoint_path(tmp_path / "agents" / f"agent-{i}", 1) for i in range(N)]
+    while not all(t.exists() for t in targets) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert target.exists(), "agent 2 never reached its first checkpoint"
+    assert all(t.exists() for t in targets), "the agents never reached their first checkpoint"
     assert procs[victim].poll() is None, "agent 2 finished before it could be killed"
     procs[victim].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
