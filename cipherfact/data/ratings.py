@@ -573,3 +573,43 @@ def synthetic_ratings(
         item_ids=np.arange(n_items, dtype=np.int64),
         timestamps=timestamps,
     )
+
+
+def load_user_ratings(path: str | Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """One user's own ratings for a deployed csr_fhe_mf job: (items, values), sorted.
+
+    The file is a CSV with a header naming the columns ``item`` and ``rating``
+    (other columns are ignored); items are 0-based indices into the job's
+    catalogue of ``n_items`` items, each at most once. This is what a user's
+    process reads on its own machine; nobody else ever sees the file.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ratings file {str(path)!r} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "item" not in fields or "rating" not in fields:
+            raise ValueError(
+                f"{path}: the header must name the columns 'item' and 'rating', got {fields}"
+            )
+        items, values = [], []
+        for row in reader:
+            line = reader.line_num
+            item = _number(path, line, "item", row["item"] or "")
+            if item != int(item) or not 0 <= item < n_items:
+                raise ValueError(
+                    f"{path}, line {line}: item {row['item']!r} is not an index in "
+                    f"0..{n_items - 1}"
+                )
+            items.append(int(item))
+            values.append(_number(path, line, "rating", row["rating"] or ""))
+    if not items:
+        raise ValueError(f"{path}: no ratings")
+    item_arr = np.asarray(items, dtype=np.int64)
+    if np.unique(item_arr).size != item_arr.size:
+        raise ValueError(f"{path}: an item is rated more than once")
+    order = np.argsort(item_arr, kind="stable")
+    return item_arr[order], np.asarray(values, dtype=np.float64)[order]

@@ -2,9 +2,11 @@
 
 Agent ids follow the protocol: 0 is the recommender server (RS), 1 the crypto
 service provider (CSP), ``2 + u`` user ``u``. Every party derives the public
-parameters (the config, the planned CKKS set) from the scenario in JOB.toml;
-a user keeps only its own ratings. The CSP generates the CKKS key pair in its
-own process and sends the public context; the secret key never leaves it.
+parameters (the config, the planned CKKS set) from JOB.toml. A user keeps only
+its own ratings: read from its own ``data_path`` file when the job gives
+every user one (RS and the CSP then load no ratings at all), else taken from
+the scenario's data. The CSP generates the CKKS key pair in its own process
+and sends the public context; the secret key never leaves it.
 
 RS drives the epochs: it begins the next one as soon as the previous round
 trip with the CSP has ended. A user is done once RS has accepted its
@@ -33,13 +35,20 @@ import numpy as np
 
 from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
+from cipherfact.data.ratings import load_user_ratings
 from cipherfact.deploy.jobfile import DeployJob, JobFileError
 from cipherfact.deploy.node_base import BaseNode, write_atomic
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols import csr_fhe_mf as csr
 from cipherfact.protocols.base import Profiler
 from cipherfact.protocols.csr_fhe_mf_layout import decode_parts
-from cipherfact.simulations.recsys_sim import csr_config, csr_user, load_split
+from cipherfact.simulations.recsys_sim import (
+    csr_config,
+    csr_config_for,
+    csr_user,
+    csr_user_rng,
+    load_split,
+)
 
 log = logging.getLogger("cipherfact.deploy")
 
@@ -110,8 +119,15 @@ class CsrNode(BaseNode):
 
     def prepare(self) -> None:
         scenario = self.deploy.scenario
-        train = load_split(scenario.data, scenario.seed).train
-        cfg = self.config = csr_config(scenario, train)
+        train = None
+        if self.deploy.users_own_ratings:
+            # Public sizes from the job; each user reads only its own file.
+            cfg = csr_config_for(scenario, len(self.deploy.agents) - 2, scenario.data.n_items,
+                                 scenario.crypto.pad_to)
+        else:
+            train = load_split(scenario.data, scenario.seed).train
+            cfg = csr_config(scenario, train)
+        self.config = cfg
         self.job_id = cfg.job_id
         if self.agent_id == csr.RS_ID:
             from cipherfact.crypto.ckks import load_public_ckks
@@ -130,8 +146,17 @@ class CsrNode(BaseNode):
                     f"2..{cfg.n_users + 1} = users)"
                 )
             rng = (np.random.default_rng(secrets.randbits(128))
-                   if self.deploy.private_seeds else None)
-            self.role = csr_user(scenario, train, cfg, u, self.profiler, rng=rng)
+                   if self.deploy.private_seeds else csr_user_rng(scenario, u))
+            data_path = self.deploy.agent(self.agent_id).data_path
+            if train is None and data_path is not None:
+                from cipherfact.crypto.ckks import load_public_ckks
+
+                items, values = load_user_ratings(data_path, cfg.n_items)
+                self.role = csr.CsrUser(u, items, values, cfg, load_public_ckks, rng,
+                                        self.profiler)
+            else:
+                assert train is not None
+                self.role = csr_user(scenario, train, cfg, u, self.profiler, rng=rng)
         self.metrics_path.write_text("", encoding="utf-8")
         log.info("agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id),
                  self.job_id)

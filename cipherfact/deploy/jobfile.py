@@ -103,6 +103,13 @@ class DeployJob:
         key = spec.key or self._resolve(self.tls_key.format(id=agent_id))
         return TlsFiles(self.tls_ca, cert, key)
 
+    @property
+    def users_own_ratings(self) -> bool:
+        """csr_fhe_mf: every user reads its own ratings file (``data_path``)."""
+        return self.scenario.protocol == "csr_fhe_mf" and any(
+            a.data_path is not None for a in self.agents.values()
+        )
+
     def agent_out(self, agent_id: AgentId) -> Path:
         return self.out / f"agent-{agent_id}"
 
@@ -121,6 +128,39 @@ def party_count(scenario: Any) -> int:
     from cipherfact.simulations.recsys_sim import load_split
 
     return load_split(scenario.data, scenario.seed).train.n_users + 2
+
+
+def _check_own_ratings(scenario: Any, agents: Mapping[AgentId, AgentSpec], path: Path) -> int:
+    """The job's party count; for csr_fhe_mf with users' own rating files, check them.
+
+    Users either all bring their own ratings (``data_path``; the public sizes
+    then come from the scenario: one user per agent from id 2, ``data.n_items``
+    items, ``crypto.pad_to`` entries per user with ``hide_pattern``) or all
+    take them from the scenario's data.
+    """
+    if scenario.protocol != "csr_fhe_mf":
+        return party_count(scenario)
+    own = sorted(a.id for a in agents.values() if a.data_path is not None)
+    if not own:
+        return party_count(scenario)
+    if own[0] < 2:
+        raise JobFileError(
+            f"{path}: agents[{own[0]}].data_path: RS (0) and the CSP (1) hold no ratings; "
+            "data_path is for users (ids 2..)"
+        )
+    users = sorted(a for a in agents if a >= 2)
+    if own != users:
+        missing = sorted(set(users) - set(own))
+        raise JobFileError(
+            f"{path}: users {missing} have no data_path; give every user its own ratings "
+            "file, or none (then every user takes its ratings from the scenario's data)"
+        )
+    if scenario.crypto.hide_pattern and not scenario.crypto.pad_to:
+        raise JobFileError(
+            f"{path}: with users' own rating files and crypto.hide_pattern, set "
+            "crypto.pad_to (the public number of entries every user shows)"
+        )
+    return len(agents)
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -201,7 +241,6 @@ def load_job(path: str | Path) -> DeployJob:
             f"protocol {scenario.protocol!r} cannot be deployed yet (deployable: "
             f"{', '.join(DEPLOYABLE)})"
         )
-    n_parties = party_count(scenario)
 
     raw_agents = tree.get("agents")
     if not isinstance(raw_agents, list) or not raw_agents:
@@ -221,6 +260,7 @@ def load_job(path: str | Path) -> DeployJob:
             k: resolve_path(base, entry[k]) for k in ("data_path", "cert", "key") if entry.get(k)
         }
         agents[agent_id] = AgentSpec(agent_id, address, listen, **opt)
+    n_parties = _check_own_ratings(scenario, agents, path)
     if sorted(agents) != list(range(n_parties)):
         what = (
             f"n_agents = {n_parties}"
@@ -273,15 +313,13 @@ def load_job(path: str | Path) -> DeployJob:
             for name, used in (
                 ("job.checkpoint_every", checkpoint_every > 0),
                 ("[graph] edges", edges is not None),
-                ("agents[].data_path", any(a.data_path for a in agents.values())),
             )
             if used
         ]
         if unsupported:
             raise JobFileError(
                 f"{path}: {', '.join(unsupported)} cannot be used with {scenario.protocol} "
-                "(its parties are fixed by the protocol and take their ratings from the "
-                "scenario's data; checkpoints are ppdnmf-only)"
+                "(its parties are fixed by the protocol; checkpoints are ppdnmf-only)"
             )
     out = _typed(job, "out", str, "results", "job")
     return DeployJob(

@@ -143,7 +143,14 @@ class BaseNode(ABC):
         """Run the party; returns its result record (also written to ``result.json``)."""
         started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.prepare()
+        try:
+            self.prepare()
+        except (NodeError, OSError, ValueError, TypeError) as exc:  # bad file or parameters
+            status = f"failed before start: {type(exc).__name__}: {exc}"
+            self._write_result(self._result(status, time.perf_counter() - started))
+            if isinstance(exc, NodeError):
+                raise
+            raise NodeError(f"agent {self.agent_id}: {exc}") from exc
         spec = self.deploy.agent(self.agent_id)
         check = self.payload_check()
 
@@ -179,9 +186,7 @@ class BaseNode(ABC):
             raise NodeError(str(exc)) from exc
         finally:
             result = self._result(status, time.perf_counter() - started)
-            (self.out / "result.json").write_text(
-                json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
+            self._write_result(result)
             transport.close()
         self.write_outputs()
         return result
@@ -262,6 +267,11 @@ class BaseNode(ABC):
     def append_metrics(self, line: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
+
+    def _write_result(self, result: dict[str, Any]) -> None:
+        (self.out / "result.json").write_text(
+            json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
 
     def _result(self, status: str, wall: float) -> dict[str, Any]:
         transport = self.transport

@@ -107,15 +107,21 @@ def csr_config(scenario: CsrFheMFScenario, train: Ratings) -> Any:
     length is the public maximum of ratings per user), so a deployed party
     needs no message to agree on it.
     """
+    pad = scenario.crypto.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
+    return csr_config_for(scenario, train.n_users, train.n_items, pad)
+
+
+def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: int) -> Any:
+    """``csr_config`` from the public sizes alone (a deployment whose users keep their
+    ratings on their own machines); ``pad`` matters only with ``hide_pattern``."""
     from cipherfact.protocols import csr_fhe_mf as csr
 
     c = scenario.crypto
-    pad = c.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
     try:
         cfg = csr.CsrFheMFConfig(
             job_id=scenario.name,
-            n_users=train.n_users,
-            n_items=train.n_items,
+            n_users=n_users,
+            n_items=n_items,
             n_factors=scenario.n_factors,
             epochs=scenario.epochs,
             lr=scenario.lr,

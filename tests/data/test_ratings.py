@@ -327,3 +327,32 @@ def test_ratings_constructor_checks() -> None:
         Ratings(np.array([0, 1]), np.array([0]), np.array([1.0, 2.0]), ids, ids)
     with pytest.raises(ValueError, match=r"Ratings.users has indices outside 0\.\.1"):
         Ratings(np.array([0, 2]), np.array([0, 1]), np.array([1.0, 2.0]), ids, ids)
+
+
+def test_load_user_ratings_reads_one_users_file(tmp_path: Path) -> None:
+    from cipherfact.data.ratings import load_user_ratings
+
+    path = tmp_path / "me.csv"
+    path.write_text("item,rating,note\n7,4.5,x\n2,3,y\n", encoding="utf-8")
+    items, values = load_user_ratings(path, n_items=10)
+    assert items.tolist() == [2, 7] and values.tolist() == [3.0, 4.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("movie,rating\n1,3\n", "must name the columns 'item' and 'rating'"),
+        ("item,rating\n10,3\n", r"line 2: item '10' is not an index in 0..9"),
+        ("item,rating\n1.5,3\n", r"item '1.5' is not an index"),
+        ("item,rating\n1,3\n1,4\n", "rated more than once"),
+        ("item,rating\n1,good\n", "non-numeric rating 'good'"),
+        ("item,rating\n", "no ratings"),
+    ],
+)
+def test_load_user_ratings_refuses_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    from cipherfact.data.ratings import load_user_ratings
+
+    path = tmp_path / "me.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_user_ratings(path, n_items=10)

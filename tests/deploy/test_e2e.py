@@ -178,3 +178,30 @@ def test_csr_fhe_mf_killed_csp_stops_rs_with_a_clear_error(tmp_path: Path) -> No
     assert codes[2:] == [0, 0, 0]  # the users had finished their part
     status = json.loads((tmp_path / "agents" / "agent-0" / "result.json").read_text())["status"]
     assert status.startswith("failed: ") and "agent 1" in status and "round" in status, status
+
+
+def test_csr_fhe_mf_users_with_their_own_rating_files(tmp_path: Path) -> None:
+    """Each user process reads only its own CSV; RS and the CSP load no ratings at all.
+    With the scenario's own ratings in the files, the model is the simulation's."""
+    from cipherfact.deploy.local import gather
+    from cipherfact.simulations.recsys_sim import load_split
+    from cipherfact.simulations.simulate import SimOptions, simulate
+
+    scenario = load_scenario(CSR, CSR_SMALL)
+    train = load_split(scenario.data, scenario.seed).train
+    job = write_local_job(CSR, CSR_SMALL, None, tmp_path, timeouts={"peer_s": 30})
+    text = job.read_text()
+    for u in range(train.n_users):
+        rows = train.users == u
+        lines = [f"{i},{float(r)!r}" for i, r in zip(train.items[rows], train.values[rows],
+                                                     strict=True)]
+        (tmp_path / f"user-{u}.csv").write_text("item,rating\n" + "\n".join(lines) + "\n")
+        text = text.replace(f"id = {u + 2}\n", f"id = {u + 2}\ndata_path = \"user-{u}.csv\"\n")
+    job.write_text(text)
+    started = time.monotonic()
+    codes = wait_all(launch(job, train.n_users + 2), timeout=150)
+    summary = gather(job, time.monotonic() - started, codes)
+    assert summary["status"] == "completed", summary["status"]
+    mem = simulate(scenario, tmp_path / "mem", options=SimOptions(progress=False))
+    for key in ("train_rmse", "test_rmse"):
+        assert abs(summary[key] - mem[key]) < CKKS_TOL, key

@@ -130,9 +130,12 @@ def test_csr_job_with_the_wrong_number_of_parties_is_refused(tmp_path: Path) -> 
         (lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = 1"),
          "job.checkpoint_every cannot be used with csr_fhe_mf"),
         (lambda t: t + "\n[graph]\nedges = [[0, 1]]\n", r"\[graph\] edges cannot be used"),
+        (lambda t: t.replace('address = "127.0.0.1:50100"',
+                             'address = "127.0.0.1:50100"\ndata_path = "x.csv"'),
+         r"RS \(0\) and the CSP \(1\) hold no ratings"),
         (lambda t: t.replace('address = "127.0.0.1:50102"',
-                             'address = "127.0.0.1:50102"\ndata_path = "x.npy"'),
-         r"agents\[\]\.data_path cannot be used"),
+                             'address = "127.0.0.1:50102"\ndata_path = "x.csv"'),
+         r"users \[3, 4\] have no data_path"),
     ],
 )
 def test_csr_job_refuses_ppdnmf_only_settings(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -154,3 +157,36 @@ def test_local_csr_job_counts_its_parties_and_checks_agents() -> None:
         local_parties("csr-fhe-mf-synthetic", CSR_SMALL, 4)
     overrides, n = local_parties("ppdnmf-synthetic", SMALL, None)
     assert n == 10 and overrides[-1] == "n_agents=10"
+
+
+def _with_user_files(text: str, ids: list[int]) -> str:
+    for i in ids:
+        text = text.replace(f'address = "127.0.0.1:{50100 + i}"',
+                            f'address = "127.0.0.1:{50100 + i}"\ndata_path = "user-{i}.csv"')
+    return text
+
+
+def test_csr_users_with_their_own_rating_files_set_the_party_count(tmp_path: Path) -> None:
+    # 4 parties = 2 users, whatever the scenario's data would give (3 users)
+    job = load_job(write(tmp_path, _with_user_files(csr_job(4), [2, 3])))
+    assert job.users_own_ratings and sorted(job.agents) == [0, 1, 2, 3]
+    assert job.agent(3).data_path == tmp_path / "user-3.csv"
+    hidden = csr_job(4).replace('set = [', 'set = ["crypto.hide_pattern=true", ')
+    with pytest.raises(JobFileError, match=r"set crypto\.pad_to"):
+        load_job(write(tmp_path, _with_user_files(hidden, [2, 3])))
+
+
+def test_a_user_with_a_bad_ratings_file_fails_before_start_and_says_why(tmp_path: Path) -> None:
+    import json
+
+    from cipherfact.deploy.node import NodeError
+    from cipherfact.deploy.nodes import make_node
+
+    job = load_job(write(tmp_path, _with_user_files(csr_job(4), [2, 3])))
+    (tmp_path / "user-2.csv").write_text("item,rating\n99,4\n", encoding="utf-8")
+    with pytest.raises(NodeError, match=r"agent 2: .*item '99' is not an index in 0\.\.9"):
+        make_node(job, 2).run()
+    result = json.loads((job.agent_out(2) / "result.json").read_text())
+    assert result["status"].startswith("failed before start: ValueError")
+    with pytest.raises(JobFileError, match="csr_fhe_mf parties keep no checkpoints"):
+        make_node(job, 2, resume_from=1)
