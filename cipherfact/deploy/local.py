@@ -269,6 +269,9 @@ def deploy_local(
     """Run a whole job as ``n_agents`` local processes; returns the gathered summary."""
     out = Path(out)
     overrides, n_agents = local_parties(scenario, overrides, n_agents)
+    protocol = load_scenario(scenario, overrides).protocol
+    if protocol != "ppdnmf" and (resume or checkpoint_every):
+        raise ValueError(f"--resume and --checkpoint-every are ppdnmf-only, not for {protocol}")
     resume_from = None
     if resume:
         job_path = out / "job.toml"

@@ -190,3 +190,12 @@ def test_a_user_with_a_bad_ratings_file_fails_before_start_and_says_why(tmp_path
     assert result["status"].startswith("failed before start: ValueError")
     with pytest.raises(JobFileError, match="csr_fhe_mf parties keep no checkpoints"):
         make_node(job, 2, resume_from=1)
+
+
+def test_deploy_local_refuses_checkpoints_for_csr(tmp_path: Path) -> None:
+    from cipherfact.deploy.local import deploy_local
+
+    with pytest.raises(ValueError, match="ppdnmf-only, not for csr_fhe_mf"):
+        deploy_local("csr-fhe-mf-synthetic", None, tmp_path, CSR_SMALL, resume=True)
+    with pytest.raises(ValueError, match="ppdnmf-only, not for csr_fhe_mf"):
+        deploy_local("csr-fhe-mf-synthetic", None, tmp_path, CSR_SMALL, checkpoint_every=1)
