@@ -22,10 +22,10 @@ from cipherfact.deploy.csr_node import SHARE_FILE
 from cipherfact.deploy.jobfile import DeployJob
 from cipherfact.protocols import csr_fhe_mf as csr
 from cipherfact.simulations.recsys_sim import (
-    _rmse,
     csr_config,
     csr_info,
     csr_twin,
+    epoch_rmse,
     finish_summary,
     load_split,
     party_bytes,
@@ -90,14 +90,10 @@ def gather_csr(
     metrics: list[dict[str, Any]] = []
     for e in range(cfg.epochs):
         U, V = masked[e][0] - masks[e][0], masked[e][1] - masks[e][1]
-        tU, tV = twin[e]
         rs_m, csp_m = rs_lines[e], csp_lines[e]
         record = {
             "epoch": e,
-            "train_rmse": _rmse(U, V, train, cfg.rating_offset),
-            "test_rmse": _rmse(U, V, test, cfg.rating_offset),
-            "plain_train_rmse": _rmse(tU, tV, train, cfg.rating_offset),
-            "plain_test_rmse": _rmse(tU, tV, test, cfg.rating_offset),
+            **epoch_rmse((U, V), twin[e], train, test, cfg.rating_offset),
             "bytes": rs_m["bytes_sent"] + csp_m["bytes_sent"],
             "grpc_bytes": rs_m["grpc_bytes_sent"] + csp_m["grpc_bytes_sent"],
             "wall_s": rs_m["wall_s"],
@@ -106,8 +102,7 @@ def gather_csr(
         }
         metrics.append(record)
         writer.append_metrics(record)
-    U, V = masked[-1][0] - masks[-1][0], masked[-1][1] - masks[-1][1]
-    np.savez(out / "factors.npz", U=U, V=V)
+    np.savez(out / "factors.npz", U=U, V=V)  # the last epoch's
 
     groups = {i: _group(i) for i in range(len(results))}
     stats = TrafficStats()

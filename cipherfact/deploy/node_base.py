@@ -180,7 +180,14 @@ class BaseNode(ABC):
             status = f"stopped: {exc}"
             self._abort(str(exc))
             raise
-        except (NodeError, TransportError, AgentError, ProtocolError, ValueError) as exc:
+        except TransportError as exc:
+            # A peer that aborted closes its server, which fails our send to it; its
+            # abort notice, naming the root cause, is then already in our inbox.
+            notice = self._abort_notice(transport)
+            status = f"failed: {notice or exc}"
+            self._abort(notice or str(exc))
+            raise NodeError(notice or str(exc)) from exc
+        except (NodeError, AgentError, ProtocolError, ValueError) as exc:
             status = f"failed: {exc}"
             self._abort(str(exc))
             raise NodeError(str(exc)) from exc
@@ -212,14 +219,22 @@ class BaseNode(ABC):
             for env in envs:
                 self._heard[env.sender] = (env.round, last_progress)
                 if env.stage == STAGE_ABORT:
-                    reason = bytes(env.payload).decode("utf-8", "replace")
-                    raise NodeError(
-                        f"agent {self.agent_id}: agent {env.sender} aborted the job at round "
-                        f"{env.round}: {reason}"
-                    )
+                    raise NodeError(self._describe_abort(env))
                 agent.deliver(env)
                 self.after_deliver()
         self.finish()
+
+    def _describe_abort(self, env: Envelope) -> str:
+        reason = bytes(env.payload).decode("utf-8", "replace")
+        return (f"agent {self.agent_id}: agent {env.sender} aborted the job at round "
+                f"{env.round}: {reason}")
+
+    def _abort_notice(self, transport: GrpcTransport, wait_s: float = 0.5) -> str | None:
+        """A peer's abort notice waiting in the inbox, described (None if there is none)."""
+        for env in transport.recv(self.agent_id, timeout=wait_s):
+            if env.stage == STAGE_ABORT:
+                return self._describe_abort(env)
+        return None
 
     def _check_silence(self, last_progress: float) -> None:
         limit = self.silence_limit()

@@ -48,10 +48,10 @@ from cipherfact.simulations.ray_engine import (
     stats_to_raw,
 )
 from cipherfact.simulations.recsys_sim import (
-    _rmse,
     build_csr,
     build_fedmf,
     csr_user,
+    epoch_rmse,
     fedmf_config,
     finish_summary,
     load_split,
@@ -533,14 +533,9 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
             t0, b0 = time.perf_counter(), engine.stats.bytes_total
             engine.run_outer(epoch)
             wall = time.perf_counter() - t0
-            U, V = factors()
-            tU, tV = twin[epoch]
             record = {
                 "epoch": epoch,
-                "train_rmse": _rmse(U, V, train, offset),
-                "test_rmse": _rmse(U, V, test, offset),
-                "plain_train_rmse": _rmse(tU, tV, train, offset),
-                "plain_test_rmse": _rmse(tU, tV, test, offset),
+                **epoch_rmse(factors(), twin[epoch], train, test, offset),
                 "bytes": engine.stats.bytes_total - b0,
                 "wall_s": wall,
                 **{f"{k}_s": v for k, v in engine.seconds.items()},

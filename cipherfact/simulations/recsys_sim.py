@@ -81,6 +81,23 @@ def _rmse(U: np.ndarray, V: np.ndarray, data: Ratings, offset: float) -> float:
     return float(np.sqrt(np.mean((data.values - pred) ** 2)))
 
 
+def epoch_rmse(
+    factors: tuple[np.ndarray, np.ndarray],
+    twin: tuple[np.ndarray, np.ndarray],
+    train: Ratings,
+    test: Ratings,
+    offset: float,
+) -> dict[str, float]:
+    """One epoch's train/test RMSE of the protocol's factors and of the plaintext twin's
+    (the fields every backend writes into ``metrics.jsonl``)."""
+    return {
+        "train_rmse": _rmse(*factors, train, offset),
+        "test_rmse": _rmse(*factors, test, offset),
+        "plain_train_rmse": _rmse(*twin, train, offset),
+        "plain_test_rmse": _rmse(*twin, test, offset),
+    }
+
+
 def _by_user(data: Ratings, u: int) -> tuple[np.ndarray, np.ndarray]:
     mask = data.users == u
     return data.items[mask], data.values[mask]
@@ -378,15 +395,10 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
             t0, b0 = time.perf_counter(), engine.stats.bytes_total
             engine.run_outer()
             wall = time.perf_counter() - t0
-            U, V = run.factors()
-            tU, tV = run.twin[epoch]
             secs = {k: sum(p.take().values()) for k, p in run.profilers.items()}
             record = {
                 "epoch": epoch,
-                "train_rmse": _rmse(U, V, train, run.offset),
-                "test_rmse": _rmse(U, V, test, run.offset),
-                "plain_train_rmse": _rmse(tU, tV, train, run.offset),
-                "plain_test_rmse": _rmse(tU, tV, test, run.offset),
+                **epoch_rmse(run.factors(), run.twin[epoch], train, test, run.offset),
                 "bytes": engine.stats.bytes_total - b0,
                 "wall_s": wall,
                 **{f"{k}_s": v for k, v in secs.items()},
