@@ -22,6 +22,13 @@ RUNS = {
     "synthetic-paillier": ["ppdnmf-synthetic"],
     "synthetic-paillier-ray": ["ppdnmf-synthetic", "--backend", "ray"],
     "synthetic-plain": ["ppdnmf-synthetic", "--set", "crypto.scheme=plain"],
+    # the exchanges side by side on the paper's setup (same graph: min degree 2)
+    "synthetic-secagg-paillier": ["ppdnmf-synthetic", "--set", "exchange=secagg"],
+    "synthetic-secagg-none": ["ppdnmf-synthetic", "--set", "exchange=secagg",
+                              "--set", "crypto.scheme=none"],
+    "synthetic-pairwise-paillier": ["ppdnmf-synthetic", "--set", "exchange=pairwise"],
+    "synthetic-pairwise-none": ["ppdnmf-synthetic", "--set", "exchange=pairwise",
+                                "--set", "crypto.scheme=none"],
     "digits-plain": ["ppdnmf-digits", "--set", "crypto.scheme=plain"],
     # digits with Paillier costs ~4x synthetic per iteration (640 vs 150 values
     # of W): timed on 5 outer iterations, accuracy from the bit-identical twin
@@ -41,9 +48,9 @@ def run(out: Path, names: list[str], quick: bool) -> None:
 
 def table(out: Path, names: list[str]) -> str:
     rows = [
-        "| run | backend | scheme | outer x inner | rel. error | centralized | gap | spread "
-        "| wall s | s / outer | MB total |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | backend | exchange | scheme | outer x inner | rel. error | centralized | gap "
+        "| spread | wall s | s / outer | MB total | messages |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         path = out / name / "summary.json"
@@ -53,11 +60,12 @@ def table(out: Path, names: list[str]) -> str:
         sc = s["scenario"]
         outer = s["outer_iters_completed"]
         rows.append(
-            f"| {name} | {s['backend']} | {s['scheme']} | {outer} x {sc['inner_iters']} "
+            f"| {name} | {s['backend']} | {sc.get('exchange', 'pairwise')} | {s['scheme']} "
+            f"| {outer} x {sc['inner_iters']} "
             f"| {s['rel_error']:.5f} "
             f"| {s['centralized_rel_error']:.5f} | {100 * s['rel_error_gap']:+.2f}% "
             f"| {s['consensus_spread']:.1e} | {s['wall_s']:.1f} | {s['protocol_s'] / outer:.2f} "
-            f"| {s['bytes_total'] / 1e6:.1f} |"
+            f"| {s['bytes_total'] / 1e6:.1f} | {s.get('messages_total', '')} |"
         )
     return "\n".join(rows)
 

@@ -23,6 +23,7 @@ from cipherfact.crypto.paillier import PaillierScheme
 from cipherfact.crypto.plain import PlainScheme
 from cipherfact.crypto.registry import (
     available_schemes,
+    check_peer_key,
     generate_scheme,
     load_public_scheme,
     load_secret_scheme,
@@ -45,6 +46,7 @@ __all__ = [
     "PlainScheme",
     "Scheme",
     "available_schemes",
+    "check_peer_key",
     "generate_scheme",
     "load_public_scheme",
     "load_secret_scheme",

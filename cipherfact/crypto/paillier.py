@@ -17,7 +17,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from cipherfact.crypto.codec import FixedPointCodec, Layout
+import numpy as np
+
+from cipherfact.crypto.codec import FixedPointCodec, Layout, pack_slots
 from cipherfact.crypto.errors import MissingSecretKeyError
 from cipherfact.crypto.keys import (
     PaillierKeyMaterial,
@@ -30,7 +32,7 @@ from cipherfact.crypto.keys import (
     public_canonical,
 )
 from cipherfact.crypto.options import PaillierOptions
-from cipherfact.crypto.packed import PackedScheme, fingerprint_of
+from cipherfact.crypto.packed import PackedCiphertext, PackedScheme, fingerprint_of
 from cipherfact.crypto.paillier_math import PaillierMath
 from cipherfact.crypto.parallel import SharedDecryptPool, WorkerPool
 
@@ -229,6 +231,26 @@ class PaillierScheme(PackedScheme):
             self._workers.close()
 
     # ---- primitives for PackedScheme -----------------------------------------
+    # ---- secure aggregation (cipherfact.crypto.masking) ----------------------
+    @property
+    def mask_modulus(self) -> int:
+        """n: masks added to packed plaintexts cancel exactly mod n in a sum."""
+        return int(self._key.n)
+
+    def encrypt_masked(self, x: np.ndarray, mask: Sequence[int]) -> PackedCiphertext:
+        """Fresh encryption of ``pack(encode(x)) + mask mod n``: one fresh term.
+
+        Decrypting it alone gives a uniformly random residue; only a sum in
+        which the masks cancel decodes (``PackedScheme.decrypt`` of the sum).
+        """
+        units = self._slot_units(x, "x")
+        packed = pack_slots(units, self.layout)
+        if len(mask) != len(packed):
+            raise ValueError(f"mask has {len(mask)} elements for {len(packed)} packed integers")
+        n = self.mask_modulus
+        ints = self._encrypt_ints([(p + int(m)) % n for p, m in zip(packed, mask, strict=True)])
+        return self._make(None, int(np.asarray(x).shape[0]), 1, 1, 1, ints)
+
     def _encrypt_ints(self, packed: list[int]) -> list[Any]:
         return self._math.encrypt(packed, self._take_factors(len(packed)))
 

@@ -12,9 +12,15 @@ import importlib
 from typing import Any
 
 from cipherfact.crypto.base import Scheme
-from cipherfact.crypto.errors import DecodeError
+from cipherfact.crypto.errors import DecodeError, InsecureKeyError
 
-__all__ = ["available_schemes", "generate_scheme", "load_public_scheme", "load_secret_scheme"]
+__all__ = [
+    "available_schemes",
+    "check_peer_key",
+    "generate_scheme",
+    "load_public_scheme",
+    "load_secret_scheme",
+]
 
 _SCHEMES: dict[str, str] = {
     "paillier": "cipherfact.crypto.paillier:PaillierScheme",
@@ -46,9 +52,41 @@ def generate_scheme(name: str, **kwargs: Any) -> Scheme:
     return _scheme_class(name).generate(**kwargs)
 
 
-def load_public_scheme(name: str, data: bytes, **kwargs: Any) -> Scheme:
-    """A public-only scheme from ``Scheme.public_bytes()`` output (validated)."""
-    return _scheme_class(name).from_public_bytes(data, **kwargs)
+def check_peer_key(scheme: Scheme, key_bits: int, allow_test_keys: bool) -> None:
+    """Refuse a peer's Paillier key whose modulus is below the job's ``key_bits``.
+
+    The one rule for every receiver of a peer's public key: a key smaller than
+    the job's key size (e.g. a 256-bit key flagged as a *test* key by its
+    sender) is accepted only when the receiver itself was started with
+    ``insecure_test_keys``. The sender's test flag never waives it. Schemes
+    without a modulus to size (plain twin, CKKS) are not checked here.
+    """
+    if scheme.name != "paillier":
+        return
+    if isinstance(key_bits, bool) or not isinstance(key_bits, int):
+        raise TypeError(f"key_bits must be an int, got {type(key_bits).__name__}")
+    found = int(scheme.key_bits)  # type: ignore[attr-defined]
+    if found < key_bits and not allow_test_keys:
+        raise InsecureKeyError(
+            f"peer paillier public key has {found} bits, below the required {key_bits} bits "
+            "(the job's key_bits); only a receiver started with insecure_test_keys accepts "
+            "smaller keys"
+        )
+
+
+def load_public_scheme(
+    name: str, data: bytes, *, min_key_bits: int | None = None, **kwargs: Any
+) -> Scheme:
+    """A public-only scheme from ``Scheme.public_bytes()`` output (validated).
+
+    With ``min_key_bits`` (a receiver loading a peer's key: the job's key_bits)
+    the key also passes ``check_peer_key``, waived only by the receiver's own
+    ``insecure_test_keys=True`` (which is passed on to the scheme's loader).
+    """
+    scheme: Scheme = _scheme_class(name).from_public_bytes(data, **kwargs)
+    if min_key_bits is not None:
+        check_peer_key(scheme, min_key_bits, bool(kwargs.get("insecure_test_keys", False)))
+    return scheme
 
 
 def load_secret_scheme(data: bytes, codec: Any = None, **kwargs: Any) -> Scheme:

@@ -24,6 +24,7 @@ from cipherfact.protocols import csr_fhe_mf as csr
 from cipherfact.simulations.recsys_sim import (
     csr_config,
     csr_info,
+    csr_layout,
     csr_twin,
     epoch_rmse,
     finish_summary,
@@ -49,6 +50,15 @@ def _shares(path: Path, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(f[f"U_{e}"], f[f"V_{e}"]) for e in range(epochs)]
 
 
+def _layout(path: Path, cfg: Any) -> Any:
+    """The public structure the CSP received: the users' dummies are secret draws,
+    so the twin takes them from here."""
+    with np.load(path, allow_pickle=False) as f:
+        users, items = f["slot_users"], f["slot_items"]
+    structures = [items[users == u] for u in range(cfg.n_users)]
+    return csr_layout(cfg, structures)
+
+
 def gather_csr(
     deploy: DeployJob, results: Sequence[dict[str, Any]], codes: Sequence[int], wall_s: float,
     out: Path,
@@ -58,7 +68,8 @@ def gather_csr(
     split = load_split(scenario.data, scenario.seed)
     train, test = split.train, split.test
     cfg = csr_config(scenario, train)
-    twin, sizes = csr_twin(scenario, train, cfg)
+    nnz = cfg.n_users * cfg.pad_to if cfg.hide_pattern else train.n_ratings
+    sizes = {"slots_used": nnz, "chunks": -(-nnz // cfg.plan().params.slot_count)}
     csp_result = results[csr.CSP_ID]
     info = csr_info(cfg, csp_result.get("ckks"), train, sizes)
     summary = summary_header(scenario, "grpc", split, info)
@@ -83,6 +94,7 @@ def gather_csr(
         return summary
 
     rs_out, csp_out = deploy.agent_out(csr.RS_ID), deploy.agent_out(csr.CSP_ID)
+    twin, _ = csr_twin(train, cfg, _layout(csp_out / SHARE_FILE, cfg))
     masks = _shares(rs_out / SHARE_FILE, cfg.epochs)
     masked = _shares(csp_out / SHARE_FILE, cfg.epochs)
     rs_lines = {m["epoch"]: m for m in _read_jsonl(rs_out / "metrics.jsonl")}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 import threading
 import time
 from typing import Any
@@ -46,7 +45,6 @@ from cipherfact.simulations.recsys_sim import (
     csr_config,
     csr_config_for,
     csr_user,
-    csr_user_rng,
     load_split,
 )
 
@@ -145,18 +143,19 @@ class CsrNode(BaseNode):
                     f"agent id {self.agent_id} is not a party of this job (0 = RS, 1 = CSP, "
                     f"2..{cfg.n_users + 1} = users)"
                 )
-            rng = (np.random.default_rng(secrets.randbits(128))
-                   if self.deploy.private_seeds else csr_user_rng(scenario, u))
+            # Dummy items (hide_pattern) always come from the OS CSPRNG, drawn by the
+            # protocol itself, whatever private_seeds says: RS sees the padded item
+            # lists, so a seeded draw would let it strip the dummies.
             data_path = self.deploy.agent(self.agent_id).data_path
             if train is None and data_path is not None:
                 from cipherfact.crypto.ckks import load_public_ckks
 
                 items, values = load_user_ratings(data_path, cfg.n_items)
-                self.role = csr.CsrUser(u, items, values, cfg, load_public_ckks, rng,
-                                        self.profiler)
+                self.role = csr.CsrUser(u, items, values, cfg, load_public_ckks,
+                                        profiler=self.profiler)
             else:
                 assert train is not None
-                self.role = csr_user(scenario, train, cfg, u, self.profiler, rng=rng)
+                self.role = csr_user(scenario, train, cfg, u, self.profiler)
         self.metrics_path.write_text("", encoding="utf-8")
         log.info("agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id),
                  self.job_id)
@@ -280,6 +279,9 @@ class CsrNode(BaseNode):
             return
         kind = "masks" if self.agent_id == csr.RS_ID else "masked_factors"
         arrays: dict[str, Any] = {"kind": np.array(kind)}
+        layout = getattr(self.role, "layout", None)
+        if layout is not None:  # the public structure (the twin needs the users' dummies)
+            arrays["slot_users"], arrays["slot_items"] = layout.slot_users, layout.slot_items
         for e, (U, V) in enumerate(self.shares):
             arrays[f"U_{e}"], arrays[f"V_{e}"] = U, V
         buf = io.BytesIO()

@@ -25,9 +25,10 @@ import numpy as np
 
 from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.crypto import load_public_scheme
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
+from cipherfact.crypto.masking import ClearMaskedSum, MaskedSum, PaillierMaskedSum
+from cipherfact.crypto.paillier import PaillierScheme
 from cipherfact.data.matrix_io import load_matrix
 from cipherfact.deploy.jobfile import DeployJob
 from cipherfact.deploy.node_base import (
@@ -41,17 +42,23 @@ from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols.ppdnmf import (
     STAGE_KEY,
     STAGE_OFFER,
+    STAGE_PEERS,
     STAGE_REPLY,
+    STAGE_SHARE,
+    STAGES,
     PPDNMFAgent,
     load_state_npz,
     save_state_npz,
+    secagg,
 )
 from cipherfact.simulations.ppdnmf_job import (
     PPDNMFJob,
     build_role,
+    check_graph,
     check_matrix,
     codec_for,
     generate_key,
+    peer_loader,
     prepare_job,
 )
 from cipherfact.simulations.topology import Graph
@@ -101,6 +108,7 @@ def plan_node(deploy: DeployJob, agent_id: AgentId) -> NodePlan:
     graph = job.graph
     if deploy.edges is not None:
         graph = Graph.from_edges(scenario.n_agents, deploy.edges)
+        check_graph(scenario, graph)
         job.codec = codec_for(scenario, graph.max_degree)
     if deploy.private_seeds:
         weight_seed, h_seed = secrets.randbits(64), secrets.randbits(64)
@@ -127,29 +135,46 @@ def node_role(plan: NodePlan, scheme: Scheme) -> PPDNMFAgent:
 class PayloadFormat:
     """Cheap format check of each payload before it is accepted (servicer side).
 
-    A malformed key or ciphertext is refused with ``INVALID_ARGUMENT`` at the
-    RPC and never reaches the protocol, so the agent keeps serving.
+    A malformed key, peer list or ciphertext is refused with
+    ``INVALID_ARGUMENT`` at the RPC and never reaches the protocol, so the
+    agent keeps serving. Peer keys go through the job's ``peer_loader``, so
+    the key-size floor applies here as in the role.
     """
 
     def __init__(self, job: PPDNMFJob, own: Scheme) -> None:
-        self._name = job.scenario.crypto.scheme
-        self._codec = job.codec
+        self._secagg = job.config.exchange == "secagg"
+        self._load_peer = peer_loader(job)
         self._own = own.public()
         self._peers: dict[AgentId, Scheme] = {}
+        self._size = job.config.rank * job.X.shape[0]
+        if not self._secagg:
+            self._shares: MaskedSum | None = None
+        elif isinstance(self._own, PaillierScheme):
+            self._shares = PaillierMaskedSum(self._own)
+        else:
+            self._shares = ClearMaskedSum(job.codec)
 
     def __call__(self, env: Envelope) -> None:
+        payload = bytes(env.payload)
         try:
             if env.stage == STAGE_KEY:
-                self._peers[env.sender] = load_public_scheme(
-                    self._name, bytes(env.payload), codec=self._codec
-                )
+                if self._secagg:
+                    _, key = secagg.decode_key_message(payload)
+                    if key is not None:
+                        self._peers[env.sender] = self._load_peer(key)
+                else:
+                    self._peers[env.sender] = self._load_peer(payload)
             elif env.stage == STAGE_OFFER:
                 peer = self._peers.get(env.sender)
                 if peer is None:
                     raise ValueError("offer before the sender's public key")
-                peer.from_bytes(bytes(env.payload))
+                peer.from_bytes(payload)
             elif env.stage == STAGE_REPLY:
-                self._own.from_bytes(bytes(env.payload))
+                self._own.from_bytes(payload)
+            elif env.stage == STAGE_PEERS:
+                secagg.decode_peers_message(payload)
+            elif env.stage == STAGE_SHARE and self._shares is not None:
+                self._shares.check(payload, self._size)
         except CryptoError as exc:
             raise ValueError(f"not a valid {env.stage} payload: {exc}") from exc
 
@@ -167,7 +192,7 @@ def latest_checkpoint(out: Path) -> int | None:
 class Node(BaseNode):
     """One ppdnmf agent: checkpoints at outer boundaries and begins each outer by itself."""
 
-    stages = frozenset({STAGE_KEY, STAGE_OFFER, STAGE_REPLY})
+    stages = STAGES["pairwise"] | STAGES["secagg"]  # the role refuses the other exchange's
 
     def __init__(self, deploy: DeployJob, agent_id: AgentId, *, resume_from: int | None = None,
                  stop: threading.Event | None = None) -> None:

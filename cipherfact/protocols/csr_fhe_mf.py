@@ -25,6 +25,7 @@ items.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ __all__ = [
     "CsrUser",
     "RecommenderServer",
     "run_twin",
+    "twin_slots",
     "user_entries",
     "user_id",
 ]
@@ -142,16 +144,33 @@ class CsrFheMFConfig:
         return U, V
 
 
+def _secret_dummies(free: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct items of ``free`` (unrated items), drawn from the OS CSPRNG.
+
+    This draw must never be seeded, neither from the scenario seed nor from
+    anything else RS could know or guess: RS sees every user's padded item list
+    in the clear, so with a known seed it replays the draw, strips the dummies
+    and learns exactly which items the user rated -- the pattern ``hide_pattern``
+    exists to hide (issue 12; tests/privacy/test_hide_pattern_dummies.py). No
+    caller can pass a generator in. Nothing needs to replay the draw: dummies carry
+    weight 0 and change the numbers only through the public per-item slot counts
+    (``linear_step``), so the plaintext twin reads the padded structure from the
+    layout RS and CSP received (``twin_slots``).
+    """
+    picked = secrets.SystemRandom().sample(range(free.size), k)
+    return free[np.array(picked, dtype=np.int64)]
+
+
 def user_entries(
     items: np.ndarray,
     values: np.ndarray,
     config: CsrFheMFConfig,
-    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A user's slots: (item indices sorted, -w*(r - offset), w).
 
     With ``hide_pattern`` the user adds ``pad_to - n`` dummy items it has not
-    rated (weight 0), so every user shows exactly ``pad_to`` entries.
+    rated (weight 0), chosen with secret OS randomness (``_secret_dummies``), so
+    every user shows exactly ``pad_to`` entries.
     """
     items = np.asarray(items, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -169,7 +188,7 @@ def user_entries(
         if items.size > config.pad_to:
             raise ValueError(f"a user has {items.size} ratings, more than pad_to={config.pad_to}")
         free = np.setdiff1d(np.arange(config.n_items), items)
-        dummies = rng.choice(free, size=config.pad_to - items.size, replace=False)
+        dummies = _secret_dummies(free, config.pad_to - items.size)
         items = np.concatenate([items, dummies])
         values = np.concatenate([values, np.full(dummies.size, config.rating_offset)])
         weights = np.concatenate([weights, np.zeros(dummies.size)])
@@ -253,7 +272,7 @@ class CsrUser(_Role):
         values: np.ndarray,
         config: CsrFheMFConfig,
         load_public: PublicLoader,
-        rng: np.random.Generator,
+        *,
         profiler: Profiler | None = None,
     ) -> None:
         self.u = u
@@ -261,13 +280,18 @@ class CsrUser(_Role):
         self.config = config
         self.profiler = profiler or Profiler()
         self._load_public = load_public
-        self._items, self._neg_r, self._w = user_entries(items, values, config, rng)
+        self._items, self._neg_r, self._w = user_entries(items, values, config)
         self._scheme: Scheme | None = None
         self._done = False
 
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def structure(self) -> np.ndarray:
+        """The item indices this user sends RS in the clear (padded with ``hide_pattern``)."""
+        return self._items.copy()
 
     @property
     def has_context(self) -> bool:
@@ -703,6 +727,44 @@ class RecommenderServer(_Role):
         return []
 
 
+def twin_slots(
+    layout: SlotLayout,
+    users: np.ndarray,
+    items: np.ndarray,
+    values: np.ndarray,
+    config: CsrFheMFConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slot (neg_r, weights) of ``layout`` for the ratings (users, items, values).
+
+    What the users uploaded, rebuilt from the public structure instead of by
+    replaying their dummy draws (which are secret): a slot that is a rating gets
+    weight 1, a dummy slot weight 0, exactly as ``user_entries`` builds them.
+    The twin needs the real structure because the update divides by the
+    per-item slot counts, dummies included (``linear_step``).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    keys = users * config.n_items + items
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    slot_keys = layout.slot_users * config.n_items + layout.slot_items
+    if keys.size == 0:
+        raise ValueError("twin_slots needs at least one rating")
+    pos = np.minimum(np.searchsorted(keys, slot_keys), keys.size - 1)
+    rated = keys[pos] == slot_keys
+    if int(rated.sum()) != keys.size:
+        raise ValueError(
+            f"the layout holds {int(rated.sum())} of the {keys.size} ratings; it is not "
+            "these users' structure"
+        )
+    if not config.hide_pattern and not rated.all():
+        raise ValueError("without hide_pattern every slot must be a rating")
+    slot_values = np.where(rated, values[order][pos], config.rating_offset)
+    weights = rated.astype(np.float64)
+    return -(slot_values - config.rating_offset) * weights, weights
+
+
 def run_twin(
     layout: SlotLayout,
     neg_r: np.ndarray,
@@ -712,8 +774,9 @@ def run_twin(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The same algorithm without encryption: same layout, same updates, no masks.
 
-    ``neg_r``/``weights`` are per slot in layout order (``user_entries`` output,
-    concatenated over users). ``on_epoch(epoch, U, V)`` is called after each epoch.
+    ``neg_r``/``weights`` are per slot in layout order (``twin_slots``, or
+    ``user_entries`` output concatenated over users). ``on_epoch(epoch, U, V)`` is
+    called after each epoch.
     """
     if neg_r.shape != (layout.nnz,) or weights.shape != (layout.nnz,):
         raise ValueError(

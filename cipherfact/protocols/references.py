@@ -4,7 +4,8 @@
   coordinate descent (same solver, same rank, same iteration budget, same
   starting point) — the accuracy target.
 * ``decentralized_nmf_plain``: the ppdnmf algorithm with the same graph and the
-  same private weights, computed directly in floating point without any
+  same edge weights (secagg: the public penalty; pairwise: the same private
+  weights, without the replies' noise), computed directly in floating point without any
   encryption or fixed-point encoding: what the protocol would give with no
   privacy at all (and no quantization).
 """
@@ -71,6 +72,14 @@ def decentralized_nmf_plain(
     Hs = [h.copy() for h in H0]
     alphas = [np.zeros_like(Ws[0]) for _ in range(n)]
     scale = config.weight_scale()
+
+    def rho(i: int, j: int, k: int) -> float:
+        if config.exchange == "secagg":
+            return config.penalty
+        a_ij = round_weights(weight_seeds[i], k, neighbors[i], config.weight_bits)[j]
+        a_ji = round_weights(weight_seeds[j], k, neighbors[j], config.weight_bits)[i]
+        return a_ij * a_ji * scale
+
     history = []
     k = 0
     for _ in range(config.outer_iters):
@@ -81,15 +90,11 @@ def decentralized_nmf_plain(
                 1.0 / (solver.w_lipschitz(Hs[i]) + 2.0 * config.penalty * len(neighbors[i]))
             )
         for _ in range(config.inner_iters):
-            weights = [
-                round_weights(weight_seeds[i], k, neighbors[i], config.weight_bits)
-                for i in range(n)
-            ]
             new = []
             for i in range(n):
                 d = np.zeros_like(Ws[i])
                 for j in neighbors[i]:
-                    d += (weights[i][j] * weights[j][i] * scale) * (Ws[j] - Ws[i])
+                    d += rho(i, j, k) * (Ws[j] - Ws[i])
                 if k > 0:
                     alphas[i] -= d
                 new.append(

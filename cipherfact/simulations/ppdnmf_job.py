@@ -18,12 +18,19 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.crypto import FixedPointCodec, PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.crypto.base import Scheme
+from cipherfact.crypto.keys import MIN_SECURE_KEY_BITS
 from cipherfact.crypto.parallel import SharedDecryptPool
 from cipherfact.data.digits import load_digits_matrix
 from cipherfact.data.matrix_io import load_matrix
 from cipherfact.data.partition import partition_columns
 from cipherfact.data.synthetic import synthetic_nmf
-from cipherfact.protocols.ppdnmf import PPDNMFAgent, PPDNMFConfig, initial_h
+from cipherfact.protocols.ppdnmf import (
+    PPDNMFAgent,
+    PPDNMFConfig,
+    SecAggAgent,
+    initial_h,
+    make_agent,
+)
 from cipherfact.protocols.references import (
     ReferenceResult,
     centralized_nmf,
@@ -123,14 +130,40 @@ def _seeds(
 
 
 def codec_for(scenario: PPDNMFScenario, max_degree: int) -> FixedPointCodec:
-    """Slot layout sized for the exchange: 2 terms per neighbour, two weights per term."""
-    max_terms = 1 << max(1, int(np.ceil(np.log2(2 * max_degree))))
+    """Slot layout sized for the scenario's exchange.
+
+    secagg: a hub sums one fresh term per neighbour, no scalars. pairwise: 3
+    terms per neighbour (offer, W_j, noise) and two weights per term, with
+    ``admm.reply_noise_bits`` more fraction bits so that the replies' noise
+    stays at the scenario's precision (accuracy unchanged).
+    """
+    if scenario.exchange == "secagg":
+        max_terms = 1 << max(1, int(np.ceil(np.log2(max_degree))))
+        return FixedPointCodec(
+            frac_bits=scenario.crypto.frac_bits,
+            int_bits=scenario.crypto.int_bits,
+            scalar_bits=1,  # scale 1 (no scalar products) must fit: < 2**1
+            max_terms=max_terms,
+        )
+    max_terms = 1 << max(1, int(np.ceil(np.log2(3 * max_degree))))
     return FixedPointCodec(
-        frac_bits=scenario.crypto.frac_bits,
+        frac_bits=scenario.crypto.frac_bits + scenario.admm.reply_noise_bits,
         int_bits=scenario.crypto.int_bits,
         scalar_bits=2 * scenario.admm.weight_bits,
         max_terms=max_terms,
     )
+
+
+def check_graph(scenario: PPDNMFScenario, graph: Graph) -> None:
+    """The exchange's needs of the graph, checked before any key exists."""
+    if scenario.exchange == "secagg":
+        short = graph.low_degree_agents(SecAggAgent.min_neighbors)
+        if short:
+            raise ScenarioError(
+                f"the secagg exchange needs every agent to have at least 2 neighbours; "
+                f"agent(s) {short} have fewer (set topology.min_degree = 2, or use "
+                "exchange = 'pairwise')"
+            )
 
 
 def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMFJob:
@@ -150,7 +183,9 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
         radius=topo.radius,
         k=topo.k,
         rewire=topo.rewire,
+        min_degree=topo.min_degree,
     )
+    check_graph(scenario, graph)
     config = PPDNMFConfig(
         job_id=f"ppdnmf-{scenario.name}-{scenario.seed}",
         rank=scenario.rank,
@@ -160,15 +195,17 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
         weight_bits=scenario.admm.weight_bits,
         h_sweeps=scenario.solver.h_sweeps,
         init_seed=init_seed,
+        exchange=scenario.exchange,
+        reply_noise_bits=scenario.admm.reply_noise_bits,
     )
     codec = codec_for(scenario, graph.max_degree)
     if (
         scenario.crypto.scheme == "paillier"
-        and scenario.crypto.key_bits < 2048
+        and scenario.crypto.key_bits < MIN_SECURE_KEY_BITS
         and not (scenario.crypto.insecure_test_keys)
     ):
         raise ScenarioError(
-            f"crypto.key_bits = {scenario.crypto.key_bits} is below 2048; set "
+            f"crypto.key_bits = {scenario.crypto.key_bits} is below {MIN_SECURE_KEY_BITS}; set "
             "crypto.insecure_test_keys = true to allow it for tests"
         )
     return PPDNMFJob(scenario, X, columns, graph, config, codec, weight_seeds, h_seeds)
@@ -216,14 +253,25 @@ def paillier_options(job: PPDNMFJob) -> PaillierOptions:
 
 
 def peer_loader(job: PPDNMFJob) -> Callable[[bytes], Scheme]:
-    """Turns a neighbour's public-key bytes into a public-only scheme (validated)."""
-    name, codec = job.scenario.crypto.scheme, job.codec
+    """Turns a neighbour's public-key bytes into a public-only scheme (validated).
+
+    A key below the job's ``crypto.key_bits`` is refused (``check_peer_key``)
+    unless this receiver's own job allows test keys.
+    """
+    crypto = job.scenario.crypto
+    name, codec = ("paillier" if crypto.scheme == "paillier" else "plain"), job.codec
     options = paillier_options(job) if name == "paillier" else None
+    bits, test_keys = crypto.key_bits, crypto.insecure_test_keys
 
     def load(data: bytes) -> Scheme:
-        if options is None:
-            return load_public_scheme(name, data, codec=codec)
-        return load_public_scheme(name, data, codec=codec, options=options)
+        return load_public_scheme(
+            name,
+            data,
+            codec=codec,
+            options=options,
+            min_key_bits=bits,
+            insecure_test_keys=test_keys,
+        )
 
     return load
 
@@ -240,7 +288,7 @@ def build_role(
     auto_advance: bool = False,
 ) -> PPDNMFAgent:
     """Agent ``agent_id``'s state machine; a deployment passes its own block and seeds."""
-    return PPDNMFAgent(
+    return make_agent(
         agent_id,
         job.X[:, job.columns[agent_id]] if X is None else X,
         job.graph.neighbors(agent_id) if neighbors is None else neighbors,

@@ -50,6 +50,7 @@ from cipherfact.simulations.ray_engine import (
 from cipherfact.simulations.recsys_sim import (
     build_csr,
     build_fedmf,
+    csr_twin,
     csr_user,
     epoch_rmse,
     fedmf_config,
@@ -137,17 +138,25 @@ class CsrKeyHolder:
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
         from cipherfact.protocols import csr_fhe_mf as csr
 
-        run = build_csr(self.scenario, load_split(self.scenario.data, self.scenario.seed))
+        split = load_split(self.scenario.data, self.scenario.seed)
+        run = build_csr(self.scenario, split)
         csp, rs = run.roles[csr.CSP_ID], run.roles[csr.RS_ID]
         public = {
             "config": csp.config,
-            "twin": run.twin,
+            # Users on other actors draw their own secret dummies, so run.twin (from
+            # this actor's copies) may not match: the driver asks for the twin of the
+            # structure the CSP received once the setup is done (hook "twin").
+            "twin": None,
+            "twin_from": csr.CSP_ID,
             "groups": run.groups,
             "offset": run.offset,
             "epochs": run.epochs,
             "info": run.info,
         }
-        hooks: dict[str, Callable[..., Any]] = {"masked_factors": csp.masked_factors}
+        hooks: dict[str, Callable[..., Any]] = {
+            "masked_factors": csp.masked_factors,
+            "twin": lambda: csr_twin(split.train, csp.config, csp.layout)[0],
+        }
         if csr.RS_ID in agents:
             hooks["factor_masks"] = rs.factor_masks
         return LocalRoles(_keep(run.roles, agents), run.profilers, hooks, public)
@@ -237,7 +246,9 @@ class FedMFServerRole:
         extra = {"insecure_test_keys": c.insecure_test_keys} if c.scheme == "paillier" else {}
 
         def load_public(data: bytes) -> Any:
-            return load_public_scheme(c.scheme, data, codec=codec, options=options, **extra)
+            return load_public_scheme(  # check_peer_key: the shared key meets the job's size
+                c.scheme, data, codec=codec, options=options, min_key_bits=c.key_bits, **extra
+            )
 
         profs = {"server": Profiler(), "users": Profiler()}
         server = fedmf.FedMFServer(cfg, load_public, profs["server"])
@@ -529,6 +540,8 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
         setup_s = time.perf_counter() - started
         setup_bytes = engine.stats.bytes_total
         seconds = dict(engine.seconds)
+        if twin is None:  # csr_fhe_mf: the twin of the structure the users sent
+            twin = engine.hook(public["twin_from"], "twin")
         for epoch in range(epochs):
             t0, b0 = time.perf_counter(), engine.stats.bytes_total
             engine.run_outer(epoch)

@@ -161,54 +161,51 @@ def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: 
     return cfg
 
 
-def csr_user_rng(scenario: CsrFheMFScenario, u: int) -> np.random.Generator:
-    """User ``u``'s generator for its dummy padding items (seeded: the twin needs it)."""
-    return np.random.default_rng([scenario.seed, 0x5544, u])
-
-
 def csr_user(
     scenario: CsrFheMFScenario,
     train: Ratings,
     cfg: Any,
     u: int,
     profiler: Profiler | None = None,
-    rng: np.random.Generator | None = None,
 ) -> Any:
-    """User ``u``'s role, holding only its own ratings (built alike by every backend)."""
+    """User ``u``'s role, holding only its own ratings (built alike by every backend).
+
+    With ``hide_pattern`` the user draws its dummy items from the OS CSPRNG
+    itself; nothing here seeds them (RS could replay a seeded draw)."""
     from cipherfact.crypto.ckks import load_public_ckks
     from cipherfact.protocols import csr_fhe_mf as csr
 
     items, values = _by_user(train, u)
-    return csr.CsrUser(
-        u, items, values, cfg, load_public_ckks, rng or csr_user_rng(scenario, u), profiler
-    )
+    return csr.CsrUser(u, items, values, cfg, load_public_ckks, profiler=profiler)
 
 
-def csr_twin(
-    scenario: CsrFheMFScenario, train: Ratings, cfg: Any
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
-    """The plaintext twin's factors after every epoch, and the slot layout's sizes."""
-    from cipherfact.protocols import csr_fhe_mf as csr
+def csr_layout(cfg: Any, structures: list[np.ndarray]) -> Any:
+    """The public slot layout from the users' item lists, in user order (as RS builds it)."""
     from cipherfact.protocols.csr_fhe_mf_layout import SlotLayout
 
-    entries = [
-        csr.user_entries(*_by_user(train, u), cfg, csr_user_rng(scenario, u))
-        for u in range(cfg.n_users)
-    ]
-    layout = SlotLayout(
-        np.repeat(np.arange(cfg.n_users), [e[0].size for e in entries]),
-        np.concatenate([e[0] for e in entries]),
+    return SlotLayout(
+        np.repeat(np.arange(cfg.n_users, dtype=np.int64), [s.size for s in structures]),
+        np.concatenate(structures).astype(np.int64),
         cfg.n_users,
         cfg.n_items,
         cfg.plan().params.slot_count,
     )
+
+
+def csr_twin(
+    train: Ratings, cfg: Any, layout: Any
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """The plaintext twin's factors after every epoch, and the slot layout's sizes.
+
+    ``layout`` is the public structure the users actually sent (their padded item
+    lists with ``hide_pattern``): the dummies are secret random draws, so the twin
+    reads them from there instead of drawing its own."""
+    from cipherfact.protocols import csr_fhe_mf as csr
+
+    neg_r, weights = csr.twin_slots(layout, train.users, train.items, train.values, cfg)
     twin: list[tuple[np.ndarray, np.ndarray]] = []
     csr.run_twin(
-        layout,
-        np.concatenate([e[1] for e in entries]),
-        np.concatenate([e[2] for e in entries]),
-        cfg,
-        lambda _e, U, V: twin.append((U.copy(), V.copy())),
+        layout, neg_r, weights, cfg, lambda _e, U, V: twin.append((U.copy(), V.copy()))
     )
     return twin, {"slots_used": layout.nnz, "chunks": layout.n_chunks}
 
@@ -249,7 +246,8 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
     for u in range(cfg.n_users):
         roles[csr.user_id(u)] = csr_user(scenario, train, cfg, u, profs["users"])
         groups[csr.user_id(u)] = "users"
-    twin, sizes = csr_twin(scenario, train, cfg)
+    structures = [roles[csr.user_id(u)].structure for u in range(cfg.n_users)]
+    twin, sizes = csr_twin(train, cfg, csr_layout(cfg, structures))
 
     def factors() -> tuple[np.ndarray, np.ndarray]:
         AU, AV = csp.masked_factors()
@@ -309,6 +307,7 @@ def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
             data,
             codec=codec,
             options=options,
+            min_key_bits=c.key_bits,  # check_peer_key: the shared key meets the job's size
             **({"insecure_test_keys": c.insecure_test_keys} if c.scheme == "paillier" else {}),
         )
 

@@ -36,6 +36,7 @@ class TopologySpec:
     radius: float | None = None
     k: int | None = None
     rewire: float | None = None
+    min_degree: int | None = None  # every agent gets at least this many neighbours
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class CryptoSpec:
-    scheme: str = "paillier"  # paillier | plain
+    # paillier: every exchanged message encrypted under its receiver's key.
+    # none (alias plain): no encryption; secagg's masks still hide each term,
+    # pairwise then runs as the unencrypted twin (no privacy; tests, benchmarks).
+    scheme: str = "paillier"
     key_bits: int = 2048
     insecure_test_keys: bool = False
     frac_bits: int = 15
@@ -65,7 +69,8 @@ class CryptoSpec:
 @dataclass(frozen=True)
 class AdmmSpec:
     penalty: float = 10.0
-    weight_bits: int = 6
+    weight_bits: int = 6  # pairwise: private weights in [2^(b-1), 2^b)
+    reply_noise_bits: int = 8  # pairwise: reply noise amplitude 2^(weight_bits + this)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class PPDNMFScenario:
     rank: int = 5
     outer_iters: int = 100
     inner_iters: int = 30
+    exchange: str = "secagg"  # secagg (sum-only) | pairwise (paper-style, leaks more)
     topology: TopologySpec = field(default_factory=TopologySpec)
     data: DataSpec = field(default_factory=DataSpec)
     crypto: CryptoSpec = field(default_factory=CryptoSpec)
@@ -111,10 +117,19 @@ class PPDNMFScenario:
             )
         if self.data.kind == "file" and not self.data.path:
             raise ScenarioError("data.kind = 'file' needs data.path (a .npy or .csv matrix)")
-        if self.crypto.scheme not in ("paillier", "plain"):
+        if self.crypto.scheme not in ("paillier", "none", "plain"):
             raise ScenarioError(
-                f"crypto.scheme must be 'paillier' or 'plain' for ppdnmf, got "
+                f"crypto.scheme must be 'paillier' or 'none' (alias 'plain') for ppdnmf, got "
                 f"{self.crypto.scheme!r}"
+            )
+        if self.exchange not in ("secagg", "pairwise"):
+            raise ScenarioError(
+                f"exchange must be 'secagg' or 'pairwise', got {self.exchange!r}"
+            )
+        if not 1 <= self.admm.reply_noise_bits <= 24:
+            raise ScenarioError(
+                f"admm.reply_noise_bits must be in [1, 24], got {self.admm.reply_noise_bits} "
+                "(0 would let a neighbour read the private weight off a reply)"
             )
 
 

@@ -173,6 +173,19 @@ class Graph:
     def average_degree(self) -> float:
         return 2.0 * len(self.edges) / self.n_agents
 
+    def low_degree_agents(self, k: int) -> list[int]:
+        """Agents with fewer than ``k`` neighbours, in increasing id order.
+
+        Empty when every agent has at least ``k`` neighbours, so callers that
+        need, e.g., two neighbours per agent can refuse a graph with
+        ``if graph.low_degree_agents(2): ...``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__} ({k!r})")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return [i for i, a in enumerate(self._adjacency) if len(a) < k]
+
     def components(self) -> list[list[int]]:
         """Connected components as sorted id lists, ordered by smallest id."""
         return _components(self.n_agents, self.edges)
@@ -304,6 +317,70 @@ def _small_world_edges(n: int, k: int, rewire: float, rng: np.random.Generator) 
     return sorted({(min(u, v), max(u, v)) for u in range(n) for v in adjacency[u]})
 
 
+def _check_min_degree(value: object, n: int) -> int:
+    """``min_degree`` as an int in [1, n - 1], else ``ValueError`` naming the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"min_degree must be an int between 1 and n_agents - 1 = {n - 1}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if not 1 <= int(value) <= n - 1:
+        raise ValueError(f"min_degree must be between 1 and n_agents - 1 = {n - 1}, got {value}")
+    return int(value)
+
+
+def _raise_degree_nearest(
+    n: int, edges: Iterable[Edge], min_degree: int, distance: Any
+) -> list[Edge]:
+    """Connect each agent with fewer than ``min_degree`` neighbours to its nearest non-neighbours.
+
+    Agents are visited in id order; a deficient agent gains edges to the
+    non-neighbours with the smallest ``distance(i, j)``, ties broken by id.
+    Deterministic: no randomness is drawn.
+    """
+    adjacency: list[set[int]] = [set() for _ in range(n)]
+    for i, j in edges:
+        adjacency[i].add(j)
+        adjacency[j].add(i)
+    for i in range(n):
+        need = min_degree - len(adjacency[i])
+        if need <= 0:
+            continue
+        candidates = sorted(
+            (j for j in range(n) if j != i and j not in adjacency[i]),
+            key=lambda j: (distance(i, j), j),
+        )
+        for j in candidates[:need]:
+            adjacency[i].add(j)
+            adjacency[j].add(i)
+    return sorted({(min(u, v), max(u, v)) for u in range(n) for v in adjacency[u]})
+
+
+def _raise_degree_random(
+    n: int, edges: Iterable[Edge], min_degree: int, rng: np.random.Generator
+) -> list[Edge]:
+    """Connect each agent with fewer than ``min_degree`` neighbours to random non-neighbours.
+
+    Agents are visited in id order and gain one edge at a time, to a
+    non-neighbour drawn uniformly with ``rng`` from those that are themselves
+    still deficient, or from all non-neighbours when none is. Draws nothing
+    when no agent is deficient, so such graphs keep the rng state unchanged.
+    """
+    adjacency: list[set[int]] = [set() for _ in range(n)]
+    for i, j in edges:
+        adjacency[i].add(j)
+        adjacency[j].add(i)
+    for i in range(n):
+        while len(adjacency[i]) < min_degree:
+            others = [j for j in range(n) if j != i and j not in adjacency[i]]
+            deficient = [j for j in others if len(adjacency[j]) < min_degree]
+            pool = deficient or others
+            j = pool[int(rng.integers(len(pool)))]
+            adjacency[i].add(j)
+            adjacency[j].add(i)
+    return sorted({(min(u, v), max(u, v)) for u in range(n) for v in adjacency[u]})
+
+
 def _describe(kind: str, n_agents: int, params: Mapping[str, object]) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if v is not None)
     return f"{kind} graph with n_agents={n_agents}" + (f", {shown}" if shown else "")
@@ -330,6 +407,7 @@ def make_graph(
     radius: float | None = None,
     k: int | None = None,
     rewire: float | None = None,
+    min_degree: int | None = None,
     max_tries: int = 100,
 ) -> Graph:
     """Build a connected communication graph of the given kind.
@@ -345,6 +423,24 @@ def make_graph(
     Random kinds redraw from the same ``rng`` until the graph is connected and
     raise ``ValueError`` after ``max_tries`` draws. Parameters that a kind does
     not use are an error, not ignored.
+
+    ``min_degree`` (an int in [1, n_agents - 1]; every kind accepts it)
+    guarantees that every agent has at least that many neighbours, e.g. 2 for
+    a secure-aggregation exchange. After the connected draw, agents with too
+    few neighbours are visited in id order and gain edges (only ever added,
+    so the graph stays connected):
+
+    - ``geometric``: to their nearest non-neighbours by Euclidean distance
+      between the drawn points, ties broken by id (no further randomness);
+    - ``ring``: to their nearest non-neighbours around the ring (cyclic id
+      distance), ties broken by id; ``complete`` already has n_agents - 1;
+    - ``erdos_renyi``, ``small_world``: to non-neighbours drawn one at a time
+      from the same ``rng`` (so the seed fixes the result), preferring agents
+      that are themselves still below ``min_degree``.
+
+    A geometric graph so raised is no longer a pure threshold graph and its
+    average degree exceeds ``degree``. ``min_degree=None`` (the default) adds
+    nothing and draws nothing extra: graphs are the same as without it.
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}; expected one of {list(GRAPH_KINDS)}")
@@ -357,6 +453,7 @@ def make_graph(
     if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
         raise ValueError(f"max_tries must be an int >= 1, got {max_tries!r}")
     n = int(n_agents)
+    need = None if min_degree is None else _check_min_degree(min_degree, n)
 
     given = {"degree": degree, "p": p, "radius": radius, "k": k, "rewire": rewire}
     allowed = {
@@ -372,7 +469,14 @@ def make_graph(
         raise ValueError(f"{kind} graph does not take {', '.join(extra)} (it accepts {accepts})")
 
     if kind == "ring":
-        return Graph.from_edges(n, _ring_edges(n))
+        ring = _ring_edges(n)
+        if need is not None:
+
+            def around(i: int, j: int) -> int:
+                return min((i - j) % n, (j - i) % n)
+
+            ring = _raise_degree_nearest(n, ring, need, around)
+        return Graph.from_edges(n, ring)
     if kind == "complete":
         return Graph.from_edges(n, _complete_edges(n))
     if n == 1:  # a single agent is trivially connected; nothing to draw
@@ -427,11 +531,23 @@ def make_graph(
     for _ in range(max_tries):
         edges, points = draw()
         if len(_components(n, edges)) == 1:
-            positions = None
-            if points is not None:
-                positions = tuple((float(x), float(y)) for x, y in points)
-            return Graph(n, tuple(sorted(edges)), positions)
-    raise ValueError(
-        f"could not draw a connected {_describe(kind, n, given)} in {max_tries} tries; "
-        "raise the density (degree/p/radius/k) or max_tries"
-    )
+            break
+    else:
+        raise ValueError(
+            f"could not draw a connected {_describe(kind, n, given)} in {max_tries} tries; "
+            "raise the density (degree/p/radius/k) or max_tries"
+        )
+    positions = None
+    if points is not None:
+        positions = tuple((float(x), float(y)) for x, y in points)
+    if need is not None:
+        if positions is not None:
+            pos = positions
+
+            def apart(i: int, j: int) -> float:
+                return math.dist(pos[i], pos[j])
+
+            edges = _raise_degree_nearest(n, edges, need, apart)
+        else:
+            edges = _raise_degree_random(n, edges, need, rng)
+    return Graph(n, tuple(sorted(edges)), positions)

@@ -91,7 +91,10 @@ def test_per_agent_data_path_and_explicit_graph(tmp_path: Path) -> None:
     np.save(tmp_path / "mine.npy", block)
     text = good().replace('address = "127.0.0.1:50002"',
                           'address = "127.0.0.1:50002"\ndata_path = "mine.npy"')
-    text += "\n[graph]\nedges = [[0, 1], [1, 2], [2, 3]]\n"
+    path_graph = text + "\n[graph]\nedges = [[0, 1], [1, 2], [2, 3]]\n"
+    with pytest.raises(ValueError, match=r"secagg exchange needs .* agent\(s\) \[0, 3\]"):
+        plan_node(load_job(write(tmp_path, path_graph)), 1)  # ends of a path: one neighbour
+    text += "\n[graph]\nedges = [[0, 1], [1, 2], [2, 3], [3, 0]]\n"
     job = load_job(write(tmp_path, text))
     plan = plan_node(job, 1)
     assert np.array_equal(plan.X, block) and plan.columns is None

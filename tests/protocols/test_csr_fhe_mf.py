@@ -35,14 +35,10 @@ def _run(train: Ratings, test: Ratings, cfg: csr.CsrFheMFConfig, observer=None, 
     cspr = csr.CryptoServiceProvider(cfg, scheme)
     cspr.record_view = record
     roles = {csr.RS_ID: rs, csr.CSP_ID: cspr}
-    entries = []
     for u in range(cfg.n_users):
         m = train.users == u
         roles[csr.user_id(u)] = csr.CsrUser(
-            u, train.items[m], train.values[m], cfg, load_public_ckks, np.random.default_rng(u)
-        )
-        entries.append(
-            csr.user_entries(train.items[m], train.values[m], cfg, np.random.default_rng(u))
+            u, train.items[m], train.values[m], cfg, load_public_ckks
         )
     engine = InMemoryEngine(roles, observer=observer)
     engine.start()
@@ -57,13 +53,10 @@ def _run(train: Ratings, test: Ratings, cfg: csr.CsrFheMFConfig, observer=None, 
         (AU, AV), (MU, MV) = cspr.masked_factors(), rs.factor_masks()
         got.append(rmse(AU - MU, AV - MV))
     twin: list[float] = []
-    csr.run_twin(
-        rs.layout,
-        np.concatenate([e[1] for e in entries]),
-        np.concatenate([e[2] for e in entries]),
-        cfg,
-        lambda _e, U, V: twin.append(rmse(U, V)),
-    )
+    # the users' dummies are secret: the twin reads them from the structure RS received
+    assert rs.layout is not None
+    neg_r, weights = csr.twin_slots(rs.layout, train.users, train.items, train.values, cfg)
+    csr.run_twin(rs.layout, neg_r, weights, cfg, lambda _e, U, V: twin.append(rmse(U, V)))
     return got, twin, roles
 
 
@@ -284,13 +277,32 @@ def test_config_validation(kwargs, match) -> None:
 
 def test_user_entries_validation() -> None:
     cfg = csr.CsrFheMFConfig(job_id="t", n_users=3, n_items=4, hide_pattern=True, pad_to=2)
-    rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="more than pad_to=2"):
-        csr.user_entries(np.array([0, 1, 2]), np.ones(3), cfg, rng)
+        csr.user_entries(np.array([0, 1, 2]), np.ones(3), cfg)
     with pytest.raises(ValueError, match="distinct indices"):
-        csr.user_entries(np.array([0, 0]), np.ones(2), cfg, rng)
-    items, neg_r, w = csr.user_entries(np.array([3]), np.array([5.0]), cfg, rng)
+        csr.user_entries(np.array([0, 0]), np.ones(2), cfg)
+    items, neg_r, w = csr.user_entries(np.array([3]), np.array([5.0]), cfg)
     assert items.size == 2 and w.sum() == 1 and neg_r[w == 1][0] == -2.0
+    with pytest.raises(TypeError):  # no way to hand in a (seeded) generator for dummies
+        csr.user_entries(np.array([3]), np.array([5.0]), cfg, np.random.default_rng(0))  # type: ignore[call-arg]
+
+
+def test_twin_slots_rebuild_the_users_entries() -> None:
+    cfg = csr.CsrFheMFConfig(job_id="t", n_users=2, n_items=6, hide_pattern=True, pad_to=4)
+    ratings = {0: (np.array([5, 1]), np.array([4.0, 2.0])), 1: (np.array([0]), np.array([5.0]))}
+    entries = [csr.user_entries(*ratings[u], cfg) for u in range(2)]
+    layout = SlotLayout(
+        np.repeat(np.arange(2), 4), np.concatenate([e[0] for e in entries]), 2, 6, 4096
+    )
+    users = np.array([0, 0, 1])
+    items = np.concatenate([ratings[0][0], ratings[1][0]])
+    values = np.concatenate([ratings[0][1], ratings[1][1]])
+    neg_r, w = csr.twin_slots(layout, users, items, values, cfg)
+    assert np.array_equal(neg_r, np.concatenate([e[1] for e in entries]))
+    assert np.array_equal(w, np.concatenate([e[2] for e in entries]))
+    absent = np.setdiff1d(np.arange(6), entries[1][0])[0]  # not in user 1's structure
+    with pytest.raises(ValueError, match="not these users' structure"):
+        csr.twin_slots(layout, users, np.array([5, 1, absent]), values, cfg)
 
 
 def test_layout_bytes_round_trip() -> None:

@@ -32,6 +32,7 @@ SMALL = [
     "crypto.key_bits=512",
     "crypto.insecure_test_keys=true",
     "crypto.processes=1",
+    "exchange=pairwise",  # the offer/reply checks below; secagg: test_ppdnmf_secagg.py
 ]
 
 
@@ -57,9 +58,12 @@ def recorded_paillier_run():
     return job, schemes, roles, envelopes
 
 
-def test_twin_paillier_and_plain_give_bit_identical_factors():
+@pytest.mark.parametrize("exchange", ["pairwise", "secagg"])
+def test_twin_paillier_and_plain_give_bit_identical_factors(exchange):
     # paillier decrypts through the shared 2-process pool, plain needs none
-    job_p, job_q = small_job("crypto.processes=2"), small_job("crypto.scheme=plain")
+    ex = f"exchange={exchange}"
+    job_p = small_job("crypto.processes=2", ex)
+    job_q = small_job("crypto.scheme=none", ex)
     roles_p, roles_q = final_roles(job_p), final_roles(job_q)
     for i in range(job_p.n_agents):
         assert roles_p[i].W.tobytes() == roles_q[i].W.tobytes()
@@ -72,7 +76,7 @@ def test_twin_paillier_and_plain_give_bit_identical_factors():
     "overrides",
     [
         # the paper's synthetic setup at reduced size (plain twin: same numbers as paillier)
-        ["n_agents=6", "data.rows=20", "data.cols=90", "rank=4", "outer_iters=40",
+        ["n_agents=6", "data.rows=20", "data.cols=90", "rank=4", "outer_iters=60",
          "inner_iters=15", "crypto.scheme=plain"],
         # the digits data set, first 240 images, rank 6
         ["data.kind='digits'", "data.max_cols=240", "n_agents=6", "rank=6", "outer_iters=40",
@@ -80,8 +84,9 @@ def test_twin_paillier_and_plain_give_bit_identical_factors():
     ],
     ids=["synthetic", "digits"],
 )
-def test_accuracy_within_one_percent_of_centralized(overrides):
-    job = prepare_job(load_scenario("ppdnmf-synthetic", overrides))
+@pytest.mark.parametrize("exchange", ["pairwise", "secagg"])
+def test_accuracy_within_one_percent_of_centralized(overrides, exchange):
+    job = prepare_job(load_scenario("ppdnmf-synthetic", [*overrides, f"exchange={exchange}"]))
     last = None
     for result in run_inmemory(job):
         last = result.metrics

@@ -254,3 +254,184 @@ def test_to_networkx_carries_positions() -> None:
 
 def test_kinds_constant() -> None:
     assert set(GRAPH_KINDS) == {"ring", "complete", "erdos_renyi", "geometric", "small_world"}
+
+
+# min_degree ------------------------------------------------------------------
+
+# make_graph(kind, 10, rng=default_rng(3), **params).edges before min_degree existed
+SNAPSHOT_SEED3_N10 = {
+    ("erdos_renyi", "degree"): (
+        (0, 1), (0, 2), (0, 5), (0, 8), (1, 2), (1, 9), (2, 5), (2, 6), (2, 8), (2, 9),
+        (3, 8), (4, 6), (4, 9), (5, 7), (6, 7),
+    ),
+    ("geometric", "degree"): (
+        (0, 2), (1, 6), (1, 7), (1, 9), (2, 5), (2, 6), (2, 8), (3, 4), (3, 5), (3, 9),
+        (4, 9), (5, 6), (5, 8), (5, 9), (6, 8),
+    ),
+    ("small_world", "k"): (
+        (0, 2), (0, 3), (0, 9), (1, 2), (1, 3), (1, 8), (1, 9), (2, 3), (2, 4), (2, 6),
+        (3, 5), (3, 6), (4, 5), (4, 6), (4, 7), (5, 6), (5, 7), (6, 8), (7, 9), (8, 9),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "params"), KIND_PARAMS)
+@pytest.mark.parametrize("n", [3, 10, 25])
+@pytest.mark.parametrize("seed", range(8))
+def test_min_degree_two_every_kind(kind: str, params: dict, n: int, seed: int) -> None:
+    if kind == "small_world" and n <= 4:
+        pytest.skip("k=4 lattice needs more than 4 agents")
+    if "degree" in params:
+        params = {**params, "degree": min(params["degree"], n - 1)}
+    g = make_graph(kind, n, rng=np.random.default_rng(seed), min_degree=2, **params)
+    assert min(g.degree(i) for i in range(n)) >= 2
+    assert g.low_degree_agents(2) == []
+    assert g.is_connected()
+    again = make_graph(kind, n, rng=np.random.default_rng(seed), min_degree=2, **params)
+    assert again == g and again.positions == g.positions
+    # only edges are added, never removed, and the drawn points are kept
+    plain = make_graph(kind, n, rng=np.random.default_rng(seed), **params)
+    assert set(plain.edges) <= set(g.edges)
+    assert plain.positions == g.positions
+    if not plain.low_degree_agents(2):
+        assert plain.edges == g.edges
+
+
+@pytest.mark.parametrize("kind", ["erdos_renyi", "geometric", "small_world"])
+def test_min_degree_actually_raises_some_draws(kind: str) -> None:
+    params = {"small_world": {"k": 2, "rewire": 0.5}, "erdos_renyi": {"degree": 2}}.get(
+        kind, {"degree": 3}
+    )
+    raised = 0
+    for seed in range(20):
+        plain = make_graph(kind, 20, rng=np.random.default_rng(seed), **params)
+        g = make_graph(kind, 20, rng=np.random.default_rng(seed), min_degree=2, **params)
+        assert g.low_degree_agents(2) == [] and g.is_connected()
+        raised += plain.edges != g.edges
+    assert raised > 0  # the test above is not vacuous for this kind
+
+
+def test_min_degree_higher_values() -> None:
+    for kind, params in KIND_PARAMS:
+        g = make_graph(kind, 12, rng=np.random.default_rng(1), min_degree=5, **params)
+        assert g.low_degree_agents(5) == [] and g.is_connected()
+    full = make_graph("erdos_renyi", 6, p=0.5, rng=np.random.default_rng(0), min_degree=5)
+    assert len(full.edges) == 15  # n_agents - 1 forces the complete graph
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "key"),
+    [
+        ("erdos_renyi", {"degree": 3}, ("erdos_renyi", "degree")),
+        ("geometric", {"degree": 3}, ("geometric", "degree")),
+        ("small_world", {"k": 4, "rewire": 0.2}, ("small_world", "k")),
+    ],
+)
+def test_min_degree_none_leaves_graph_unchanged(kind: str, params: dict, key: tuple) -> None:
+    a = make_graph(kind, 10, rng=np.random.default_rng(3), **params)
+    b = make_graph(kind, 10, rng=np.random.default_rng(3), min_degree=None, **params)
+    assert a.edges == b.edges == SNAPSHOT_SEED3_N10[key]
+    assert a.positions == b.positions
+    # the snapshot has agents of degree 1 for geometric, so the option matters there
+    if kind == "geometric":
+        assert a.low_degree_agents(2) == [0, 7]
+
+
+def test_min_degree_does_not_consume_rng_when_already_satisfied() -> None:
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    a = make_graph("small_world", 10, k=4, rewire=0.1, rng=rng_a)
+    b = make_graph("small_world", 10, k=4, rewire=0.1, rng=rng_b, min_degree=2)
+    assert a == b
+    assert rng_a.random() == rng_b.random()
+
+
+def test_min_degree_ring_and_complete() -> None:
+    ring = make_graph("ring", 6, rng=np.random.default_rng(0), min_degree=2)
+    assert ring == make_graph("ring", 6, rng=np.random.default_rng(0))
+    # degree 4 on a ring of 8: each agent joins its second neighbours around the ring
+    wide = make_graph("ring", 8, rng=np.random.default_rng(0), min_degree=4)
+    assert set(wide.edges) == {
+        (min(i, (i + s) % 8), max(i, (i + s) % 8)) for i in range(8) for s in (1, 2)
+    }
+    assert make_graph("ring", 2, rng=np.random.default_rng(0), min_degree=1).edges == ((0, 1),)
+    complete = make_graph("complete", 5, rng=np.random.default_rng(0), min_degree=4)
+    assert len(complete.edges) == 10
+
+
+def test_geometric_min_degree_adds_only_nearest_edges() -> None:
+    # seed 3 (snapshot above): agents 0 and 7 have a single neighbour each
+    plain = make_graph("geometric", 10, degree=3, rng=np.random.default_rng(3))
+    g = make_graph("geometric", 10, degree=3, rng=np.random.default_rng(3), min_degree=2)
+    assert g.positions == plain.positions and g.positions is not None
+    assert plain.low_degree_agents(2) == [0, 7]
+    pos = g.positions
+
+    def nearest_non_neighbour(i: int) -> int:
+        others = [j for j in range(10) if j != i and j not in plain.neighbors(i)]
+        return min(others, key=lambda j: (math.dist(pos[i], pos[j]), j))
+
+    n0, n7 = nearest_non_neighbour(0), nearest_non_neighbour(7)
+    assert (n0, n7) == (3, 6)  # neither is the other deficient agent: both edges are needed
+    assert set(g.edges) - set(plain.edges) == {(0, 3), (6, 7)}
+    assert g.average_degree == pytest.approx(3.4)
+
+
+def test_nearest_raising_hand_made_case() -> None:
+    from cipherfact.simulations.topology import _raise_degree_nearest
+
+    # points on a line: 0 at x=0, 1 at x=1, 2 at x=3, 3 at x=5, 4 at x=7 (path 0-1-2-3-4 plus 1-3)
+    x = [0.0, 1.0, 3.0, 5.0, 7.0]
+
+    def dist(i: int, j: int) -> float:
+        return abs(x[i] - x[j])
+
+    edges = [(0, 1), (1, 2), (1, 3), (2, 3), (3, 4)]
+    # 0 (degree 1): non-neighbours 2 (3.0), 3 (5.0), 4 (7.0) -> joins 2.
+    # 4 (degree 1): non-neighbours 2 (4.0), 1 (6.0), 0 (7.0) -> joins 2.
+    assert _raise_degree_nearest(5, edges, 2, dist) == [
+        (0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4)
+    ]  # fmt: skip
+    # ties go to the smaller id: 0 is equally far (2.0) from 1 and 2 and joins 1;
+    # then 1 has two neighbours, and 2 joins its nearest non-neighbour 0 (2.0, not 1 at 4.0)
+    y = [0.0, 2.0, -2.0, 5.0]
+
+    def dist_y(i: int, j: int) -> float:
+        return abs(y[i] - y[j])
+
+    assert _raise_degree_nearest(4, [(0, 3), (1, 3), (2, 3)], 2, dist_y) == [
+        (0, 1), (0, 2), (0, 3), (1, 3), (2, 3)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("n", "value", "match"),
+    [
+        (10, 12, r"min_degree must be between 1 and n_agents - 1 = 9, got 12"),
+        (10, 10, r"min_degree must be between 1 and n_agents - 1 = 9, got 10"),
+        (10, 0, r"min_degree must be between 1 and n_agents - 1 = 9, got 0"),
+        (10, -1, r"min_degree must be between 1 and n_agents - 1 = 9, got -1"),
+        (1, 1, r"min_degree must be between 1 and n_agents - 1 = 0, got 1"),
+        (10, 2.0, r"min_degree must be an int between 1 and n_agents - 1 = 9, got 2\.0 \(float\)"),
+        (10, True, r"min_degree must be an int .* got True \(bool\)"),
+        (10, "2", r"min_degree must be an int .* got '2' \(str\)"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["ring", "complete", "geometric"])
+def test_min_degree_validation(kind: str, n: int, value: object, match: str) -> None:
+    params = {"degree": 1} if kind == "geometric" and n > 1 else {}
+    with pytest.raises(ValueError, match=match):
+        make_graph(kind, n, rng=np.random.default_rng(0), min_degree=value, **params)  # type: ignore[arg-type]
+
+
+def test_low_degree_agents() -> None:
+    g = Graph.from_edges(5, [(0, 1), (1, 2), (1, 3), (3, 4)])  # degrees 1, 3, 1, 2, 1
+    assert g.low_degree_agents(2) == [0, 2, 4]
+    assert g.low_degree_agents(3) == [0, 2, 3, 4]
+    assert g.low_degree_agents(1) == []
+    assert g.low_degree_agents(0) == []
+    assert g.low_degree_agents(np.int64(4)) == [0, 1, 2, 3, 4]  # type: ignore[arg-type]
+    assert Graph(1, ()).low_degree_agents(1) == [0]
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
+        g.low_degree_agents(-1)
+    with pytest.raises(TypeError, match="k must be an int"):
+        g.low_degree_agents(2.0)  # type: ignore[arg-type]

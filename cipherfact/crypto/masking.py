@@ -1,0 +1,249 @@
+"""Pairwise masks for secure aggregation: key agreement, mask streams, masked sums.
+
+After Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning" (CCS 2017), on one neighbourhood of a graph: every pair
+(j, k) of a hub's members agrees a secret with X25519 + HKDF-SHA256 (the
+``cryptography`` package); each member adds to its message the pseudorandom
+masks it shares with the other members, with opposite signs for the two ends of
+a pair, so the masks cancel exactly in the hub's sum and nowhere else.
+
+Masks live in a ring where the sum is exact:
+
+* ``PaillierMaskedSum``: Z_n of the hub's Paillier key, over packed plaintext
+  integers; the hub adds the ciphertexts, decrypts once, and the masks vanish
+  mod n. Each message is a fresh encryption (fresh randomness), which is its
+  re-randomization.
+* ``ClearMaskedSum``: Z_{2^64} over the fixed-point integers themselves, sent
+  unencrypted; the masks alone hide each term from the hub.
+
+Both decode the same exact integer sum, so they give bit-identical floats.
+
+The mask stream is SHAKE-256 over (secret, round): an extendable-output
+function from the standard library. Residues mod n are drawn from 128 extra
+bits and reduced (statistical distance from uniform below 2^-128).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import NoReturn
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cipherfact.crypto.codec import FixedPointCodec, as_float_vector
+from cipherfact.crypto.errors import DecodeError
+from cipherfact.crypto.paillier import PaillierScheme
+
+__all__ = [
+    "DH_PUBLIC_BYTES",
+    "ClearMaskedSum",
+    "MaskAgreement",
+    "MaskedSum",
+    "PaillierMaskedSum",
+    "combined_mask",
+    "mask_stream",
+]
+
+DH_PUBLIC_BYTES = 32
+SEED_BYTES = 32
+_STAT_BITS = 128  # extra bits per residue mod a non power of two
+RING_64 = 1 << 64
+
+
+class MaskAgreement:
+    """One agent's X25519 key pair for agreeing mask secrets (fresh from the OS)."""
+
+    def __init__(self) -> None:
+        self._key = X25519PrivateKey.generate()
+
+    def public_bytes(self) -> bytes:
+        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def shared_seed(self, peer_public: bytes, context: bytes) -> bytes:
+        """HKDF-SHA256 of the X25519 secret, bound to ``context`` (job, hub, pair)."""
+        if len(peer_public) != DH_PUBLIC_BYTES:
+            raise DecodeError(
+                f"mask public key must be {DH_PUBLIC_BYTES} bytes, got {len(peer_public)}"
+            )
+        try:
+            peer = X25519PublicKey.from_public_bytes(bytes(peer_public))
+            secret = self._key.exchange(peer)
+        except ValueError as exc:  # e.g. a low-order point: all-zero shared secret
+            raise DecodeError(f"bad mask public key: {exc}") from None
+        info = b"cipherfact-mask|" + context
+        return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(
+            secret
+        )
+
+    def __repr__(self) -> str:  # never show key material
+        return f"MaskAgreement(public {self.public_bytes()[:4].hex()}...)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("MaskAgreement objects are never pickled")
+
+
+def pair_context(job_id: str, hub: int, a: int, b: int) -> bytes:
+    """HKDF info for the secret of members a and b of ``hub``'s neighbourhood."""
+    low, high = sorted((a, b))
+    return job_id.encode() + struct.pack(">qqq", hub, low, high)
+
+
+def mask_stream(seed: bytes, round_index: int, count: int, modulus: int) -> list[int]:
+    """``count`` pseudorandom residues mod ``modulus`` for one round (SHAKE-256)."""
+    if modulus & (modulus - 1) == 0:  # a power of two: exact bits
+        width = (modulus.bit_length() - 1 + 7) // 8
+        extra = 0
+    else:
+        width = (modulus.bit_length() + _STAT_BITS + 7) // 8
+        extra = 1
+    stream = hashlib.shake_256(seed + struct.pack(">q", round_index)).digest(width * count)
+    out = []
+    for i in range(count):
+        value = int.from_bytes(stream[i * width : (i + 1) * width], "big")
+        out.append(value % modulus if extra or value >= modulus else value)
+    return out
+
+
+def combined_mask(
+    sender: int,
+    pair_seeds: Sequence[tuple[int, bytes]],
+    round_index: int,
+    count: int,
+    modulus: int,
+) -> list[int]:
+    """Sum over the other members k of sign(sender, k) * PRG(s_sender,k, round) mod modulus.
+
+    sign is +1 when sender < k and -1 otherwise, so the two ends of every pair
+    cancel in the hub's sum.
+    """
+    total = [0] * count
+    for other, seed in pair_seeds:
+        if other == sender:
+            raise ValueError(f"agent {sender} cannot share a mask with itself")
+        stream = mask_stream(seed, round_index, count, modulus)
+        if sender < other:
+            total = [(t + s) % modulus for t, s in zip(total, stream, strict=True)]
+        else:
+            total = [(t - s) % modulus for t, s in zip(total, stream, strict=True)]
+    return total
+
+
+class MaskedSum(ABC):
+    """How masked vectors are sealed for one hub and how the hub opens their sum."""
+
+    #: the ring Z_modulus the masks live in
+    modulus: int
+
+    @abstractmethod
+    def mask_count(self, size: int) -> int:
+        """Ring elements in a message carrying ``size`` values."""
+
+    @abstractmethod
+    def seal(self, x: np.ndarray, mask: Sequence[int]) -> bytes:
+        """Encode ``x``, add ``mask`` in the ring, and (maybe) encrypt: one message's bytes."""
+
+    @abstractmethod
+    def open_sum(self, payloads: Sequence[bytes], size: int) -> np.ndarray:
+        """The exact sum of the sealed vectors (masks cancel); the hub only."""
+
+    @abstractmethod
+    def check(self, payload: bytes, size: int | None = None) -> None:
+        """Raise ``DecodeError`` if ``payload`` is not a well-formed message."""
+
+
+class PaillierMaskedSum(MaskedSum):
+    """Masks mod n over packed plaintexts, each message a fresh Paillier encryption."""
+
+    def __init__(self, scheme: PaillierScheme) -> None:
+        if not isinstance(scheme, PaillierScheme):
+            raise TypeError(f"scheme must be a PaillierScheme, got {type(scheme).__name__}")
+        self.scheme = scheme
+        self.modulus = scheme.mask_modulus
+
+    def mask_count(self, size: int) -> int:
+        return self.scheme.layout.count(size)
+
+    def seal(self, x: np.ndarray, mask: Sequence[int]) -> bytes:
+        return self.scheme.to_bytes(self.scheme.encrypt_masked(x, mask))
+
+    def open_sum(self, payloads: Sequence[bytes], size: int) -> np.ndarray:
+        cts = [self.scheme.from_bytes(p) for p in payloads]
+        for c in cts:
+            if c.size != size or (c.terms, c.scale, c.offset) != (1, 1, 1):
+                raise DecodeError(
+                    f"masked message holds {c.size} values with budget "
+                    f"{(c.terms, c.scale, c.offset)}, expected {size} fresh values"
+                )
+        return self.scheme.decrypt(self.scheme.sum(cts))
+
+    def check(self, payload: bytes, size: int | None = None) -> None:
+        c = self.scheme.from_bytes(payload)
+        if (size is not None and c.size != size) or (c.terms, c.scale, c.offset) != (1, 1, 1):
+            raise DecodeError("masked message is not one fresh encryption of the expected size")
+
+
+_CLEAR = struct.Struct(">4sBI")
+_CLEAR_MAGIC = b"CFMS"
+
+
+class ClearMaskedSum(MaskedSum):
+    """Masks mod 2^64 over the fixed-point integers; no encryption."""
+
+    modulus = RING_64
+
+    def __init__(self, codec: FixedPointCodec) -> None:
+        if not isinstance(codec, FixedPointCodec):
+            raise TypeError(f"codec must be a FixedPointCodec, got {type(codec).__name__}")
+        if codec.int_bits + codec.frac_bits + codec.term_bits + 1 > 63:
+            raise ValueError(
+                f"a {codec.int_bits}+{codec.frac_bits}-bit codec summing {codec.max_terms} "
+                "terms does not fit 64-bit masked integers"
+            )
+        self.codec = codec
+
+    def mask_count(self, size: int) -> int:
+        return size
+
+    def seal(self, x: np.ndarray, mask: Sequence[int]) -> bytes:
+        ints = self.codec.encode(as_float_vector(x, "x"), "x").astype(np.uint64)
+        if len(mask) != ints.size:
+            raise ValueError(f"mask has {len(mask)} elements for {ints.size} values")
+        masked = ints + np.array(mask, dtype=np.uint64)  # wraps mod 2^64 by design
+        return _CLEAR.pack(_CLEAR_MAGIC, 1, ints.size) + masked.astype(">u8").tobytes()
+
+    def _parse(self, payload: bytes) -> np.ndarray:
+        data = bytes(payload)
+        if len(data) < _CLEAR.size:
+            raise DecodeError(f"masked message truncated: {len(data)} bytes")
+        magic, version, size = _CLEAR.unpack_from(data)
+        if magic != _CLEAR_MAGIC or version != 1:
+            raise DecodeError(f"not a masked message: magic {magic!r}, version {version}")
+        if len(data) != _CLEAR.size + 8 * size or size < 1:
+            raise DecodeError(f"masked message has {len(data)} bytes for {size} values")
+        return np.frombuffer(data, dtype=">u8", offset=_CLEAR.size).astype(np.uint64)
+
+    def open_sum(self, payloads: Sequence[bytes], size: int) -> np.ndarray:
+        if len(payloads) > self.codec.max_terms:
+            raise DecodeError(
+                f"{len(payloads)} masked messages exceed the codec's max_terms="
+                f"{self.codec.max_terms}"
+            )
+        total = np.zeros(size, dtype=np.uint64)
+        for p in payloads:
+            values = self._parse(p)
+            if values.size != size:
+                raise DecodeError(f"masked message holds {values.size} values, expected {size}")
+            total += values  # mod 2^64
+        return np.ldexp(total.view(np.int64).astype(np.float64), -self.codec.frac_bits)
+
+    def check(self, payload: bytes, size: int | None = None) -> None:
+        values = self._parse(payload)
+        if size is not None and values.size != size:
+            raise DecodeError(f"masked message holds {values.size} values, expected {size}")
