@@ -15,7 +15,7 @@ Example::
     set = ["n_agents=4", "outer_iters=20"]
     out = "results"            # agent i writes results/agent-i/
     checkpoint_every = 1       # 0: no checkpoints
-    private_seeds = true       # false: seeds from the scenario (bit-identical to simulate)
+    private_seeds = true       # false: seeds from the scenario (ppdnmf bit-identical to simulate)
 
     [tls]
     ca = "certs/ca.pem"

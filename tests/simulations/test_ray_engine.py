@@ -71,7 +71,11 @@ def _assert_same_factors(a: Path, b: Path) -> None:
         assert np.array_equal(fa[key], fb[key]), key
 
 
-@pytest.mark.parametrize("overrides", [PLAIN, PAILLIER], ids=["plain", "paillier512"])
+@pytest.mark.parametrize(
+    "overrides",
+    [PLAIN, PAILLIER, [*PAILLIER, "exchange=pairwise"]],
+    ids=["secagg-plain", "secagg-paillier512", "pairwise-paillier512"],
+)
 def test_factors_bit_identical_to_inmemory(overrides: list[str], tmp_path: Path) -> None:
     inm = _run(overrides, tmp_path / "inmemory", backend="inmemory")
     ray_summary = _run(overrides, tmp_path / "ray", backend="ray")
