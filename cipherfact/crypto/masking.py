@@ -13,8 +13,9 @@ Masks live in a ring where the sum is exact:
   integers; the hub adds the ciphertexts, decrypts once, and the masks vanish
   mod n. Each message is a fresh encryption (fresh randomness), which is its
   re-randomization.
-* ``ClearMaskedSum``: Z_{2^64} over the fixed-point integers themselves, sent
-  unencrypted; the masks alone hide each term from the hub.
+* ``ClearMaskedSum``: Z_{2^32} (or Z_{2^64} for wide codecs) over the
+  fixed-point integers themselves, sent unencrypted; the masks alone hide each
+  term from the hub.
 
 Both decode the same exact integer sum, so they give bit-identical floats.
 
@@ -54,7 +55,6 @@ __all__ = [
 DH_PUBLIC_BYTES = 32
 SEED_BYTES = 32
 _STAT_BITS = 128  # extra bits per residue mod a non power of two
-RING_64 = 1 << 64
 
 
 class MaskAgreement:
@@ -189,45 +189,64 @@ class PaillierMaskedSum(MaskedSum):
             raise DecodeError("masked message is not one fresh encryption of the expected size")
 
 
-_CLEAR = struct.Struct(">4sBI")
+_CLEAR = struct.Struct(">4sBBI")  # magic, version, word bytes, count
 _CLEAR_MAGIC = b"CFMS"
 
 
 class ClearMaskedSum(MaskedSum):
-    """Masks mod 2^64 over the fixed-point integers; no encryption."""
+    """Masks mod 2^32 or 2^64 over the fixed-point integers; no encryption.
 
-    modulus = RING_64
+    The ring is the narrowest whose signed range holds the hub's sum
+    (value bits + one bit per doubling of the terms + sign), so a message
+    costs 4 bytes per value for the bundled scenarios.
+    """
 
     def __init__(self, codec: FixedPointCodec) -> None:
         if not isinstance(codec, FixedPointCodec):
             raise TypeError(f"codec must be a FixedPointCodec, got {type(codec).__name__}")
-        if codec.int_bits + codec.frac_bits + codec.term_bits + 1 > 63:
+        needed = codec.int_bits + codec.frac_bits + codec.term_bits + 1
+        if needed > 64:
             raise ValueError(
                 f"a {codec.int_bits}+{codec.frac_bits}-bit codec summing {codec.max_terms} "
                 "terms does not fit 64-bit masked integers"
             )
         self.codec = codec
+        self.word_bytes = 4 if needed <= 32 else 8
+        self.modulus = 1 << (8 * self.word_bytes)
+        self._unsigned = np.dtype(np.uint32 if self.word_bytes == 4 else np.uint64)
+        self._signed = np.dtype(np.int32 if self.word_bytes == 4 else np.int64)
+        self._wire = self._unsigned.newbyteorder(">")
 
     def mask_count(self, size: int) -> int:
         return size
 
     def seal(self, x: np.ndarray, mask: Sequence[int]) -> bytes:
-        ints = self.codec.encode(as_float_vector(x, "x"), "x").astype(np.uint64)
+        ints = self.codec.encode(as_float_vector(x, "x"), "x").astype(self._signed)
         if len(mask) != ints.size:
             raise ValueError(f"mask has {len(mask)} elements for {ints.size} values")
-        masked = ints + np.array(mask, dtype=np.uint64)  # wraps mod 2^64 by design
-        return _CLEAR.pack(_CLEAR_MAGIC, 1, ints.size) + masked.astype(">u8").tobytes()
+        masked = ints.view(self._unsigned) + np.array(mask, dtype=self._unsigned)  # wraps
+        header = _CLEAR.pack(_CLEAR_MAGIC, 1, self.word_bytes, ints.size)
+        return header + masked.astype(self._wire).tobytes()
 
-    def _parse(self, payload: bytes) -> np.ndarray:
+    def words(self, payload: bytes) -> np.ndarray:
+        """The ring elements of one message (what its hub, or a wiretap, reads)."""
         data = bytes(payload)
         if len(data) < _CLEAR.size:
             raise DecodeError(f"masked message truncated: {len(data)} bytes")
-        magic, version, size = _CLEAR.unpack_from(data)
-        if magic != _CLEAR_MAGIC or version != 1:
-            raise DecodeError(f"not a masked message: magic {magic!r}, version {version}")
-        if len(data) != _CLEAR.size + 8 * size or size < 1:
+        magic, version, width, size = _CLEAR.unpack_from(data)
+        if magic != _CLEAR_MAGIC or version != 1 or width != self.word_bytes:
+            raise DecodeError(
+                f"not a masked message of this job: magic {magic!r}, version {version}, "
+                f"{width}-byte words (expected {self.word_bytes})"
+            )
+        if size < 1 or len(data) != _CLEAR.size + width * size:
             raise DecodeError(f"masked message has {len(data)} bytes for {size} values")
-        return np.frombuffer(data, dtype=">u8", offset=_CLEAR.size).astype(np.uint64)
+        return np.frombuffer(data, dtype=self._wire, offset=_CLEAR.size).astype(self._unsigned)
+
+    def decode_words(self, words: np.ndarray) -> np.ndarray:
+        """Ring elements -> floats, reading them as signed fixed point."""
+        signed = np.asarray(words, dtype=self._unsigned).view(self._signed)
+        return np.ldexp(signed.astype(np.float64), -self.codec.frac_bits)
 
     def open_sum(self, payloads: Sequence[bytes], size: int) -> np.ndarray:
         if len(payloads) > self.codec.max_terms:
@@ -235,15 +254,15 @@ class ClearMaskedSum(MaskedSum):
                 f"{len(payloads)} masked messages exceed the codec's max_terms="
                 f"{self.codec.max_terms}"
             )
-        total = np.zeros(size, dtype=np.uint64)
+        total = np.zeros(size, dtype=self._unsigned)
         for p in payloads:
-            values = self._parse(p)
+            values = self.words(p)
             if values.size != size:
                 raise DecodeError(f"masked message holds {values.size} values, expected {size}")
-            total += values  # mod 2^64
-        return np.ldexp(total.view(np.int64).astype(np.float64), -self.codec.frac_bits)
+            total += values  # mod 2^32 or 2^64
+        return self.decode_words(total)
 
     def check(self, payload: bytes, size: int | None = None) -> None:
-        values = self._parse(payload)
+        values = self.words(payload)
         if size is not None and values.size != size:
             raise DecodeError(f"masked message holds {values.size} values, expected {size}")

@@ -42,6 +42,7 @@ class DistributedNMF:
         topology: str = "geometric",
         degree: float | None = 3.0,
         scheme: str = "paillier",
+        exchange: str = "secagg",
         key_bits: int = 2048,
         insecure_test_keys: bool = False,
         outer_iters: int = 100,
@@ -58,6 +59,7 @@ class DistributedNMF:
         self.topology = topology
         self.degree = degree
         self.scheme = scheme
+        self.exchange = exchange
         self.key_bits = key_bits
         self.insecure_test_keys = insecure_test_keys
         self.outer_iters = outer_iters
@@ -80,7 +82,13 @@ class DistributedNMF:
             rank=self.n_components,
             outer_iters=self.outer_iters,
             inner_iters=self.inner_iters,
-            topology=TopologySpec(kind=self.topology, degree=degree),
+            exchange=self.exchange,
+            # secagg needs >= 2 neighbours per agent: the graph guarantees it
+            topology=TopologySpec(
+                kind=self.topology,
+                degree=degree,
+                min_degree=2 if self.exchange == "secagg" and self.n_agents > 2 else None,
+            ),
             data=DataSpec(kind="file", rows=X.shape[0], cols=X.shape[1], path="<array>"),
             crypto=CryptoSpec(
                 scheme=self.scheme,

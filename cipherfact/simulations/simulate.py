@@ -223,6 +223,7 @@ def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions
         "protocol": "ppdnmf",
         "scenario": scenario_to_dict(scenario),
         "scheme": scenario.crypto.scheme,
+        "exchange": scenario.exchange,
         "backend": options.backend,
         "n_agents": job.n_agents,
         "data_shape": list(job.X.shape),
@@ -238,7 +239,7 @@ def simulate_ppdnmf(scenario: PPDNMFScenario, out_dir: Path, options: SimOptions
     last: OuterResult | None = None
     bar = tqdm(
         total=job.config.outer_iters,
-        desc=f"ppdnmf[{scenario.crypto.scheme}]",
+        desc=f"ppdnmf[{scenario.exchange}, {scenario.crypto.scheme}]",
         unit="outer",
         disable=not options.progress,
         file=sys.stderr,

@@ -51,7 +51,7 @@ def hub_sees_single_share(W_j: np.ndarray, rng: np.random.Generator, masked: boo
     ring = ClearMaskedSum(CODEC)
     mask = combined_mask(0, seeds, 0, W_j.size, ring.modulus) if masked else [0] * W_j.size
     payload = ring.seal(W_j, mask)
-    return np.frombuffer(payload, dtype=">u8", offset=9).astype(np.uint64)
+    return ring.words(payload)
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["secagg", "broken-no-masks"])
@@ -61,9 +61,10 @@ def test_one_share_is_independent_of_w_j(masked):
     rng = np.random.default_rng(1)
     A, B = np.full(8, 0.25), np.full(8, 3.5)
     top = {}
+    shift, nibble_mask = np.uint32(13), np.uint32(15)
     for name, W in (("A", A), ("B", B)):
         words = np.concatenate([hub_sees_single_share(W, rng, masked) for _ in range(400)])
-        nibble = (words >> np.uint64(13)) & np.uint64(15)
+        nibble = (words >> shift) & nibble_mask
         top[name] = np.bincount(nibble.astype(np.int64), minlength=16)
     table = np.array([top["A"], top["B"]]) + 1  # +1: no empty cells in the broken variant
     p_value = chi2_contingency(table).pvalue
@@ -79,7 +80,7 @@ def share_words(t: Transcript, env) -> list[int]:
     if t.job.scenario.crypto.scheme == "paillier":
         ct = own.from_bytes(env.payload)
         return [int(v) for v in own._decrypt_ints(ct.ints)]
-    return [int(v) for v in np.frombuffer(env.payload, dtype=">u8", offset=9)]
+    return [int(v) for v in t.roles[env.receiver]._own_sum.words(env.payload)]
 
 
 @pytest.mark.parametrize("which", ["secagg_transcript", "secagg_clear_transcript"])
@@ -147,7 +148,8 @@ def decode_words(clean: list[int], t: Transcript, hub: int) -> np.ndarray:
 
         units = unpack_slots(clean, scheme.layout, t.W_at[(hub, 0)].size)
         return np.ldexp(np.array([u - scheme.codec.value_bound for u in units], float), -frac)
-    return np.ldexp(np.array(clean, dtype=np.uint64).view(np.int64).astype(float), -frac)
+    ring = t.roles[hub]._own_sum
+    return ring.decode_words(np.array(clean, dtype=np.uint64))
 
 
 @pytest.mark.parametrize("which", ["secagg_transcript", "secagg_clear_transcript"])
@@ -200,8 +202,11 @@ def test_clear_variant_eavesdropper_on_all_hub_links_learns_the_hub_sum(
     envs = [
         e for e in t.envelopes if e.stage == STAGE_SHARE and e.receiver == hub and e.round == r
     ]
-    words = sum(np.frombuffer(e.payload, dtype=">u8", offset=9).astype(np.uint64) for e in envs)
-    seen = np.ldexp(np.asarray(words, dtype=np.uint64).view(np.int64).astype(float), -frac)
+    ring = ClearMaskedSum(t.job.codec)  # the public format: all a wiretap needs
+    total = ring.words(envs[0].payload)
+    for e in envs[1:]:
+        total = total + ring.words(e.payload)  # wraps in the ring
+    seen = ring.decode_words(total)
     expect = sum(fixed(t.W_at[(e.sender, r)].ravel(), frac) for e in envs)
     assert np.array_equal(fixed(seen, frac), expect)
 
@@ -214,5 +219,6 @@ def test_masks_switched_off_let_the_hub_read_every_share(monkeypatch):
     t = record_run(make_job("exchange=secagg", "crypto.scheme=none", "outer_iters=1"))
     frac = t.job.codec.frac_bits
     env = next(e for e in t.envelopes if e.stage == STAGE_SHARE and e.round == 2)
-    seen = np.frombuffer(env.payload, dtype=">u8", offset=9).astype(np.uint64).view(np.int64)
-    assert np.array_equal(seen, fixed(t.W_at[(env.sender, 2)].ravel(), frac))
+    ring = ClearMaskedSum(t.job.codec)
+    seen = ring.decode_words(ring.words(env.payload))
+    assert np.array_equal(fixed(seen, frac), fixed(t.W_at[(env.sender, 2)].ravel(), frac))
