@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from cipherfact.simulations.scenario import PPDNMFScenario, ScenarioError
 from cipherfact.simulations.topology import Graph, make_graph
 from cipherfact.solvers import make_solver
 from cipherfact.solvers.base import LocalSolver
+from cipherfact.solvers.factory import BackendUnavailableError
 
 
 @dataclass
@@ -90,6 +91,18 @@ def load_data(scenario: PPDNMFScenario, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float64)
 
 
+#: Largest |value| of a data matrix. The codec never carries X: it carries W, and
+#: H (never encrypted) absorbs X's scale, so W's range does not grow with X
+#: (measured on the synthetic setup, X's maximum from 1e-300 to 1e154, both rules:
+#: max |W| 1 to 30, within crypto.int_bits = 6's 64). The bound on X is float64's:
+#: the solvers square X-sized numbers and sum them over the matrix (H H^T, ||X||),
+#: which overflows to inf near 1e154; 1e100 leaves room for any matrix size.
+MAX_DATA_VALUE = 1e100
+#: Smallest largest-|value|: below float64's smallest normal number the data are
+#: subnormal and have already lost most of their digits.
+MIN_DATA_SCALE = float(np.finfo(np.float64).tiny)
+
+
 def check_matrix(X: np.ndarray, rank: int, n_agents: int) -> None:
     """The checks that must pass before any key is generated."""
     if X.ndim != 2 or X.size == 0:
@@ -104,6 +117,24 @@ def check_matrix(X: np.ndarray, rank: int, n_agents: int) -> None:
         raise ValueError(
             f"Negative values in data (first {X[bad[0], bad[1]]:g} at row {bad[0]}, "
             f"column {bad[1]}); NMF needs X >= 0"
+        )
+    top = np.unravel_index(int(np.argmax(X)), X.shape)
+    largest = float(X[top])
+    if largest > MAX_DATA_VALUE:
+        raise ValueError(
+            f"data value {largest:g} at row {top[0]}, column {top[1]} exceeds the limit "
+            f"{MAX_DATA_VALUE:g} (float64 products of the data would overflow): divide the "
+            "data by a constant (the relative error does not change)"
+        )
+    if largest == 0.0:
+        raise ValueError(
+            f"data is all zeros (shape {X.shape}): nothing to factorize, and the relative "
+            "error is undefined"
+        )
+    if largest < MIN_DATA_SCALE:
+        raise ValueError(
+            f"data values are subnormal (largest {largest:g} < {MIN_DATA_SCALE:g}, float64's "
+            "smallest normal number): multiply the data by a constant"
         )
     if not 1 <= rank <= min(X.shape):
         raise ValueError(f"rank must be between 1 and min(rows, cols) = {min(X.shape)}, got {rank}")
@@ -174,17 +205,14 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
     check_matrix(X, scenario.rank, scenario.n_agents)
     columns = partition_columns(X.shape[1], scenario.n_agents, scenario.data.agent_cols)
     topo = scenario.topology
-    graph = make_graph(
-        topo.kind,
-        scenario.n_agents,
-        rng=graph_rng,
-        degree=topo.degree,
-        p=topo.p,
-        radius=topo.radius,
-        k=topo.k,
-        rewire=topo.rewire,
-        min_degree=topo.min_degree,
-    )
+    try:
+        graph = make_graph(topo.kind, scenario.n_agents, rng=graph_rng, **topo.graph_params())
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"topology: {exc}") from exc
+    try:  # a missing backend or device fails here, not after the keys
+        make_solver(scenario.solver.backend, scenario.solver.device, rule=scenario.solver.rule)
+    except (BackendUnavailableError, TypeError, ValueError) as exc:
+        raise ScenarioError(f"solver: {exc}") from exc
     check_graph(scenario, graph)
     config = PPDNMFConfig(
         job_id=f"ppdnmf-{scenario.name}-{scenario.seed}",
@@ -333,24 +361,6 @@ def consensus_spread(Ws: list[np.ndarray]) -> float:
     mean = sum(Ws) / len(Ws)
     norm = float(np.linalg.norm(mean))
     return max(float(np.linalg.norm(W - mean)) for W in Ws) / norm if norm > 0 else 0.0
-
-
-@dataclass
-class PPDNMFRun:
-    """A finished (or interrupted) run: final factors, per-outer metrics, traffic."""
-
-    job: PPDNMFJob
-    W: list[np.ndarray]
-    H: list[np.ndarray]
-    metrics: list[OuterMetrics]
-    bytes_total: int
-    messages_total: int
-    traffic: dict[str, Any] = field(default_factory=dict)
-    keygen_s: float = 0.0
-
-    @property
-    def rel_error(self) -> float:
-        return relative_error(self.job.blocks, self.W, self.H)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
 from cipherfact.solvers.ratings import fit_ratings_mf
 from cipherfact.solvers.ratings import rmse as mf_rmse
 
-__all__ = ["RecsysRun", "load_split", "simulate_recsys"]
+__all__ = ["RecsysRun", "check_ratings", "load_split", "rating_bound", "simulate_recsys"]
 
 
 def load_split(spec: RatingsSpec, seed: int) -> RatingsSplit:
@@ -72,6 +72,146 @@ def load_split(spec: RatingsSpec, seed: int) -> RatingsSplit:
         return split_random(ratings, spec.test_fraction, rng)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"data: {exc}") from exc
+
+
+def rating_bound(scenario: CsrFheMFScenario | FedMFScenario) -> tuple[float, str, str]:
+    """Largest |rating - rating_offset| the protocol's arithmetic carries; the
+    bound's formula and why.
+
+    csr_fhe_mf: the CSP sees the gradients (rating - offset - prediction) * factor
+    under masks that hide values up to ``crypto.value_bound``, and the factors
+    stay within ``crypto.factor_bound``: a rating farther than value_bound /
+    factor_bound from the offset makes a gradient outgrow its mask (measured on
+    the synthetic data: |rating - offset| = 4 runs, 6 fails by epoch 8).
+    fedmf: the users' updates are Paillier fixed point with ``crypto.int_bits``
+    integer bits; the residuals (rating - offset) they are made of must fit too.
+    """
+    if scenario.protocol == "csr_fhe_mf":
+        c = scenario.crypto
+        return (
+            c.value_bound / c.factor_bound,
+            "crypto.value_bound / crypto.factor_bound",
+            "raise crypto.value_bound",
+        )
+    return (
+        2.0 ** (scenario.crypto.int_bits - 1),
+        "2**(crypto.int_bits - 1)",
+        "raise crypto.int_bits",
+    )
+
+
+def _check_values(scenario: CsrFheMFScenario | FedMFScenario, data: Ratings, what: str) -> None:
+    """Every rating within ``rating_bound`` of the offset (so metrics stay finite too)."""
+    if data.n_ratings == 0:
+        return
+    bound, formula, fix = rating_bound(scenario)
+    deviation = np.abs(data.values - scenario.rating_offset)
+    k = int(np.argmax(deviation))
+    if not deviation[k] <= bound:  # also refuses nan
+        raise ScenarioError(
+            f"{scenario.protocol}: {what} rating {data.values[k]:g} (user "
+            f"{data.user_ids[data.users[k]]}, item {data.item_ids[data.items[k]]}) lies "
+            f"{deviation[k]:g} from rating_offset = {scenario.rating_offset:g}; at most "
+            f"{formula} = {bound:g} is allowed: rescale the ratings, set rating_offset or {fix}"
+        )
+
+
+def check_ratings(scenario: CsrFheMFScenario | FedMFScenario, split: RatingsSplit) -> None:
+    """The data checks of a recommendation run, before any key: ratings within the
+    protocol's bound (``rating_bound``), at least one test rating (else every test
+    RMSE would be nan)."""
+    _check_values(scenario, split.train, "training")
+    _check_values(scenario, split.test, "test")
+    if split.test.n_ratings == 0:
+        dropped = (
+            f" ({split.n_dropped_test} dropped: their user or item is not in data.train)"
+            if split.n_dropped_test
+            else ""
+        )
+        raise ScenarioError(
+            f"{scenario.protocol}: the split leaves no test rating{dropped}; every test RMSE "
+            "would be undefined"
+        )
+
+
+def _csr_preflight(scenario: CsrFheMFScenario, train: Ratings, cfg: Any) -> None:
+    """Run the plaintext twin before any key and check what the CSP and RS will check.
+
+    The protocol computes the twin's numbers (up to CKKS's ``max_error``): every
+    masked gradient must stay within 2**value_bits and every factor within
+    2**factor_bits (``PlannedParams``), or the run stops halfway. With
+    ``hide_pattern`` the real structure has secret dummy slots; the pre-flight
+    runs without them.
+    """
+    planned = cfg.plan()
+    gbound = 2.0**planned.value_bits - cfg.max_error
+    fbound = 2.0**planned.factor_bits - cfg.max_error
+    structures = [np.sort(_by_user(train, u)[0]) for u in range(cfg.n_users)]
+    layout = csr_layout(cfg, structures)
+    with np.errstate(all="ignore"):
+        twin, _ = csr_twin(train, cfg, layout)
+        neg_r = -(train.values - cfg.rating_offset)
+        order = np.lexsort((train.items, train.users))
+        users, items, neg_r = train.users[order], train.items[order], neg_r[order]
+        states = [cfg.initial_factors(), *twin]
+        for epoch, (U, V) in enumerate(states):
+            fpeak = max(float(np.max(np.abs(U))), float(np.max(np.abs(V))))
+            if not fpeak <= fbound:
+                raise ScenarioError(
+                    f"csr_fhe_mf: the factors reach {fpeak:.3g} "
+                    f"{'at the start' if epoch == 0 else f'after epoch {epoch}'} (plaintext "
+                    f"twin, before any key), beyond crypto.factor_bound = {cfg.factor_bound:g} "
+                    "(as 2**factor_bits): lower lr or init_scale, or raise crypto.factor_bound"
+                )
+            if epoch == len(twin):
+                break
+            ne = np.einsum("sf,sf->s", U[users], V[items]) + neg_r
+            gpeak = float(np.max(np.abs(ne[:, None] * np.hstack([U[users], V[items]]))))
+            if not gpeak <= gbound:
+                raise ScenarioError(
+                    f"csr_fhe_mf: a gradient reaches {gpeak:.3g} in epoch {epoch} (plaintext "
+                    f"twin, before any key), beyond crypto.value_bound = {cfg.value_bound:g} "
+                    "(as 2**value_bits) that the masks hide: lower lr, rescale the ratings or "
+                    "raise crypto.value_bound"
+                )
+
+
+def _fedmf_preflight(scenario: FedMFScenario, train: Ratings, cfg: Any) -> None:
+    """Run FedMF's float twin before any key: every value the users encrypt (the
+    gradients; the server's initial V) must fit the fixed point's integer range.
+
+    The protocol computes the same numbers up to 2**-frac_bits; one integer bit is
+    kept as headroom for that rounding: |value| < 2**(crypto.int_bits - 1).
+    """
+    from cipherfact.protocols import fedmf
+
+    limit = 2.0 ** (cfg.int_bits - 1)
+    if not abs(cfg.init_value) < limit:
+        raise ScenarioError(
+            f"fedmf: |init_value| = {abs(cfg.init_value):g} must be < 2**(crypto.int_bits - 1) "
+            f"= {limit:g} (the fixed point's range): lower init_value or raise crypto.int_bits"
+        )
+    U = np.full((cfg.n_users, cfg.n_factors), cfg.init_value)
+    V = np.full((cfg.n_items, cfg.n_factors), cfg.init_value)
+    per_user = []
+    for u in range(cfg.n_users):
+        items, values = _by_user(train, u)
+        order = np.argsort(items, kind="stable")
+        per_user.append((items[order], values[order]))
+    with np.errstate(all="ignore"):
+        for epoch in range(cfg.epochs):
+            for u, (items, values) in enumerate(per_user):
+                U[u], grads = fedmf.user_update(U[u], V, items, values, cfg)
+                for j, g in grads.items():
+                    peak = float(np.max(np.abs(g)))
+                    if not peak < limit:
+                        raise ScenarioError(
+                            f"fedmf: user {train.user_ids[u]}'s update of item "
+                            f"{train.item_ids[j]} reaches {peak:.3g} in epoch {epoch} (float "
+                            f"twin, before any key), not below 2**(crypto.int_bits - 1) = "
+                            f"{limit:g}: lower lr, rescale the ratings or raise crypto.int_bits"
+                        )
+                    V[j] = V[j] - g
 
 
 def _rmse(U: np.ndarray, V: np.ndarray, data: Ratings, offset: float) -> float:
@@ -125,7 +265,9 @@ def csr_config(scenario: CsrFheMFScenario, train: Ratings) -> Any:
     needs no message to agree on it.
     """
     pad = scenario.crypto.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
-    return csr_config_for(scenario, train.n_users, train.n_items, pad)
+    return _checked_csr_config(
+        scenario, train, csr_config_for(scenario, train.n_users, train.n_items, pad)
+    )
 
 
 def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: int) -> Any:
@@ -158,6 +300,12 @@ def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: 
         cfg.plan()
     except ValueError as exc:  # includes InsecureParameterError from the planner
         raise ScenarioError(f"csr_fhe_mf: {exc}") from exc
+    return cfg
+
+
+def _checked_csr_config(scenario: CsrFheMFScenario, train: Ratings, cfg: Any) -> Any:
+    _check_values(scenario, train, "training")
+    _csr_preflight(scenario, train, cfg)
     return cfg
 
 
@@ -281,6 +429,8 @@ def fedmf_config(scenario: FedMFScenario, train: Ratings) -> Any:
         fedmf.fedmf_codec(cfg)  # validates the slot layout
     except ValueError as exc:
         raise ScenarioError(f"fedmf: {exc}") from exc
+    _check_values(scenario, train, "training")
+    _fedmf_preflight(scenario, train, cfg)
     return cfg
 
 
@@ -356,17 +506,9 @@ def party_bytes(stats: TrafficStats, groups: dict[AgentId, str]) -> dict[str, di
 
 
 def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
-    """Runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (in-memory and Ray backends)."""
-    if options.backend == "ray":
-        from cipherfact.simulations.ray_recsys import simulate_recsys_ray
-
-        return simulate_recsys_ray(scenario, out_dir, options)
-    if options.backend != "inmemory":
-        raise ScenarioError(
-            f"{scenario.protocol} runs on the in-memory and ray backends only, got "
-            f"{options.backend!r}"
-        )
+    """In-memory runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (Ray: ray_recsys)."""
     split = load_split(scenario.data, scenario.seed)
+    check_ratings(scenario, split)
     train, test = split.train, split.test
     started = time.perf_counter()
     run = (

@@ -86,11 +86,14 @@ class SimOptions:
 
 Runner = Callable[[Any, Path, SimOptions], dict[str, Any]]
 
-# protocol name -> "module:function" with the ``Runner`` signature
-RUNNERS: dict[str, str] = {
-    "ppdnmf": "cipherfact.simulations.simulate:simulate_ppdnmf",
-    "csr_fhe_mf": "cipherfact.simulations.recsys_sim:simulate_recsys",
-    "fedmf": "cipherfact.simulations.recsys_sim:simulate_recsys",
+# (protocol, backend) -> "module:function" with the ``Runner`` signature
+RUNNERS: dict[tuple[str, str], str] = {
+    ("ppdnmf", "inmemory"): "cipherfact.simulations.simulate:simulate_ppdnmf",
+    ("ppdnmf", "ray"): "cipherfact.simulations.simulate:simulate_ppdnmf",
+    ("csr_fhe_mf", "inmemory"): "cipherfact.simulations.recsys_sim:simulate_recsys",
+    ("csr_fhe_mf", "ray"): "cipherfact.simulations.ray_recsys:simulate_recsys_ray",
+    ("fedmf", "inmemory"): "cipherfact.simulations.recsys_sim:simulate_recsys",
+    ("fedmf", "ray"): "cipherfact.simulations.ray_recsys:simulate_recsys_ray",
 }
 
 # ppdnmf backend -> "module:function" yielding ``OuterResult`` per outer iteration:
@@ -117,10 +120,14 @@ def simulate(
     """Run ``scenario`` and write its results folder; returns the summary."""
     if options is None:
         options = SimOptions(backend=backend, progress=progress)
-    runner_path = RUNNERS.get(scenario.protocol)
+    runner_path = RUNNERS.get((scenario.protocol, options.backend))
     if runner_path is None:
+        backends = sorted(b for p, b in RUNNERS if p == scenario.protocol)
+        protocols = sorted({p for p, _ in RUNNERS})
+        known = f"it runs on {backends}" if backends else f"known protocols: {protocols}"
         raise ScenarioError(
-            f"protocol {scenario.protocol!r} has no simulation runner (known: {sorted(RUNNERS)})"
+            f"protocol {scenario.protocol!r} has no runner for backend {options.backend!r} "
+            f"({known})"
         )
     runner: Runner = resolve(runner_path)
     # One BLAS thread: agents' small products gain nothing from threads, two
