@@ -29,11 +29,14 @@ def reference(overrides: list[str]) -> tuple[list[np.ndarray], list[np.ndarray],
     return last.Ws, last.Hs, last.stats.bytes_total
 
 
-def test_four_processes_with_mtls_match_inmemory_bit_for_bit(tmp_path: Path) -> None:
-    summary = deploy_local(SCENARIO, N, tmp_path, SMALL, timeouts={"peer_s": 30}, timeout_s=150)
+@pytest.mark.parametrize("exchange", ["secagg", "pairwise"])
+def test_four_processes_with_mtls_match_inmemory_bit_for_bit(tmp_path: Path, exchange: str) -> None:
+    overrides = [*SMALL, f"exchange={exchange}"]
+    summary = deploy_local(SCENARIO, N, tmp_path, overrides, timeouts={"peer_s": 30},
+                           timeout_s=150)
     assert summary["status"] == "completed", summary["status"]
     assert summary["transport"] == "mTLS"
-    Ws, Hs, sim_bytes = reference(SMALL)
+    Ws, Hs, sim_bytes = reference(overrides)
     assert same_factors(tmp_path / "factors.npz", Ws, Hs) == []
     # The payload bytes the agents put on the wire are the ones the simulation counts.
     assert summary["bytes_total"] == sim_bytes
