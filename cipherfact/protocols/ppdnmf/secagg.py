@@ -120,7 +120,8 @@ class SecAggAgent(PPDNMFAgent):
 
     @property
     def keys_ready(self) -> bool:
-        return len(self._pair_seeds) == len(self.neighbors)
+        n = len(self.neighbors)
+        return len(self._pair_seeds) == n and len(self._sealers) == n
 
     def _setup_missing(self) -> str:
         keys = sorted(set(self.neighbors) - set(self._member_keys))
@@ -203,16 +204,16 @@ class SecAggAgent(PPDNMFAgent):
         return self._maybe_begin()
 
     def _maybe_begin(self) -> list[Envelope]:
-        if self.keys_ready and len(self._sealers) == len(self.neighbors) and self.auto_advance:
+        if self.keys_ready and self.auto_advance:
             return self.begin_outer()
         return []
 
     # -- rounds ------------------------------------------------------------
 
     def _on_share(self, env: Envelope) -> list[Envelope]:
+        # A neighbour whose own setup finished first may already send round 0: kept
+        # until ours is done too (its payload is checked under our own key now).
         r = env.round
-        if not self.keys_ready:
-            raise self._setup_error(env, f"share for round {r} before the setup finished")
         if r not in (self.round, self.round + 1) or r >= self.config.total_rounds:
             raise self._setup_error(
                 env, f"share for round {r}; expected round {self.round} or {self.round + 1}"
