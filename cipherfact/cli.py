@@ -261,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # An agent that stopped on a bad value (e.g. one its codec cannot carry): the
+        # message names the agent, the message and the value; still no traceback.
+        if not isinstance(exc.__cause__, ValueError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

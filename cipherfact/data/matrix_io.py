@@ -55,7 +55,7 @@ def _load_csv(path: Path) -> np.ndarray:
 def _load_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays need pickle: refuse them
+    except (ValueError, EOFError, OSError) as exc:  # truncated, empty, or needs pickle
         raise ValueError(f"{path}: not a plain numeric .npy array ({exc})") from exc
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{path}: expected a single array, got {type(array).__name__}")
@@ -85,4 +85,9 @@ def load_matrix(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: unsupported extension {path.suffix!r} (use .npy or .csv)")
     if not path.is_file():
         raise ValueError(f"matrix file not found: {path}")
-    return _load_npy(path) if suffix == ".npy" else _load_csv(path)
+    if suffix == ".npy":
+        return _load_npy(path)
+    try:
+        return _load_csv(path)
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a text CSV ({exc})") from exc

@@ -276,18 +276,21 @@ def _read_raw(
     if not path.is_file():
         raise ValueError(f"ratings file not found: {path}")
     columns = (user_col, item_col, rating_col, timestamp_col)
-    if fmt == "auto":
-        fmt = _detect_format(path, any(c is not None for c in columns))
-    if fmt == "ml100k":
-        if any(c is not None for c in columns):
-            raise ValueError("the ml100k format has fixed columns; do not pass *_col arguments")
-        raw = _read_ml100k(path)
-    elif fmt == "movielens_csv":
-        u, i, r, t = _MOVIELENS_COLUMNS
-        raw = _read_csv(path, user_col or u, item_col or i, rating_col or r, timestamp_col or t)
-    else:
-        u, i, r = _CSV_DEFAULT_COLUMNS
-        raw = _read_csv(path, user_col or u, item_col or i, rating_col or r, timestamp_col)
+    try:
+        if fmt == "auto":
+            fmt = _detect_format(path, any(c is not None for c in columns))
+        if fmt == "ml100k":
+            if any(c is not None for c in columns):
+                raise ValueError("the ml100k format has fixed columns; do not pass *_col arguments")
+            raw = _read_ml100k(path)
+        elif fmt == "movielens_csv":
+            u, i, r, t = _MOVIELENS_COLUMNS
+            raw = _read_csv(path, user_col or u, item_col or i, rating_col or r, timestamp_col or t)
+        else:
+            u, i, r = _CSV_DEFAULT_COLUMNS
+            raw = _read_csv(path, user_col or u, item_col or i, rating_col or r, timestamp_col)
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a text ratings file ({exc})") from exc
     _check_duplicates(path, raw)
     return raw
 

@@ -29,13 +29,36 @@ class ReferenceResult:
     history: list[float] = field(default_factory=list)  # rel_error after each outer iteration
 
 
+def _power_of_two_above(arrays: Sequence[np.ndarray]) -> float:
+    """The power of two just above the largest |entry| (1.0 for all-zero or non-finite):
+    dividing by it is exact and brings every entry into [-1, 1]."""
+    largest = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+    if largest > 0.0 and np.isfinite(largest):
+        return float(np.ldexp(1.0, int(np.frexp(largest)[1])))
+    return 1.0
+
+
 def relative_error(
     blocks: Sequence[np.ndarray], Ws: Sequence[np.ndarray], Hs: Sequence[np.ndarray]
 ) -> float:
-    """||X - W H||_F / ||X||_F over column blocks, each with its own W_i."""
-    num = sum(float(np.linalg.norm(X - W @ H) ** 2) for X, W, H in zip(blocks, Ws, Hs, strict=True))
-    den = sum(float(np.linalg.norm(X) ** 2) for X in blocks)
-    return float(np.sqrt(num / den)) if den > 0 else 0.0
+    """||X - W H||_F / ||X||_F over column blocks, each with its own W_i.
+
+    Scale-safe: X and H are divided by the power of two just above X's largest
+    |value|, and the residual by the one above its own largest |value|, before
+    anything is squared. Powers of two divide exactly, so wherever the plain
+    formula is finite this gives the same bits, and data of 1e-300 (whose squares
+    underflow to 0) or 1e200 (overflow to inf) get the relative error of the same
+    data at scale 1. All-zero data: nan (undefined) unless the fit is exact too.
+    """
+    pairs = list(zip(blocks, Ws, Hs, strict=True))
+    sx = _power_of_two_above(blocks)
+    residuals = [X / sx - W @ (H / sx) for X, W, H in pairs]
+    sr = _power_of_two_above(residuals)
+    num = sum(float(np.linalg.norm(R / sr) ** 2) for R in residuals)
+    den = sum(float(np.linalg.norm(X / sx) ** 2) for X in blocks)
+    if den > 0:
+        return float(np.sqrt(num / den)) * sr
+    return 0.0 if num == 0 else float("nan")
 
 
 def centralized_nmf(

@@ -15,7 +15,10 @@ def plot_error(path: str | Path, curves: Mapping[str, Sequence[float]], title: s
     """Relative error per outer iteration, one line per method (log scale)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for label, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=label)
+        # a log axis spanning ~300 decades overflows in matplotlib's tick locator:
+        # values beyond 1e100 are left out of the plot (metrics.jsonl has them)
+        shown = [y if y <= 1e100 else float("nan") for y in ys]
+        ax.plot(range(1, len(ys) + 1), shown, label=label)
     ax.set_xlabel("outer iteration")
     ax.set_ylabel("relative error ||X - WH|| / ||X||")
     ax.set_yscale("log")

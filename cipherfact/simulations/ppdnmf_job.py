@@ -203,7 +203,10 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
     if X is None:
         X = load_data(scenario, data_rng)
     check_matrix(X, scenario.rank, scenario.n_agents)
-    columns = partition_columns(X.shape[1], scenario.n_agents, scenario.data.agent_cols)
+    try:
+        columns = partition_columns(X.shape[1], scenario.n_agents, scenario.data.agent_cols)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"data.agent_cols: {exc}") from exc
     topo = scenario.topology
     try:
         graph = make_graph(topo.kind, scenario.n_agents, rng=graph_rng, **topo.graph_params())

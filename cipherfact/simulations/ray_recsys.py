@@ -50,6 +50,7 @@ from cipherfact.simulations.ray_engine import (
 from cipherfact.simulations.recsys_sim import (
     build_csr,
     build_fedmf,
+    check_ratings,
     csr_twin,
     csr_user,
     epoch_rmse,
@@ -508,6 +509,7 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
     import ray
 
     split = load_split(scenario.data, scenario.seed)
+    check_ratings(scenario, split)
     train, test = split.train, split.test
     started = time.perf_counter()
     hosts = options.ray_actors or max(2, int(ray.cluster_resources().get("CPU", 2)))

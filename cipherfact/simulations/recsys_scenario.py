@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cipherfact.simulations.scenario import ScenarioError
+from cipherfact.crypto.keys import MAX_KEY_BITS, MIN_TEST_KEY_BITS
+from cipherfact.simulations.scenario import (
+    MAX_CELLS,
+    MAX_EPOCHS,
+    MAX_FACTORS,
+    ScenarioError,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 __all__ = ["CsrCryptoSpec", "CsrFheMFScenario", "FedMFCryptoSpec", "FedMFScenario", "RatingsSpec"]
 
 _SPLITS = ("random", "last_k")
+#: Largest |rating| a synthetic scale may reach (the protocols' own bounds on the
+#: ratings are checked against the data in ``recsys_sim.check_ratings``).
+FLOAT_SCALE = 1e6
 _FORMATS = ("auto", "movielens_csv", "ml100k", "csv")
 
 
@@ -56,6 +68,24 @@ class RatingsSpec:
             raise ScenarioError(f"data.last_k must be >= 1, got {self.last_k}")
         if min(self.n_users, self.n_items, self.rank) < 1:
             raise ScenarioError("data.n_users, data.n_items and data.rank must be >= 1")
+        if self.source == "synthetic":
+            cells = self.n_users * self.n_items
+            if cells > MAX_CELLS:
+                raise ScenarioError(
+                    f"data.n_users * data.n_items must be <= {MAX_CELLS} (2**27 cells; the "
+                    f"generator may draw over all of them), got {self.n_users} * "
+                    f"{self.n_items} = {cells}"
+                )
+            check_int("data.rank", self.rank, 1, MAX_FACTORS)
+        check_number("data.density", self.density, low=0.0, high=1.0, low_open=True)
+        check_number("data.noise", self.noise, low=0.0)
+        check_number("data.scale_low", self.scale_low, low=-FLOAT_SCALE, high=FLOAT_SCALE)
+        check_number("data.scale_high", self.scale_high, low=-FLOAT_SCALE, high=FLOAT_SCALE)
+        if not self.scale_low < self.scale_high:
+            raise ScenarioError(
+                f"data.scale_low must be < data.scale_high, got {self.scale_low} and "
+                f"{self.scale_high}"
+            )
 
     @property
     def source(self) -> str:
@@ -96,6 +126,26 @@ class CsrFheMFScenario:
             raise ScenarioError(
                 f"n_factors and epochs must be >= 1, got {self.n_factors} and {self.epochs}"
             )
+        _check_common(self)
+        check_number("reg", self.reg, low=0.0)
+        check_number("init_scale", self.init_scale, low=0.0, low_open=True)
+        c = self.crypto
+        check_int("crypto.mask_bits", c.mask_bits, 0, 60)
+        check_int("crypto.factor_mask_bits", c.factor_mask_bits, 0, 60)
+        check_number("crypto.value_bound", c.value_bound, low=0.0, low_open=True)
+        check_number("crypto.factor_bound", c.factor_bound, low=0.0, low_open=True)
+        check_number("crypto.max_error", c.max_error, low=0.0, low_open=True)
+        if c.pad_to < 0:
+            raise ScenarioError(f"crypto.pad_to must be >= 0, got {c.pad_to}")
+
+
+def _check_common(scenario: CsrFheMFScenario | FedMFScenario) -> None:
+    """Fields both recommendation protocols share."""
+    check_seed(scenario.seed)
+    check_int("n_factors", scenario.n_factors, 1, MAX_FACTORS)
+    check_int("epochs", scenario.epochs, 1, MAX_EPOCHS)
+    check_number("lr", scenario.lr, low=0.0, low_open=True)
+    check_number("rating_offset", scenario.rating_offset, low=-FLOAT_SCALE, high=FLOAT_SCALE)
 
 
 @dataclass(frozen=True)
@@ -114,6 +164,12 @@ class FedMFCryptoSpec:
             raise ScenarioError(
                 f"crypto.scheme must be 'paillier' or 'plain' for fedmf, got {self.scheme!r}"
             )
+        if self.scheme == "paillier":
+            check_int("crypto.key_bits", self.key_bits, MIN_TEST_KEY_BITS, MAX_KEY_BITS)
+        check_int("crypto.frac_bits", self.frac_bits, 0, 60)
+        check_int("crypto.int_bits", self.int_bits, 0, 60)
+        if self.int_bits + self.frac_bits < 1:
+            raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
 
 
 @dataclass(frozen=True)
@@ -139,3 +195,7 @@ class FedMFScenario:
             raise ScenarioError(
                 f"n_factors and epochs must be >= 1, got {self.n_factors} and {self.epochs}"
             )
+        _check_common(self)
+        check_number("reg_u", self.reg_u, low=0.0)
+        check_number("reg_v", self.reg_v, low=0.0)
+        check_number("init_value", self.init_value, low=-FLOAT_SCALE, high=FLOAT_SCALE)

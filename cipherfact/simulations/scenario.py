@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import sys
 import types
 import typing
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from cipherfact.crypto.keys import MAX_KEY_BITS, MIN_TEST_KEY_BITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,15 +31,107 @@ class ScenarioError(ValueError):
     """A scenario name, file, field or value is invalid."""
 
 
+#: Most worker processes of one shared decryption pool.
+MAX_PROCESSES = 1024
+
+
+# Limits every scenario is checked against before any data is made or key generated.
+#: Largest magnitude of a float that scales the arithmetic (penalty, learning rate,
+#: data values): its square times any size a run reaches stays far below float64's
+#: largest number (1.8e308), so no product overflows into inf/nan halfway through.
+FLOAT_LIMIT = 1e100
+#: Most ADMM rounds (outer_iters * inner_iters) of a ppdnmf run, and most epochs of
+#: a recommendation run: beyond these a run would not end in any useful time.
+MAX_ROUNDS = 10**7
+MAX_EPOCHS = 10**5
+#: Most cells of a generated matrix (data.rows * data.cols, n_users * n_items):
+#: 2**27 float64 cells are 1 GiB per copy, and generating makes several copies.
+MAX_CELLS = 2**27
+#: Most ppdnmf agents (a geometric graph computes all n**2 pairwise distances).
+MAX_AGENTS = 4096
+#: Most latent factors (rank, n_factors).
+MAX_FACTORS = 1024
+#: The average degree used by the random graph kinds when none of degree, p,
+#: radius or k is given.
+DEFAULT_DEGREE = 3.0
+
+
+def check_number(
+    name: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = FLOAT_LIMIT,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """``value`` must be a finite float within the bounds; ``ScenarioError`` names ``name``."""
+    if value is None:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+        raise ScenarioError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
+
+
+def check_int(name: str, value: int, low: int, high: int, why: str = "") -> None:
+    """``low <= value <= high``, else a ``ScenarioError`` naming ``name`` (and ``why``)."""
+    if not low <= value <= high:
+        raise ScenarioError(
+            f"{name} must be between {low} and {high}, got {value}" + (f" ({why})" if why else "")
+        )
+
+
+#: Graph parameters each topology kind takes (``make_graph``); the random kinds
+#: take ``degree`` or their own alternative to it, never both.
+TOPOLOGY_PARAMS: dict[str, tuple[str, ...]] = {
+    "ring": (),
+    "complete": (),
+    "erdos_renyi": ("degree", "p"),
+    "geometric": ("degree", "radius"),
+    "small_world": ("degree", "k", "rewire"),
+}
+_DEGREE_ALTERNATIVE = {"erdos_renyi": "p", "geometric": "radius", "small_world": "k"}
+
+
 @dataclass(frozen=True)
 class TopologySpec:
     kind: str = "geometric"
-    degree: float | None = 3.0
+    # None: DEFAULT_DEGREE for the random kinds unless p/radius/k is given; ring and
+    # complete take no degree, so a degree set for them is an error.
+    degree: float | None = None
     p: float | None = None
     radius: float | None = None
     k: int | None = None
     rewire: float | None = None
     min_degree: int | None = None  # every agent gets at least this many neighbours
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOPOLOGY_PARAMS:
+            raise ScenarioError(
+                f"topology.kind must be one of {list(TOPOLOGY_PARAMS)}, got {self.kind!r}"
+            )
+        check_number("topology.degree", self.degree, low=0.0, low_open=True)
+        check_number("topology.p", self.p, low=0.0, high=1.0, low_open=True)
+        check_number("topology.radius", self.radius, low=0.0, high=math.sqrt(2.0), low_open=True)
+        check_number("topology.rewire", self.rewire, low=0.0, high=1.0)
+
+    def graph_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_graph``, with the default degree filled in
+        only for the kinds that take one (and only when no alternative is given)."""
+        params = {
+            name: getattr(self, name)
+            for name in ("degree", "p", "radius", "k", "rewire", "min_degree")
+        }
+        alternative = _DEGREE_ALTERNATIVE.get(self.kind)
+        if params["degree"] is None and alternative and params[alternative] is None:
+            params["degree"] = DEFAULT_DEGREE
+        return params
 
 
 @dataclass(frozen=True)
@@ -48,6 +143,20 @@ class DataSpec:
     path: str = ""
     max_cols: int | None = None  # use only the first max_cols columns (digits, file)
     agent_cols: list[int] | None = None  # columns per agent (default: an even split)
+
+    def __post_init__(self) -> None:
+        if self.kind == "synthetic":
+            check_int("data.rows", self.rows, 1, MAX_CELLS)
+            check_int("data.cols", self.cols, 1, MAX_CELLS)
+            if self.rows * self.cols > MAX_CELLS:
+                raise ScenarioError(
+                    f"data.rows * data.cols must be <= {MAX_CELLS} (2**27 float64 cells, 1 GiB "
+                    f"per copy of X), got {self.rows} * {self.cols} = {self.rows * self.cols}"
+                )
+            # -300 dB: noise 1e15 times the signal; +300 dB: far below float64's resolution
+            check_number("data.snr_db", self.snr_db, low=-300.0, high=300.0)
+        if self.max_cols is not None and self.max_cols < 1:
+            raise ScenarioError(f"data.max_cols must be >= 1, got {self.max_cols}")
 
 
 @dataclass(frozen=True)
@@ -65,12 +174,26 @@ class CryptoSpec:
     # neighbour's key: ~30x faster, rests on the DJN assumption (README).
     djn_public: bool = True
 
+    def __post_init__(self) -> None:
+        if self.scheme == "paillier":
+            check_int("crypto.key_bits", self.key_bits, MIN_TEST_KEY_BITS, MAX_KEY_BITS)
+        # the fixed-point codec's own range (FixedPointCodec)
+        check_int("crypto.frac_bits", self.frac_bits, 0, 60)
+        check_int("crypto.int_bits", self.int_bits, 0, 60)
+        if self.int_bits + self.frac_bits < 1:
+            raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
+        check_int("crypto.processes", self.processes, 1, MAX_PROCESSES)
+
 
 @dataclass(frozen=True)
 class AdmmSpec:
     penalty: float = 10.0
     weight_bits: int = 6  # pairwise: private weights in [2^(b-1), 2^b)
     reply_noise_bits: int = 8  # pairwise: reply noise amplitude 2^(weight_bits + this)
+
+    def __post_init__(self) -> None:
+        check_number("admm.penalty", self.penalty, low=0.0, low_open=True)
+        check_int("admm.weight_bits", self.weight_bits, 1, 16)
 
 
 @dataclass(frozen=True)
@@ -79,6 +202,19 @@ class SolverSpec:
     device: str = "cpu"
     rule: str = "hals"
     h_sweeps: int = 1
+
+    def __post_init__(self) -> None:
+        from cipherfact.solvers._kernel_solver import RULES
+        from cipherfact.solvers.factory import BACKENDS, DEVICES
+
+        for name, value, known in (
+            ("solver.backend", self.backend, BACKENDS),
+            ("solver.device", self.device, DEVICES),
+            ("solver.rule", self.rule, RULES),
+        ):
+            if value not in known:
+                raise ScenarioError(f"{name} must be one of {list(known)}, got {value!r}")
+        check_int("solver.h_sweeps", self.h_sweeps, 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -111,6 +247,20 @@ class PPDNMFScenario:
                 raise ScenarioError(
                     f"{name} must be >= {2 if name == 'n_agents' else 1}, got {getattr(self, name)}"
                 )
+        check_seed(self.seed)
+        check_int("n_agents", self.n_agents, 2, MAX_AGENTS)
+        check_int("rank", self.rank, 1, MAX_FACTORS)
+        rounds = self.outer_iters * self.inner_iters
+        if rounds > MAX_ROUNDS:
+            raise ScenarioError(
+                f"outer_iters * inner_iters must be <= {MAX_ROUNDS} ADMM rounds, got "
+                f"{self.outer_iters} * {self.inner_iters} = {rounds}"
+            )
+        if self.data.kind == "synthetic" and self.rank > min(self.data.rows, self.data.cols):
+            raise ScenarioError(
+                f"rank must be between 1 and min(data.rows, data.cols) = "
+                f"{min(self.data.rows, self.data.cols)}, got {self.rank}"
+            )
         if self.data.kind not in ("synthetic", "digits", "file"):
             raise ScenarioError(
                 f"data.kind must be 'synthetic', 'digits' or 'file', got {self.data.kind!r}"
@@ -131,6 +281,18 @@ class PPDNMFScenario:
                 f"admm.reply_noise_bits must be in [1, 24], got {self.admm.reply_noise_bits} "
                 "(0 would let a neighbour read the private weight off a reply)"
             )
+        if self.exchange == "pairwise" and self.crypto.frac_bits + self.admm.reply_noise_bits > 60:
+            raise ScenarioError(
+                f"crypto.frac_bits + admm.reply_noise_bits must be <= 60 for the pairwise "
+                f"exchange (its codec's fraction), got {self.crypto.frac_bits} + "
+                f"{self.admm.reply_noise_bits}"
+            )
+
+
+def check_seed(seed: int) -> None:
+    """Seeds feed ``numpy.random.SeedSequence``, which takes non-negative integers."""
+    if not 0 <= seed < 2**63:
+        raise ScenarioError(f"seed must be between 0 and 2**63 - 1, got {seed}")
 
 
 # protocol -> scenario dataclass, or "module:Class" imported when first needed
@@ -165,7 +327,10 @@ def _read_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
     if name_or_path.endswith(".toml") or path.exists():
         if not path.is_file():
             raise ScenarioError(f"scenario file {name_or_path!r} does not exist")
-        text, label = path.read_text(encoding="utf-8"), path.stem
+        try:
+            text, label = path.read_text(encoding="utf-8"), path.stem
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(f"scenario file {name_or_path!r} cannot be read: {exc}") from exc
     else:
         folder = resources.files("cipherfact.simulations") / "scenarios"
         candidate = folder / f"{name_or_path}.toml"
@@ -176,9 +341,22 @@ def _read_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
             )
         text, label = candidate.read_text(encoding="utf-8"), name_or_path
     try:
-        return label, tomllib.loads(text)
+        tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario {name_or_path!r} is not valid TOML: {exc}") from exc
+    if _sets_nothing(tree):
+        # Every field has a default (the full ppdnmf paper setup, minutes of Paillier
+        # work): a file that sets nothing is a mistake, never a request for that run.
+        raise ScenarioError(
+            f"scenario file {name_or_path!r} is empty: it sets no field (start from a bundled "
+            "scenario such as 'ppdnmf-synthetic' and change what you need)"
+        )
+    return label, tree
+
+
+def _sets_nothing(tree: Mapping[str, Any]) -> bool:
+    """True when the parsed file holds no value, only (nested) empty tables or nothing."""
+    return all(isinstance(v, Mapping) and _sets_nothing(v) for v in tree.values())
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -269,10 +447,50 @@ def build_dataclass(cls: type, tree: Mapping[str, Any], prefix: str = "") -> Any
         ) from exc
 
 
+def _drop_stale_topology_params(tree: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Graph parameters the file set for its own kind do not outlive a ``--set`` of another.
+
+    When ``--set`` changes ``topology.kind`` or gives one of its parameters, a
+    parameter that came from the file (not from ``--set``) is dropped if the new
+    kind does not take it (ring/complete take none) or if ``--set`` gave its
+    alternative (p, radius or k instead of degree, or degree instead of those).
+    A parameter given by ``--set`` itself is always kept, so a wrong one is an error.
+    """
+    topo = tree.get("topology")
+    if not isinstance(topo, dict):
+        return
+    given = {
+        tuple(keys[1:])
+        for keys, _ in (parse_override(o) for o in overrides)
+        if keys[0] == "topology" and len(keys) == 2
+    }
+    names = {name for names in TOPOLOGY_PARAMS.values() for name in names}
+    explicit = {name for (name,) in given if name in names}
+    if ("kind",) not in given and not explicit:
+        return
+    kind = topo.get("kind", TopologySpec.kind)
+    takes = TOPOLOGY_PARAMS.get(kind) if isinstance(kind, str) else None
+    if takes is None:
+        return  # an unknown kind: TopologySpec names it
+    alternative = _DEGREE_ALTERNATIVE.get(kind)
+    exclusive = {"degree", alternative} if alternative else set()
+    for name in sorted(names - explicit):
+        if name not in topo:
+            continue
+        if name not in takes or (name in exclusive and explicit & exclusive):
+            del topo[name]
+
+
 def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Any:
     """Load a bundled scenario by name or a TOML file, then apply ``--set`` overrides."""
     label, tree = _read_source(name_or_path)
     tree = apply_overrides(tree, overrides)
+    _drop_stale_topology_params(tree, overrides)
+    protocol = tree.get("protocol", "ppdnmf")
+    if not isinstance(protocol, str):
+        raise ScenarioError(
+            f"scenario field 'protocol' must be str, got {protocol!r} ({type(protocol).__name__})"
+        )
     data = tree.get("data") if tree.get("protocol", "ppdnmf") == "ppdnmf" else None
     if isinstance(data, dict) and data.get("path") and "kind" not in data:
         data["kind"] = "file"
