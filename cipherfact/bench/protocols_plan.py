@@ -14,9 +14,9 @@ Paillier), ``topology`` (ring / geometric / complete), ``data_size`` and
 ``packing`` (FedMF naive vs packed, full mode only), ``ckks_params``
 (csr_fhe_mf parameter sets, full mode only), ``protocol`` (the recsys
 comparison). Ring and complete graphs are spelled ``small_world`` with k=2 and
-no rewiring, and ``erdos_renyi`` with degree n-1 (p=1): the bundled scenario
-sets ``topology.degree=3`` and ``--set`` cannot clear it, while ``ring`` and
-``complete`` refuse a degree.
+no rewiring, and ``erdos_renyi`` with degree n-1 (p=1), which draw the same
+graphs as ``ring``/``complete``; the spelling is kept so that earlier sweep
+results stay comparable point for point.
 """
 
 from __future__ import annotations

@@ -7,12 +7,17 @@ command line, so ``simulate`` never imports grpc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cipherfact.deploy.node_base import BaseNode
 
 INSECURE_WARNING = (
     "WARNING: insecure mode: agents talk in PLAINTEXT without authentication. "
@@ -95,45 +100,107 @@ def _setup_logging(verbose: bool, agent_id: int | None = None) -> None:
     logging.getLogger("grpc").setLevel(logging.WARNING)
 
 
+SIGNAL_EXIT = {"SIGTERM": 143, "SIGINT": 130}
+
+
+class _StoppedBeforeStartError(Exception):
+    """SIGTERM or SIGINT while the job file is read, before the node exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"stopped by {name} before start")
+        self.name = name
+
+
+def _write_early_failure(job_path: str, agent_id: int, out: Path | None, status: str) -> None:
+    """``result.json`` for an agent that stopped before its node existed (bad job file,
+    bad flags, a signal): into its folder when the job file still tells where."""
+    from cipherfact.deploy.jobfile import agent_out_hint
+    from cipherfact.deploy.node_base import one_line, write_atomic
+
+    folder = out if out is not None else agent_out_hint(job_path, agent_id)
+    if folder is None:
+        return
+    record = {"agent_id": agent_id, "status": one_line(status), "round": None,
+              "bytes_sent": 0, "messages_sent": 0, "grpc_bytes_sent": 0, "wall_s": 0.0}
+    with contextlib.suppress(OSError):  # the error line on stderr still says why
+        write_atomic(folder / "result.json",
+                     (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
 def _serve(args: argparse.Namespace) -> int:
+    stopped: list[str] = []
+
+    def stop_early(signum: int, _frame: object) -> None:
+        if not stopped:  # once: a second signal must not interrupt the clean-up
+            stopped.append(signal.Signals(signum).name)
+            raise _StoppedBeforeStartError(stopped[0])
+
+    previous = {sig: signal.signal(sig, stop_early) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _setup_logging(args.verbose, args.agent_id)
+    log = logging.getLogger("cipherfact.deploy")
+    made: list[Path] = []
+    try:
+        node, out = _make_serving_node(args, made)
+        return _run_node(node, args, out)  # the node's own handlers from here on
+    except _StoppedBeforeStartError as exc:
+        _write_early_failure(args.job, args.agent_id, made[0] if made else None,
+                             f"stopped: agent {args.agent_id} {exc}")
+        log.warning("agent %s %s", args.agent_id, exc)
+        return SIGNAL_EXIT[exc.name]
+    except (ValueError, TypeError, OSError) as exc:  # bad job file or flags: one line
+        _write_early_failure(args.job, args.agent_id, made[0] if made else None,
+                             f"failed before start: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _make_serving_node(args: argparse.Namespace, made: list[Path]) -> tuple[BaseNode, Path]:
     from cipherfact.deploy.jobfile import load_job
-    from cipherfact.deploy.node import NodeError, NodeStoppedError, latest_checkpoint
+    from cipherfact.deploy.node import latest_checkpoint
     from cipherfact.deploy.nodes import make_node
 
-    _setup_logging(args.verbose, args.agent_id)
     job = load_job(args.job)
+    job.agent(args.agent_id)  # a bad id fails before any key is generated
+    out = job.agent_out(args.agent_id)
+    made.append(out)
     if job.insecure and not args.insecure:
         raise ValueError(f"{args.job} sets job.insecure = true; pass --insecure to allow it")
     if args.insecure:
         if not job.insecure:
             raise ValueError(f"--insecure given but {args.job} does not set job.insecure = true")
         print(INSECURE_WARNING, file=sys.stderr)
-    job.agent(args.agent_id)  # a bad id fails before any key is generated
     resume_from = args.resume_from
     if args.resume:
-        resume_from = latest_checkpoint(job.agent_out(args.agent_id))
+        resume_from = latest_checkpoint(out)
         if resume_from is None:
             raise ValueError(f"--resume: agent {args.agent_id} has no checkpoint")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
-    node = make_node(job, args.agent_id, resume_from=resume_from, stop=stop)
+    return make_node(job, args.agent_id, resume_from=resume_from, stop=threading.Event()), out
+
+
+def _run_node(node: BaseNode, args: argparse.Namespace, out: Path) -> int:
+    from cipherfact.deploy.node_base import NodeError, NodeStoppedError, install_signal_handlers
+
+    log = logging.getLogger("cipherfact.deploy")
+    restore = install_signal_handlers(node)  # SIGTERM/SIGINT stop it in every state
     try:
         result = node.run()
     except NodeStoppedError as exc:
-        logging.getLogger("cipherfact.deploy").warning("%s", exc)
-        return 143
+        log.warning("%s", exc)
+        return SIGNAL_EXIT.get(node.stop_signal or "SIGTERM", 143)
     except NodeError as exc:
-        logging.getLogger("cipherfact.deploy").error("%s", exc)
+        log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        restore()
     done = (
         f"its part as {result['party']} ({result['epochs_completed']} epochs)"
         if "party" in result
         else f"{result['round']} rounds"
     )
-    logging.getLogger("cipherfact.deploy").info(
-        "agent %s completed %s; results in %s", args.agent_id, done, job.agent_out(args.agent_id)
-    )
+    log.info("agent %s completed %s; results in %s", args.agent_id, done, out)
     return 0
 
 
@@ -163,9 +230,13 @@ def _local(args: argparse.Namespace) -> int:
         timeouts={"peer_s": args.peer_timeout},
         timeout_s=args.timeout,
     )
-    keys = ("status", "transport", "n_agents", "processes", "rel_error", "consensus_spread",
-            "train_rmse", "test_rmse", "plain_test_rmse", "wall_s", "bytes_total",
-            "grpc_bytes_total", "messages_total")
+    keys = ("status", "interrupted_by", "transport", "n_agents", "processes", "rel_error",
+            "consensus_spread", "train_rmse", "test_rmse", "plain_test_rmse", "wall_s",
+            "bytes_total", "grpc_bytes_total", "messages_total")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"results written to {out}/ (agent logs in {out}/agents/)", file=sys.stderr)
+    if summary["status"] == "interrupted":
+        print(f"interrupted by {summary.get('interrupted_by')}: agents stopped, partial "
+              f"summary in {out}/summary.json", file=sys.stderr)
+        return SIGNAL_EXIT.get(str(summary.get("interrupted_by")), 143)
     return 0 if summary["status"] == "completed" else 1

@@ -40,9 +40,18 @@ def _group(agent_id: int) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; a line cut short (a killed party) is skipped."""
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    out = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def _shares(path: Path, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -61,9 +70,12 @@ def _layout(path: Path, cfg: Any) -> Any:
 
 def gather_csr(
     deploy: DeployJob, results: Sequence[dict[str, Any]], codes: Sequence[int], wall_s: float,
-    out: Path,
+    out: Path, *, interrupted: str | None = None,
 ) -> dict[str, Any]:
-    """Combine the parties' folders; ``results[i]`` is agent i's ``result.json``."""
+    """Combine the parties' folders; ``results[i]`` is agent i's ``result.json``.
+
+    ``interrupted`` (a signal's name): the run was stopped; the summary says
+    ``interrupted`` and holds the parties' statuses and traffic so far."""
     scenario = deploy.scenario
     split = load_split(scenario.data, scenario.seed)
     train, test = split.train, split.test
@@ -84,12 +96,19 @@ def gather_csr(
     )
     ok = all(r.get("status") == "completed" for r in results) and not any(codes)
     writer = RunWriter(out)
-    if not ok:
+    if not ok or interrupted is not None:
         summary["status"] = "failed: " + "; ".join(
             f"agent {i}: {r.get('status')}" for i, r in enumerate(results)
             if r.get("status") != "completed"
         )
-        summary["wall_s"] = wall_s
+        if interrupted is not None:
+            summary.update(agent_statuses=summary["status"], status="interrupted",
+                           interrupted_by=interrupted)
+        summary.update(
+            wall_s=wall_s,
+            bytes_total=sum(int(r.get("bytes_sent", 0) or 0) for r in results),
+            messages_total=sum(int(r.get("messages_sent", 0) or 0) for r in results),
+        )
         writer.write_json("summary.json", summary)
         return summary
 

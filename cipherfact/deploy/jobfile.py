@@ -33,6 +33,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,9 +182,54 @@ def _check_address(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise JobFileError(f"{where} must be a 'host:port' string, got {value!r}")
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise JobFileError(f"{where} must be 'host:port', got {value!r}")
+    if not 1 <= int(port) <= 65535:
+        raise JobFileError(f"{where}: port {port} is outside 1..65535 (in {value!r})")
     return value
+
+
+TIMEOUT_FIELDS = ("peer_s", "rpc_s", "startup_s", "backoff_s", "backoff_max_s")
+
+
+def _check_timeouts(timeouts: Mapping[str, Any]) -> None:
+    """Finite positive seconds and a whole number of retries, each error naming its field."""
+    for name in TIMEOUT_FIELDS:
+        if name not in timeouts:
+            continue
+        value = timeouts[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise JobFileError(
+                f"timeouts.{name} must be a positive number of seconds, got {value!r}"
+            )
+        if not math.isfinite(value) or value <= 0:
+            raise JobFileError(
+                f"timeouts.{name} must be a positive, finite number of seconds, got {value!r}"
+            )
+    retries = timeouts.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise JobFileError(f"timeouts.retries must be an integer >= 0, got {retries!r}")
+
+
+def check_out_dir(out: Path, where: str = "job.out") -> None:
+    """``out`` is a folder, or one that can be created (nothing is created here)."""
+    if out.exists():
+        if not out.is_dir():
+            raise JobFileError(f"{where}: {str(out)!r} exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise JobFileError(f"{where}: directory {str(out)!r} is not writable")
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise JobFileError(
+            f"{where}: {str(out)!r} cannot be created: {str(parent)!r} is not a directory"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise JobFileError(
+            f"{where}: {str(out)!r} cannot be created: {str(parent)!r} is not writable"
+        )
 
 
 def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
@@ -284,9 +331,8 @@ def load_job(path: str | Path) -> DeployJob:
         {"peer_s", "rpc_s", "startup_s", "retries", "backoff_s", "backoff_max_s"},
         "[timeouts]",
     )
+    _check_timeouts(timeouts)
     peer_s = timeouts.pop("peer_s", 60.0)
-    if isinstance(peer_s, bool) or not isinstance(peer_s, int | float) or peer_s <= 0:
-        raise JobFileError(f"timeouts.peer_s must be a positive number, got {peer_s!r}")
     try:
         retry = RetryPolicy(**timeouts)
     except (TypeError, ValueError) as exc:
@@ -321,12 +367,13 @@ def load_job(path: str | Path) -> DeployJob:
                 f"{path}: {', '.join(unsupported)} cannot be used with {scenario.protocol} "
                 "(its parties are fixed by the protocol; checkpoints are ppdnmf-only)"
             )
-    out = _typed(job, "out", str, "results", "job")
+    out = resolve_path(base, _typed(job, "out", str, "results", "job"))
+    check_out_dir(out)
     return DeployJob(
         path=path,
         scenario=scenario,
         agents=agents,
-        out=resolve_path(base, out),
+        out=out,
         tls_ca=resolve_path(base, tls["ca"]) if "ca" in tls else None,
         tls_cert=_typed(tls, "cert", str, "agent-{id}.pem", "tls"),
         tls_key=_typed(tls, "key", str, "agent-{id}-key.pem", "tls"),
@@ -337,6 +384,23 @@ def load_job(path: str | Path) -> DeployJob:
         retry=retry,
         edges=edges,
     )
+
+
+def agent_out_hint(path: str | Path, agent_id: int) -> Path | None:
+    """Where ``agent_id`` would write, read from a job file that did not load (its own
+    ``result.json`` can then still say why); None when that cannot be told."""
+    try:
+        path = Path(path)
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        job = tree.get("job", {})
+        out = job.get("out", "results") if isinstance(job, dict) else None
+        if not isinstance(out, str) or isinstance(agent_id, bool) or agent_id < 0:
+            return None
+        folder = resolve_path(path.resolve().parent, out)
+        check_out_dir(folder)
+    except (OSError, ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError):
+        return None
+    return folder / f"agent-{agent_id}"
 
 
 def render_job(

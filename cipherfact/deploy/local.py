@@ -9,19 +9,29 @@ a real deployment never does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cipherfact.deploy.jobfile import DEPLOYABLE, DeployJob, load_job, party_count, render_job
+from cipherfact.deploy.jobfile import (
+    DEPLOYABLE,
+    DeployJob,
+    check_out_dir,
+    load_job,
+    party_count,
+    render_job,
+)
 from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.references import relative_error
@@ -129,12 +139,13 @@ def agent_command(job: Path, agent_id: int, *, resume_from: int | None = None,
 
 
 def launch(job: Path, n_agents: int, *, resume_from: int | None = None,
-           insecure: bool = False) -> list[subprocess.Popen[bytes]]:
-    """Start one process per agent; each logs to ``agents/agent-<i>/agent.log``."""
+           insecure: bool = False, only: int | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start one process per agent (or just agent ``only``); each logs to
+    ``agents/agent-<i>/agent.log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     procs = []
-    for i in range(n_agents):
+    for i in range(n_agents) if only is None else [only]:
         folder = job.parent / "agents" / f"agent-{i}"
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / "agent.log").open("ab") as logf:
@@ -145,18 +156,77 @@ def launch(job: Path, n_agents: int, *, resume_from: int | None = None,
     return procs
 
 
-def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None) -> list[int]:
-    """Exit codes; processes still running at ``timeout`` are terminated (SIGTERM)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    codes = []
-    for p in procs:
-        left = None if deadline is None else max(0.1, deadline - time.monotonic())
+STOP_GRACE_S = 15.0  # how long stopped agents get to write their results before SIGKILL
+POLL_S = 0.05
+
+
+class Interrupt:
+    """SIGTERM/SIGINT to ``deploy local``: forwarded to every agent still running.
+
+    The first signal is passed on to the agents (each writes its
+    ``result.json``, tells its peers and exits); a second one kills them.
+    Install with ``forwarding`` (main thread only); ``signal`` names the first
+    signal received (None: none).
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.count = 0
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._sent: set[tuple[int, int]] = set()  # (pid, signal): each signal once
+
+    def handle(self, signum: int, _frame: Any = None) -> None:
+        self.count += 1
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+        self.forward(signum if self.count == 1 else signal.SIGKILL)
+
+    def forward(self, signum: int) -> None:
+        """Send ``signum`` to every agent still running that has not had it yet."""
+        for p in list(self.procs):
+            if p.returncode is None and (p.pid, signum) not in self._sent:
+                self._sent.add((p.pid, signum))  # not reaped: the pid is still this child's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    @contextlib.contextmanager
+    def forwarding(self) -> Iterator[Interrupt]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            codes.append(p.wait(timeout=left))
-        except subprocess.TimeoutExpired:
-            p.terminate()
-            codes.append(p.wait(timeout=30))
-    return codes
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None,
+             interrupt: Interrupt | None = None, grace_s: float = STOP_GRACE_S) -> list[int]:
+    """Exit codes. Processes still running at ``timeout`` are terminated (SIGTERM);
+    once ``interrupt`` has fired, they get ``grace_s`` to stop, then are killed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stop_by: float | None = None
+    while any(p.poll() is None for p in procs):
+        now = time.monotonic()
+        if interrupt is not None and interrupt.signal is not None and stop_by is None:
+            interrupt.forward(signal.Signals[interrupt.signal])  # agents started meanwhile
+            stop_by = now + grace_s
+        if deadline is not None and now >= deadline and stop_by is None:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            stop_by = now + 30
+        if stop_by is not None and now >= stop_by:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for p in procs:
+                p.wait()
+            break
+        time.sleep(POLL_S)
+    return [int(p.returncode) for p in procs]
 
 
 def resume_point(job: Path, n_agents: int) -> int:
@@ -168,22 +238,87 @@ def resume_point(job: Path, n_agents: int) -> int:
     return min(o for o in outs if o is not None)
 
 
+def check_resume(out: Path, scenario: str, overrides: Sequence[str], n_agents: int,
+                 outer: int) -> None:
+    """Refuse ``--resume`` when the job's configuration differs from the one its
+    checkpoints were written with (names the changed fields), before any agent starts."""
+    from cipherfact.deploy.node import check_resume_config, checkpoint_path, read_checkpoint_info
+    from cipherfact.protocols.ppdnmf import load_state_npz
+    from cipherfact.simulations.checkpoint import public_config
+
+    job = prepare_job(load_scenario(scenario, overrides))
+    config = public_config(job.scenario, job.graph.edges, job.codec)
+    for i in range(n_agents):
+        path = checkpoint_path(out / "agents" / f"agent-{i}", outer)
+        saved, _ = read_checkpoint_info(load_state_npz(path.read_bytes()))
+        check_resume_config(saved, config, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _results(deploy: DeployJob, n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         path = deploy.agent_out(i) / "result.json"
-        out.append(json.loads(path.read_text()) if path.exists() else {"status": "no result"})
+        result = _read_json(path) if path.exists() else {"status": "no result"}
+        out.append(result if result is not None else {"status": "unreadable result.json"})
     return out
 
 
-def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any]:
-    """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz."""
+def _metrics_lines(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a line cut short (a killed agent) is skipped."""
+    if not path.exists():
+        return []
+    lines = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
+
+
+def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The job's traffic over all its parts (an interrupted part up to the checkpoint
+    it was resumed from, plus the resumed part), from the agents' ``job_*`` counters."""
+
+    def total(key: str) -> int:
+        return sum(int(r.get(f"job_{key}", r.get(key, 0)) or 0) for r in results)
+
+    walls = [float(r.get("job_wall_s", r.get("wall_s", 0.0)) or 0.0) for r in results]
+    return {
+        "bytes_total": total("bytes_sent"),
+        "bytes_setup": total("setup_bytes_sent"),
+        "messages_total": total("messages_sent"),
+        "grpc_bytes_total": total("grpc_bytes_sent"),
+        "wall_s_total": max(walls, default=0.0),
+        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0)
+                                  for r in results),
+        "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
+    }
+
+
+def gather(job_path: Path, wall_s: float, codes: Sequence[int],
+           interrupted: str | None = None) -> dict[str, Any]:
+    """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz.
+
+    ``interrupted`` (a signal's name): ``deploy local`` was stopped; the summary
+    then has status ``interrupted`` and whatever the agents wrote until then.
+    """
     deploy = load_job(job_path)
     if deploy.scenario.protocol == "csr_fhe_mf":
         from cipherfact.deploy.csr_gather import gather_csr
 
         return gather_csr(deploy, _results(deploy, len(deploy.agents)), codes, wall_s,
-                          job_path.parent)
+                          job_path.parent, interrupted=interrupted)
     scenario = deploy.scenario
     job = prepare_job(scenario)
     out = job_path.parent
@@ -211,12 +346,16 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any
         f"agent {i}: {r.get('status')}" for i, r in enumerate(results)
         if r.get("status") != "completed"
     )
+    if interrupted is not None:
+        summary["agent_statuses"] = summary["status"]
+        summary["status"] = "interrupted"
+        summary["interrupted_by"] = interrupted
+        ok = False
     writer = RunWriter(out)
     per_agent = []
     for i in range(n):
-        mpath = deploy.agent_out(i) / "metrics.jsonl"
-        lines = mpath.read_text().splitlines() if mpath.exists() else []
-        per_agent.append({m["outer"]: m for m in map(json.loads, filter(None, lines))})
+        lines = _metrics_lines(deploy.agent_out(i) / "metrics.jsonl")
+        per_agent.append({m["outer"]: m for m in lines if "outer" in m})
     norm2 = float(np.linalg.norm(job.X) ** 2)
     common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
     for t in common:
@@ -244,12 +383,9 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int]) -> dict[str, Any
             consensus_spread=consensus_spread(Ws),
             outer_iters_completed=scenario.outer_iters,
         )
-    summary.update(
-        bytes_total=sum(r.get("bytes_sent", 0) for r in results),
-        bytes_setup=sum(r.get("setup_bytes_sent", 0) for r in results),
-        messages_total=sum(r.get("messages_sent", 0) for r in results),
-        grpc_bytes_total=sum(r.get("grpc_bytes_sent", 0) for r in results),
-    )
+    summary.update(job_totals(results))
+    resumed = [int(r["resumed_from"]) for r in results if r.get("resumed_from") is not None]
+    summary["resumed_from"] = min(resumed) if resumed else None
     writer.write_json("summary.json", summary)
     return summary
 
@@ -268,20 +404,35 @@ def deploy_local(
 ) -> dict[str, Any]:
     """Run a whole job as ``n_agents`` local processes; returns the gathered summary."""
     out = Path(out)
+    check_out_dir(out, "--out")
     overrides, n_agents = local_parties(scenario, overrides, n_agents)
-    protocol = load_scenario(scenario, overrides).protocol
+    parsed = load_scenario(scenario, overrides)
+    protocol = parsed.protocol
     if protocol != "ppdnmf" and (resume or checkpoint_every):
         raise ValueError(f"--resume and --checkpoint-every are ppdnmf-only, not for {protocol}")
+    if protocol == "ppdnmf":
+        prepare_job(parsed)  # a bad graph or data setting: one error here, not one per agent
     resume_from = None
     if resume:
         job_path = out / "job.toml"
         if not job_path.exists():
             raise FileNotFoundError(f"cannot resume: {job_path} does not exist")
         resume_from = resume_point(job_path, n_agents)
+        check_resume(out, scenario, overrides, n_agents, resume_from)
     job_path = write_local_job(scenario, overrides, n_agents, out,
                                checkpoint_every=checkpoint_every, insecure=insecure,
                                timeouts=timeouts)
     started = time.perf_counter()
-    procs = launch(job_path, n_agents, resume_from=resume_from, insecure=insecure)
-    codes = wait_all(procs, timeout_s)
-    return gather(job_path, time.perf_counter() - started, codes)
+    interrupt = Interrupt()
+    with interrupt.forwarding():
+        # a signal from here on reaches every agent already started
+        procs = interrupt.procs
+        for i in range(n_agents):
+            if interrupt.signal is not None:
+                break
+            procs += launch(job_path, n_agents, resume_from=resume_from, insecure=insecure,
+                            only=i)
+        codes = wait_all(procs, timeout_s, interrupt)
+        codes += [-1] * (n_agents - len(codes))  # agents never started
+        return gather(job_path, time.perf_counter() - started, codes,
+                      interrupted=interrupt.signal)

@@ -51,6 +51,12 @@ from cipherfact.protocols.ppdnmf import (
     save_state_npz,
     secagg,
 )
+from cipherfact.simulations.checkpoint import (
+    CheckpointError,
+    check_meta,
+    config_digest,
+    public_config,
+)
 from cipherfact.simulations.ppdnmf_job import (
     PPDNMFJob,
     build_role,
@@ -68,9 +74,11 @@ __all__ = [
     "Node",
     "NodeError",
     "NodeStoppedError",
+    "check_resume_config",
     "checkpoint_path",
     "latest_checkpoint",
     "plan_node",
+    "read_checkpoint_info",
 ]
 
 log = logging.getLogger("cipherfact.deploy")
@@ -183,6 +191,33 @@ def checkpoint_path(out: Path, outer: int) -> Path:
     return out / "checkpoints" / f"outer-{outer:05d}.npz"
 
 
+# Extra entries of a node's checkpoint, next to the role's state (JSON text arrays).
+CKPT_CONFIG = "job_config"  # the public configuration (public_config), flat
+CKPT_CONFIG_SHA256 = "job_config_sha256"
+CKPT_COUNTERS = "job_counters"  # the job's traffic and time up to the checkpoint
+
+
+def node_config(plan: NodePlan) -> dict[str, Any]:
+    """The public configuration an agent's checkpoints record: the scenario after
+    overrides, the graph and the codec (never the private seeds)."""
+    return public_config(plan.job.scenario, plan.graph.edges, plan.job.codec)
+
+
+def read_checkpoint_info(state: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(configuration, counters) stored with a checkpoint's state (None: an old checkpoint
+    that recorded no configuration)."""
+    config = json.loads(str(state[CKPT_CONFIG])) if CKPT_CONFIG in state else None
+    counters = json.loads(str(state[CKPT_COUNTERS])) if CKPT_COUNTERS in state else {}
+    return config, counters
+
+
+def check_resume_config(saved: dict[str, Any] | None, now: dict[str, Any], where: Path) -> None:
+    """Refuse to resume a checkpoint written with another configuration, naming the
+    changed fields (``CheckpointError``, a ``ValueError``)."""
+    saved_meta = {} if saved is None else {"config": saved, "config_sha256": config_digest(saved)}
+    check_meta(saved_meta, {"config": now, "config_sha256": config_digest(now)}, str(where))
+
+
 def latest_checkpoint(out: Path) -> int | None:
     """The highest outer iteration with a checkpoint in ``out`` (None if none)."""
     found = sorted((out / "checkpoints").glob("outer-*.npz"))
@@ -200,6 +235,7 @@ class Node(BaseNode):
         self.resume_from = resume_from
         self.plan: NodePlan | None = None
         self.scheme: Scheme | None = None
+        self.config: dict[str, Any] = {}
         self._reported = 0
         self._outer_started = 0.0
 
@@ -207,14 +243,24 @@ class Node(BaseNode):
 
     def prepare(self) -> None:
         plan = self.plan = plan_node(self.deploy, self.agent_id)
-        self.scheme = generate_key(plan.job)
-        role = self.role = node_role(plan, self.scheme)
-        self.job_id = plan.job.config.job_id
-        if self.resume_from is not None:
+        self.job_id = plan.job.config.job_id  # known from here: failures reach the peers
+        self.config = node_config(plan)
+        state = None
+        if self.resume_from is not None:  # refuse a bad resume before generating a key
             path = checkpoint_path(self.out, self.resume_from)
             if not path.is_file():
                 raise NodeError(f"agent {self.agent_id}: no checkpoint {path} to resume from")
-            role.restore_state(load_state_npz(path.read_bytes()))
+            state = load_state_npz(path.read_bytes())
+            saved, counters = read_checkpoint_info(state)
+            try:
+                check_resume_config(saved, self.config, path)
+            except CheckpointError as exc:
+                raise NodeError(f"agent {self.agent_id}: {exc}") from exc
+            self.base_counters = counters
+        self.scheme = generate_key(plan.job)
+        role = self.role = node_role(plan, self.scheme)
+        if state is not None:
+            role.restore_state(state)
             log.info("agent %s resuming at outer %d (round %d)", self.agent_id, role.outer,
                      role.round)
         if self.resume_from is None or not self.metrics_path.exists():
@@ -225,16 +271,22 @@ class Node(BaseNode):
         self._outer_started = time.perf_counter()
 
     def peers(self) -> list[AgentId]:
-        return list(self.role.neighbors) if self.role is not None else []
+        if self.role is not None:
+            return list(self.role.neighbors)
+        return list(self.plan.graph.neighbors(self.agent_id)) if self.plan is not None else []
 
     def max_round(self) -> int:
         assert self.plan is not None
         return self.plan.job.config.total_rounds
 
     def current_round(self) -> int:
-        return int(self.role.round)
+        return int(self.role.round) if self.role is not None else -1
 
     def position(self) -> str:
+        if self.role is None:
+            return "start-up (round -1)"
+        if not self.role.keys_ready:
+            return "the key exchange (round -1)"
         return f"round {self.role.round} (outer {self.role.outer})"
 
     def payload_check(self) -> PayloadCheck:
@@ -282,14 +334,27 @@ class Node(BaseNode):
         if not every or role.outer == 0 or (role.outer % every and not role.done):
             return
         path = checkpoint_path(self.out, role.outer)
-        if not path.exists():
-            write_atomic(path, save_state_npz(role.checkpoint_state()))
+        if path.exists():
+            return
+        state = dict(role.checkpoint_state())
+        state[CKPT_CONFIG] = json.dumps(self.config, sort_keys=True)
+        state[CKPT_CONFIG_SHA256] = config_digest(self.config)
+        # what the outer iterations before this boundary (and one key exchange) cost
+        counters = self.job_counters(before_round=int(role.round))
+        state[CKPT_COUNTERS] = json.dumps(counters, sort_keys=True)
+        with self.critical():
+            write_atomic(path, save_state_npz(state))
 
     # -- output ------------------------------------------------------------------------
 
     def _truncate_metrics(self, keep_outer: int) -> None:
-        lines = [ln for ln in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                 if ln.strip() and json.loads(ln)["outer"] < keep_outer]
+        lines = []
+        for ln in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(ln)["outer"] < keep_outer:
+                    lines.append(ln)
+            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                continue
         self.metrics_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
     def result_fields(self) -> dict[str, Any]:

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,12 @@ log = logging.getLogger("cipherfact.deploy")
 STAGE_ABORT = "abort"
 MAX_ABORT_BYTES = 2000
 POLL_S = 0.2
+ABORT_BUDGET_S = 1.0  # all abort notices of one failure together
+STOP_GRACE_S = 0.2  # server shutdown grace once stopped by a signal
+# Sent by a gRPC thread to the main thread when a peer's abort notice arrives, so
+# that a send being retried (or any other wait) ends at once.
+WAKE_SIGNAL = signal.SIGUSR1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NodeError(RuntimeError):
@@ -39,7 +49,11 @@ class NodeError(RuntimeError):
 
 
 class NodeStoppedError(NodeError):
-    """Stopped on request (SIGTERM)."""
+    """Stopped on request (SIGTERM, SIGINT)."""
+
+
+class PeerAbortedError(NodeError):
+    """A peer's abort notice arrived while this party was busy (a send, a retry)."""
 
 
 def check_abort_payload(env: Envelope) -> None:
@@ -60,6 +74,41 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def one_line(text: str, limit: int = 1500) -> str:
+    """A reason as one line (result.json, logs, abort notices)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class NodeTransport(GrpcTransport):
+    """``GrpcTransport`` that also counts gRPC bytes per round (a resumed part leaves
+    its repeated key exchange out of the job's totals) and envelopes per peer, and
+    refuses to start a send once the node has been asked to stop or a peer has
+    aborted."""
+
+    def __init__(self, *args: Any, before_send: Callable[[], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grpc_bytes_by_round: dict[int, int] = defaultdict(int)
+        #: envelopes each peer has accepted from this one (abort notices follow them)
+        self.delivered: dict[AgentId, int] = defaultdict(int)
+        self.in_doubt: set[AgentId] = set()
+        self._before_send = before_send
+
+    def send(self, env: Envelope) -> None:
+        if self._before_send is not None:
+            self._before_send()
+        before = self.grpc_bytes_sent
+        try:
+            super().send(env)
+            self.delivered[env.receiver] += 1
+        except BaseException:
+            self.in_doubt.add(env.receiver)  # cut short: it may or may not have arrived
+            raise
+        finally:
+            self.grpc_bytes_by_round[env.round] += self.grpc_bytes_sent - before
+
+
 class BaseNode(ABC):
     """Runs one party of a deployed job to completion; ``stop`` (SIGTERM) ends it cleanly."""
 
@@ -78,6 +127,15 @@ class BaseNode(ABC):
         self.metrics_path = self.out / "metrics.jsonl"
         self._heard: dict[AgentId, tuple[int, float]] = {}
         self._sent_before = (0, 0, 0)
+        #: what asked this party to stop ("SIGTERM"), once something has
+        self.stop_signal: str | None = None
+        #: the job's counters saved with the checkpoint this part resumed from
+        self.base_counters: dict[str, float] | None = None
+        self._started = time.perf_counter()
+        self._armed = False  # a stop request may raise in the running thread now
+        self._run_thread: int | None = None
+        self._signals = False  # install_signal_handlers was called for this node
+        self._peer_abort: str | None = None  # a peer's abort notice, described
 
     # -- what a protocol says --------------------------------------------------------
 
@@ -137,30 +195,159 @@ class BaseNode(ABC):
         """Write the party's own results after a successful run."""
         return None
 
+    # -- stopping ----------------------------------------------------------------------
+
+    def request_stop(self, why: str = "request") -> None:
+        """Ask the party to stop (``why``: the signal's name). Called in the thread that
+        runs the node (the signal handler), it stops whatever the node is doing at
+        once: generating its key, waiting for peers, retrying a send."""
+        if self.stop_signal is None:
+            self.stop_signal = why
+        self.stop.set()
+        self._raise_if_armed(self._stopped)
+
+    def wake(self) -> None:
+        """``WAKE_SIGNAL`` handler: a peer's abort notice has arrived."""
+        if self._peer_abort is not None:
+            self._raise_if_armed(self._peer_aborted)
+
+    def _stopped(self) -> NodeStoppedError:
+        why = f": stopped by {self.stop_signal}" if self.stop_signal else ""
+        return NodeStoppedError(
+            f"agent {self.agent_id} stopped by signal at {self._where()}{why}"
+        )
+
+    def _peer_aborted(self) -> PeerAbortedError:
+        return PeerAbortedError(self._peer_abort or f"agent {self.agent_id}: a peer aborted")
+
+    def _raise_if_armed(self, make: Callable[[], NodeError]) -> None:
+        if self._armed and threading.get_ident() == self._run_thread:
+            self._armed = False
+            raise make()
+
+    def _check_interrupts(self) -> None:
+        """Raise if a stop was requested or a peer aborted (before a send, after a
+        critical section)."""
+        if self.stop.is_set():
+            raise self._stopped()
+        if self._peer_abort is not None:
+            raise self._peer_aborted()
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """Writing a file: a stop request waits until it is complete, then takes effect."""
+        armed, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = armed
+        if armed:
+            self._check_interrupts()
+
+    def _note_abort(self, env: Envelope) -> None:
+        """A peer's abort notice passed the gate (a gRPC thread): wake the node."""
+        if self._peer_abort is None:
+            self._peer_abort = self._describe_abort(env)
+        main = threading.main_thread().ident
+        if self._signals and self._armed and self._run_thread == main and main is not None:
+            signal.pthread_kill(main, WAKE_SIGNAL)
+
+    def _where(self) -> str:
+        try:
+            return self.position() if self.role is not None else "start-up (round -1)"
+        except Exception:  # a half-built role
+            return "start-up (round -1)"
+
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Run the party; returns its result record (also written to ``result.json``)."""
-        started = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Run the party; returns its result record (also written to ``result.json``).
+
+        Whatever ends the run (success, a failure before or after start, a
+        peer's abort, a stop request, an unexpected error), ``result.json`` says
+        so in one line, and peers that can be reached get an abort notice.
+        Failures raise ``NodeError`` (``NodeStoppedError`` on a stop request).
+        """
+        started = self._started = time.perf_counter()
+        self._run_thread = threading.get_ident()
         try:
-            self.prepare()
-        except (NodeError, OSError, ValueError, TypeError) as exc:  # bad file or parameters
-            status = f"failed before start: {type(exc).__name__}: {exc}"
-            self._write_result(self._result(status, time.perf_counter() - started))
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NodeError(
+                f"agent {self.agent_id}: cannot create its output folder {str(self.out)!r}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        status = "failed"
+        running = False  # the protocol has started (the transport is up)
+        try:
+            try:
+                self._armed = True
+                self._check_interrupts()
+                self.prepare()
+                self.transport = self._open_transport()
+                running = True
+                self._loop(Agent(self.agent_id, self.role, self.transport), self.transport)
+                status = "completed"
+            finally:
+                self._armed = False
+        except NodeStoppedError as exc:
+            status = f"stopped: {one_line(str(exc))}"
+            self._abort(str(exc))
+            raise
+        except (TransportError, PeerAbortedError) as exc:
+            # A peer that aborted closes its server, which fails our send to it; its
+            # abort notice, naming the root cause, is then already in our inbox.
+            notice = self._abort_notice() if running else self._peer_abort
+            reason = one_line(notice or str(exc))
+            status = f"failed: {reason}" if running else f"failed before start: {reason}"
+            if not running and notice is None:
+                status = f"failed before start: {type(exc).__name__}: {reason}"
+            self._abort(reason)
+            raise NodeError(reason) from exc
+        except (NodeError, AgentError, ProtocolError) as exc:
+            reason = one_line(str(exc))
+            status = (f"failed: {reason}" if running
+                      else f"failed before start: {type(exc).__name__}: {reason}")
+            self._abort(reason)
             if isinstance(exc, NodeError):
                 raise
-            raise NodeError(f"agent {self.agent_id}: {exc}") from exc
+            raise NodeError(reason) from exc
+        except Exception as exc:  # bad files or parameters, certificates, anything else
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            status = f"failed: {reason}" if running else f"failed before start: {reason}"
+            self._abort(reason)
+            raise NodeError(one_line(f"agent {self.agent_id}: {exc}")) from exc
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: still say so
+            status = f"stopped: {type(exc).__name__}"
+            self._abort(status)
+            raise
+        finally:
+            result = self._result(status, time.perf_counter() - started)
+            self._write_result(result)
+            if self.transport is not None:
+                self.transport.close(grace=STOP_GRACE_S if self.stop.is_set() else 1.0)
+        try:
+            self.write_outputs()
+        except OSError as exc:  # the protocol is done, the peers need not hear of it
+            reason = one_line(f"agent {self.agent_id}: cannot write its results into "
+                              f"{str(self.out)!r}: {exc}")
+            result["status"] = f"failed: {reason}"
+            self._write_result(result)
+            raise NodeError(reason) from exc
+        return result
+
+    def _open_transport(self) -> GrpcTransport:
         spec = self.deploy.agent(self.agent_id)
         check = self.payload_check()
 
         def check_payload(env: Envelope) -> None:
             if env.stage == STAGE_ABORT:
                 check_abort_payload(env)
+                self._note_abort(env)
             elif check is not None:
                 check(env)
 
-        transport = self.transport = GrpcTransport(
+        transport = NodeTransport(
             self.agent_id,
             self.job_id,
             spec.listen,
@@ -170,33 +357,14 @@ class BaseNode(ABC):
             max_round=self.max_round(),
             retry=self.deploy.retry,
             check_payload=check_payload,
+            before_send=self._check_interrupts,
         )
-        status = "failed"
         try:
             transport.start()
-            self._loop(Agent(self.agent_id, self.role, transport), transport)
-            status = "completed"
-        except NodeStoppedError as exc:
-            status = f"stopped: {exc}"
-            self._abort(str(exc))
+        except BaseException:
+            transport.close(grace=0)
             raise
-        except TransportError as exc:
-            # A peer that aborted closes its server, which fails our send to it; its
-            # abort notice, naming the root cause, is then already in our inbox.
-            notice = self._abort_notice(transport)
-            status = f"failed: {notice or exc}"
-            self._abort(notice or str(exc))
-            raise NodeError(notice or str(exc)) from exc
-        except (NodeError, AgentError, ProtocolError, ValueError) as exc:
-            status = f"failed: {exc}"
-            self._abort(str(exc))
-            raise NodeError(str(exc)) from exc
-        finally:
-            result = self._result(status, time.perf_counter() - started)
-            self._write_result(result)
-            transport.close()
-        self.write_outputs()
-        return result
+        return transport
 
     def _loop(self, agent: Agent, transport: GrpcTransport) -> None:
         role = self.role
@@ -205,9 +373,7 @@ class BaseNode(ABC):
         last_progress = time.monotonic()
         while not role.done:
             if self.stop.is_set():
-                raise NodeStoppedError(
-                    f"agent {self.agent_id} stopped by signal at {self.position()}"
-                )
+                raise self._stopped()
             if self.should_begin():
                 self.begin(agent)
                 continue
@@ -229,12 +395,17 @@ class BaseNode(ABC):
         return (f"agent {self.agent_id}: agent {env.sender} aborted the job at round "
                 f"{env.round}: {reason}")
 
-    def _abort_notice(self, transport: GrpcTransport, wait_s: float = 0.5) -> str | None:
-        """A peer's abort notice waiting in the inbox, described (None if there is none)."""
-        for env in transport.recv(self.agent_id, timeout=wait_s):
+    def _abort_notice(self, wait_s: float = 0.5) -> str | None:
+        """A peer's abort notice, described (None if there is none): one already seen
+        at the gate, or one arriving in the inbox within ``wait_s``."""
+        if self._peer_abort is not None:
+            return self._peer_abort
+        if self.transport is None:
+            return None
+        for env in self.transport.recv(self.agent_id, timeout=wait_s):
             if env.stage == STAGE_ABORT:
                 return self._describe_abort(env)
-        return None
+        return self._peer_abort
 
     def _check_silence(self, last_progress: float) -> None:
         limit = self.silence_limit()
@@ -260,14 +431,73 @@ class BaseNode(ABC):
         )
 
     def _abort(self, reason: str) -> None:
-        """Tell every peer (one short try each) so the failure spreads, not a hang."""
-        if self.transport is None or self.role is None:
+        """Tell every peer, in parallel and within ``ABORT_BUDGET_S`` in all, so that
+        the failure spreads instead of a hang. Never raises."""
+        try:
+            peers = self.peers()
+        except Exception:  # a half-built party
             return
-        text = reason.encode("utf-8")[: MAX_ABORT_BYTES - 100]
-        for j in self.peers():
-            env = Envelope(self.job_id, max(self.current_round(), -1), STAGE_ABORT,
-                           self.agent_id, j, text)
-            self.transport.send_best_effort(env)
+        if not peers or not self.job_id:
+            return
+        try:
+            round_index = max(self.current_round(), -1) if self.role is not None else -1
+        except Exception:
+            round_index = -1
+        text = one_line(reason).encode("utf-8")[: MAX_ABORT_BYTES - 100]
+        deadline = time.monotonic() + ABORT_BUDGET_S
+        threads = [
+            threading.Thread(target=self._send_abort, args=(j, round_index, text, deadline),
+                             name=f"abort-{j}", daemon=True)
+            for j in peers
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _send_abort(self, peer: AgentId, round_index: int, text: bytes,
+                    deadline: float) -> None:
+        """One abort notice over a channel of its own (works whether or not this
+        party's server ever started). Its sequence number follows the envelopes
+        this party delivered to ``peer``; a send cut short by a stop request may
+        or may not have arrived, so a "replayed" or "out of order" answer is
+        tried once more with the other number."""
+        import grpc
+
+        from cipherfact.deploy import envelope_v1_pb2_grpc as pb_grpc
+        from cipherfact.deploy.transport import open_channel
+        from cipherfact.deploy.wire import to_proto
+
+        delivered = getattr(self.transport, "delivered", {})
+        seq = int(delivered.get(peer, 0))
+        # a send cut short by a stop request has usually arrived: try its successor first
+        order = (seq + 1, seq) if peer in getattr(self.transport, "in_doubt", ()) else (
+            seq, seq + 1)
+        retry = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
+        env = Envelope(self.job_id, round_index, STAGE_ABORT, self.agent_id, peer, text)
+        try:
+            channel = open_channel(self.deploy.agent(peer).address, peer,
+                                   self.deploy.tls_files(self.agent_id))
+        except Exception as exc:  # unreadable certificate files, ...
+            log.debug("no abort notice to agent %s: %s", peer, exc)
+            return
+        try:
+            stub = pb_grpc.AgentLinkStub(channel)
+            for attempt in order:
+                left = deadline - time.monotonic()
+                if left <= 0.02:
+                    return
+                try:
+                    stub.Send(to_proto(env, attempt), timeout=left)
+                    return
+                except grpc.RpcError as exc:
+                    if exc.code() not in retry:  # replayed / out of order: the other number
+                        log.debug("abort notice to agent %s failed: %s", peer, exc.code())
+                        return
+        except Exception as exc:  # never let a notice hide the failure
+            log.debug("abort notice to agent %s failed: %s", peer, exc)
+        finally:
+            channel.close()
 
     # -- output helpers -----------------------------------------------------------------
 
@@ -280,24 +510,78 @@ class BaseNode(ABC):
         return now[0] - before[0], now[1] - before[1], now[2] - before[2]
 
     def append_metrics(self, line: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as f:
+        with self.critical(), self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
 
-    def _write_result(self, result: dict[str, Any]) -> None:
-        (self.out / "result.json").write_text(
-            json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    def job_counters(self, before_round: int | None = None) -> dict[str, float]:
+        """The job's traffic and time so far, across the parts of a resumed run.
+
+        A first part counts what it sent (in rounds before ``before_round``, if
+        given: a checkpoint counts only the outer iterations it holds). A resumed
+        part adds what it sent, less its repeated key exchange (round -1), to
+        the counters saved with the checkpoint it resumed from, so the totals
+        equal an uninterrupted run's; ``resume_setup_bytes_sent`` is what the
+        repeated key exchanges cost.
+        """
+        wall = time.perf_counter() - self._started
+        base = self.base_counters
+        t = self.transport
+
+        def total(by_round: Any) -> int:
+            return sum(
+                int(v) for r, v in dict(by_round).items()
+                if (before_round is None or r < before_round) and not (base is not None and r == -1)
+            )
+
+        if t is None:
+            sent = {"bytes_sent": 0, "messages_sent": 0, "grpc_bytes_sent": 0}
+            setup = 0
+        else:
+            stats = t.stats
+            sent = {
+                "bytes_sent": total(stats.bytes_by_round),
+                "messages_sent": total(stats.messages_by_round),
+                "grpc_bytes_sent": total(getattr(t, "grpc_bytes_by_round", {})),
+            }
+            setup = int(stats.bytes_by_round.get(-1, 0))
+        if base is None:
+            return {**sent, "setup_bytes_sent": setup, "wall_s": wall,
+                    "resume_setup_bytes_sent": 0}
+        out: dict[str, float] = {k: int(base.get(k, 0)) + v for k, v in sent.items()}
+        out.update(
+            setup_bytes_sent=int(base.get("setup_bytes_sent", 0)),
+            wall_s=float(base.get("wall_s", 0.0)) + wall,
+            resume_setup_bytes_sent=int(base.get("resume_setup_bytes_sent", 0)) + setup,
         )
+        return out
+
+    def _write_result(self, result: dict[str, Any]) -> None:
+        """Never raises: a full disk must not hide the failure being reported."""
+        try:
+            write_atomic(self.out / "result.json",
+                         (json.dumps(result, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        except OSError as exc:
+            log.error("agent %s could not write %s: %s", self.agent_id,
+                      self.out / "result.json", exc)
 
     def _result(self, status: str, wall: float) -> dict[str, Any]:
         transport = self.transport
         stats = transport.stats if transport is not None else None
+        try:
+            round_index = self.current_round() if self.role is not None else None
+            neighbors = self.peers()
+            extra = self.result_fields()
+        except Exception:  # a half-built party: report what is known
+            round_index, neighbors, extra = None, [], {}
+        job = self.job_counters()
         return {
             "agent_id": self.agent_id,
             "job_id": self.job_id,
             "protocol": self.deploy.scenario.protocol,
             "status": status,
-            "round": self.current_round() if self.role is not None else None,
-            "neighbors": self.peers() if self.role is not None else [],
+            "stop_signal": self.stop_signal,
+            "round": round_index,
+            "neighbors": neighbors,
             "tls": not self.deploy.insecure,
             "wall_s": wall,
             "bytes_sent": stats.bytes_total if stats else 0,
@@ -305,5 +589,31 @@ class BaseNode(ABC):
             "grpc_bytes_sent": transport.grpc_bytes_sent if transport else 0,
             "traffic": stats.to_dict() if stats else {},
             "setup_bytes_sent": stats.bytes_by_round.get(-1, 0) if stats else 0,
-            **self.result_fields(),
+            **{f"job_{k}": v for k, v in job.items() if not k.startswith("resume_")},
+            "resume_setup_bytes_sent": job["resume_setup_bytes_sent"],
+            **extra,
         }
+
+
+def install_signal_handlers(node: BaseNode) -> Callable[[], None]:
+    """SIGTERM and SIGINT stop ``node`` at once, whatever it is doing (generating its
+    key, waiting for its neighbours, retrying a send); a peer's abort notice wakes
+    it the same way (``WAKE_SIGNAL``). Call from the main thread, which must run
+    ``node.run()``. Returns a function that restores the previous handlers."""
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        node.request_stop(signal.Signals(signum).name)
+
+    def on_wake(_signum: int, _frame: Any) -> None:
+        node.wake()
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
+    previous[WAKE_SIGNAL] = signal.signal(WAKE_SIGNAL, on_wake)
+    node._signals = True
+
+    def restore() -> None:
+        node._signals = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore

@@ -6,6 +6,12 @@ same file authenticates an agent when it listens and when it dials. A peer is
 accepted only with a certificate signed by the job CA whose identity is the
 sender it claims (checked in the servicer). Private keys are written with mode
 0600 and never logged.
+
+``check_tls_files`` loads an agent's three files with ``cryptography`` before
+its server starts, so that a missing, unreadable or garbage file, a key that
+does not belong to the certificate, a certificate from another CA, an expired
+one or one naming another agent each get their own one-line error (gRPC would
+report all of them as "Failed to bind").
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -55,6 +62,116 @@ class TlsFiles:
                 raise FileNotFoundError(f"TLS {role} file {str(path)!r} does not exist")
             out.append(Path(path).read_bytes())
         return out[0], out[1], out[2]
+
+
+class TlsFileError(ValueError):
+    """An agent's CA, certificate or key file is unusable (one line, names the file)."""
+
+
+def _pem_certs(path: Path, data: bytes, role: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise TlsFileError(
+            f"TLS {role} file {str(path)!r} is not a PEM certificate ({_first_line(exc)})"
+        ) from exc
+    if not certs:
+        raise TlsFileError(f"TLS {role} file {str(path)!r} holds no certificate")
+    return certs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def cert_names(cert: x509.Certificate) -> list[str]:
+    """The DNS subject alternative names and common names a certificate carries."""
+    names: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        pass
+    names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return list(dict.fromkeys(names))
+
+
+def check_tls_files(files: TlsFiles, identity: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """(ca, cert, key) bytes after checking that they make a usable mTLS identity.
+
+    Raises ``TlsFileError`` naming the file and what is wrong: missing or
+    unreadable, not PEM, an encrypted key, a key that does not match the
+    certificate, a certificate not issued by the CA, outside its validity, or
+    (with ``identity``) not naming that identity.
+    """
+    roles = (("CA certificate", files.ca), ("certificate", files.cert), ("key", files.key))
+    raw: list[bytes] = []
+    for role, path in roles:
+        try:
+            raw.append(Path(path).read_bytes())
+        except FileNotFoundError as exc:
+            raise TlsFileError(f"TLS {role} file {str(path)!r} does not exist") from exc
+        except OSError as exc:
+            raise TlsFileError(
+                f"TLS {role} file {str(path)!r} cannot be read ({exc.strerror or exc})"
+            ) from exc
+    ca_pem, cert_pem, key_pem = raw
+    cas = _pem_certs(files.ca, ca_pem, "CA certificate")
+    chain = _pem_certs(files.cert, cert_pem, "certificate")
+    leaf = chain[0]
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError as exc:  # encrypted, and no password given
+        raise TlsFileError(
+            f"TLS key file {str(files.key)!r} is encrypted; an agent needs an unencrypted key "
+            "(keep it mode 0600)"
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise TlsFileError(
+            f"TLS key file {str(files.key)!r} is not a PEM private key ({_first_line(exc)})"
+        ) from exc
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise TlsFileError(
+            f"TLS certificate {str(files.cert)!r} and key {str(files.key)!r} do not match "
+            "(the key belongs to another certificate)"
+        )
+    issuers = [*cas, *chain[1:]]
+    if not any(_issued_by(leaf, ca) for ca in issuers):
+        raise TlsFileError(
+            f"TLS certificate {str(files.cert)!r} is not issued by the CA in "
+            f"{str(files.ca)!r} (a certificate of another job?)"
+        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > leaf.not_valid_after_utc:
+        raise TlsFileError(
+            f"TLS certificate {str(files.cert)!r} expired on {leaf.not_valid_after_utc:%Y-%m-%d}"
+        )
+    if now < leaf.not_valid_before_utc:
+        raise TlsFileError(
+            f"TLS certificate {str(files.cert)!r} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if identity is not None and identity not in (names := cert_names(leaf)):
+        raise TlsFileError(
+            f"TLS certificate {str(files.cert)!r} names {names}, not {identity!r}: "
+            "its peers would refuse it"
+        )
+    return ca_pem, cert_pem, key_pem
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _name(common_name: str) -> x509.Name:

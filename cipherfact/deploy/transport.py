@@ -5,13 +5,24 @@ Each agent runs one gRPC server (its inbox) and one channel per neighbour.
 per-edge order is the send order; failures that may be transient
 (unavailable, deadline) are retried with exponential backoff for a bounded
 time, then raise ``PeerError`` naming the peer, its address and the round.
-Refusals (bad identity, replay, malformed) are never retried.
+Refusals (bad identity, replay, malformed) are never retried; a busy peer
+(``RESOURCE_EXHAUSTED``: no free slot or reassembly budget) is.
+
+The server is bounded (see ``servicer.ServerLimits``): a thread pool sized to
+the neighbours' per-caller slots, the health service on its own pool, gRPC's
+``maximum_concurrent_rpcs`` as a backstop, no ``SO_REUSEPORT`` (a second
+process on the same address fails instead of sharing it), and a 4 MiB
+message limit. ``start`` checks the TLS files, the listen address and the
+port itself, so that each way of failing to start has its own one-line
+``StartupError``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -24,19 +35,36 @@ from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.transport import Transport, TransportError
 from cipherfact.deploy import envelope_v1_pb2 as pb
 from cipherfact.deploy import envelope_v1_pb2_grpc as pb_grpc
+from cipherfact.deploy import servicer as servicer_module
+from cipherfact.deploy.health import HealthServicer
 from cipherfact.deploy.servicer import (
+    PROCESS_BUDGET,
+    CallerLog,
+    CallGuard,
     EnvelopeServicer,
     Gate,
     GatePolicy,
-    HealthServicer,
     PayloadCheck,
+    ReassemblyBudget,
+    ServerLimits,
 )
-from cipherfact.deploy.tls import TlsFiles, agent_identity
-from cipherfact.deploy.wire import CHUNK_BYTES, chunks, needs_chunks, to_proto
+from cipherfact.deploy.tls import TlsFileError, TlsFiles, agent_identity, check_tls_files
+from cipherfact.deploy.wire import (
+    CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    chunks,
+    needs_chunks,
+    to_proto,
+)
 
 log = logging.getLogger("cipherfact.deploy")
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Transient: the peer is down or slow, busy (no free slot or reassembly budget), or
+# cancelled a stream of ours that it took for stalled.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+# What a chunk may carry besides its data (the header of the first one).
+CHUNK_OVERHEAD = 64 << 10
 
 # Short reconnect backoff: gRPC's default grows to 120 s, far beyond our own retry budget.
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -44,6 +72,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+
+
+class StartupError(TransportError):
+    """The agent cannot start serving: one line saying why (port, TLS file, address)."""
 
 
 class PeerError(TransportError):
@@ -74,28 +106,84 @@ class RetryPolicy:
             raise ValueError(f"timeouts.retries must be an integer >= 0, got {self.retries!r}")
 
 
-def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    ca, cert, key = tls.read()
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> (host, port); ``StartupError`` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise StartupError(f"address {address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def check_listen_address(listen: str) -> None:
+    """Resolve ``listen`` and try binding its port (no ``SO_REUSEPORT``, as the server).
+
+    Raises ``StartupError``: host unresolvable, not an address of this
+    machine, port in use, or another bind error, each in one line.
+    """
+    if listen.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return
+    host, port = split_address(listen)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {listen!r}: cannot resolve host {host!r} "
+                           f"({exc.strerror})") from exc
+    if port == 0:
+        return
+    errors: list[OSError] = []
+    seen = set()
+    for family, kind, proto, _, sockaddr in infos:
+        if (family, sockaddr) in seen:
+            continue
+        seen.add((family, sockaddr))
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as exc:
+            errors.append(exc)
+    if any(e.errno == errno.EADDRINUSE for e in errors):
+        raise StartupError(f"cannot listen on {listen!r}: port {port} is already in use "
+                           "(another process, or this agent started twice?)")
+    if errors and len(errors) == len(seen):
+        first = errors[0]
+        if first.errno == errno.EADDRNOTAVAIL:
+            why = f"{host!r} is not an address of this machine"
+        elif first.errno == errno.EACCES:
+            why = f"no permission to bind port {port}"
+        else:
+            why = first.strerror or str(first)
+        raise StartupError(f"cannot listen on {listen!r}: {why}")
+
+
+def _server_credentials(ca: bytes, cert: bytes, key: bytes) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
     )
 
 
-def _channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
-    ca, cert, key = tls.read()
+def _channel_credentials(pem: tuple[bytes, bytes, bytes]) -> grpc.ChannelCredentials:
+    ca, cert, key = pem
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
     )
 
 
 def open_channel(
-    address: str, peer: AgentId, tls: TlsFiles | None
+    address: str, peer: AgentId, tls: TlsFiles | None,
+    pem: tuple[bytes, bytes, bytes] | None = None,
 ) -> grpc.Channel:
-    """A channel to ``peer`` that checks the server presents ``agent-<peer>``'s certificate."""
+    """A channel to ``peer`` that checks the server presents ``agent-<peer>``'s certificate.
+
+    ``pem``: the (ca, cert, key) bytes already read from ``tls``.
+    """
     if tls is None:
         return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", agent_identity(peer))]
-    return grpc.secure_channel(address, _channel_credentials(tls), options=options)
+    return grpc.secure_channel(address, _channel_credentials(pem or tls.read()), options=options)
 
 
 class GrpcTransport(Transport):
@@ -119,11 +207,15 @@ class GrpcTransport(Transport):
         retry: RetryPolicy | None = None,
         check_payload: PayloadCheck | None = None,
         chunk_bytes: int = CHUNK_BYTES,
-        workers: int = 4,
+        limits: ServerLimits | None = None,
+        budget: ReassemblyBudget | None = None,
     ) -> None:
         super().__init__()
         if agent_id in peers:
             raise ValueError(f"agent {agent_id} lists itself among its peers")
+        if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES - CHUNK_OVERHEAD:
+            raise ValueError(f"chunk_bytes must be in 1..{MAX_MESSAGE_BYTES - CHUNK_OVERHEAD} "
+                             f"(peers refuse larger messages), got {chunk_bytes!r}")
         self.agent_id = agent_id
         self.job_id = job_id
         self.listen = listen
@@ -145,11 +237,31 @@ class GrpcTransport(Transport):
             require_identity=tls is not None,
         )
         self.gate = Gate(policy, self._inbox.put, check_payload)
-        self.health = HealthServicer()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-        self._server.add_generic_rpc_handlers(
-            (EnvelopeServicer(self.gate).handler(), self.health.handler())
+        self.limits = limits if limits is not None else servicer_module.DEFAULT_LIMITS
+        lim = self.limits
+        self.guard = CallGuard(agent_id, lim, budget or PROCESS_BUDGET, CallerLog(lim))
+        self._link_pool = futures.ThreadPoolExecutor(
+            max_workers=lim.link_workers(len(peers)), thread_name_prefix=f"agent{agent_id}-link"
         )
+        self._health_pool = futures.ThreadPoolExecutor(
+            max_workers=lim.health_workers(), thread_name_prefix=f"agent{agent_id}-health"
+        )
+        self.health = HealthServicer(self.guard, self._health_pool)
+        self._server = grpc.server(
+            self._link_pool,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", lim.max_streams_per_connection),
+                ("grpc.server_handshake_timeout_ms", int(lim.handshake_s * 1000)),
+            ],
+            maximum_concurrent_rpcs=lim.max_concurrent_rpcs(len(peers)),
+        )
+        self._server.add_generic_rpc_handlers(
+            (EnvelopeServicer(self.gate, self.guard).handler(), self.health.handler())
+        )
+        self._tls_pem: tuple[bytes, bytes, bytes] | None = None
         self._channels: dict[AgentId, grpc.Channel] = {}
         self._stubs: dict[AgentId, pb_grpc.AgentLinkStub] = {}
         self.port = 0
@@ -157,17 +269,36 @@ class GrpcTransport(Transport):
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> int:
-        """Bind and start serving; returns the bound port."""
-        if self.tls is None:
-            port = self._server.add_insecure_port(self.listen)
-        else:
-            port = self._server.add_secure_port(self.listen, _server_credentials(self.tls))
+        """Check the TLS files and the address, bind and start serving; returns the port.
+
+        Raises ``StartupError`` with one line naming the problem.
+        """
+        where = f"agent {self.agent_id} cannot start"
+        if self.tls is not None:
+            try:
+                self._tls_pem = check_tls_files(self.tls, agent_identity(self.agent_id))
+            except TlsFileError as exc:
+                raise StartupError(f"{where}: {exc}") from exc
+        try:
+            check_listen_address(self.listen)
+        except StartupError as exc:
+            raise StartupError(f"{where}: {exc}") from exc
+        try:
+            if self._tls_pem is None:
+                port = self._server.add_insecure_port(self.listen)
+            else:
+                port = self._server.add_secure_port(self.listen,
+                                                    _server_credentials(*self._tls_pem))
+        except RuntimeError:  # grpc >= 1.55 raises "Failed to bind" instead of returning 0
+            port = 0
         if port == 0:
-            raise TransportError(f"agent {self.agent_id} could not listen on {self.listen}")
+            raise StartupError(f"{where}: cannot listen on {self.listen!r}: gRPC could not bind "
+                               "it (taken by another process since it was checked?)")
         self._server.start()
+        self.guard.start()
         self.port = port
         for j, address in sorted(self.peers.items()):
-            channel = open_channel(address, j, self.tls)
+            channel = open_channel(address, j, self.tls, self._tls_pem)
             self._channels[j] = channel
             self._stubs[j] = pb_grpc.AgentLinkStub(channel)
         log.info("agent %s listening on %s (%s)", self.agent_id, self.listen,
@@ -175,10 +306,13 @@ class GrpcTransport(Transport):
         return port
 
     def close(self, grace: float = 1.0) -> None:
-        self.health.set_serving(False)
+        self.health.close()
         for channel in self._channels.values():
             channel.close()
         self._server.stop(grace).wait()
+        self.guard.stop()
+        self._link_pool.shutdown(wait=False)
+        self._health_pool.shutdown(wait=False)
 
     # -- Transport -------------------------------------------------------------
 
@@ -271,8 +405,9 @@ class GrpcTransport(Transport):
                     elapsed + pause > r.startup_s if not reached else attempt >= r.retries
                 )
                 if out_of_budget:
+                    state = "busy" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
                     raise PeerError(
-                        f"{where}: peer unreachable after {attempt + 1} tries over "
+                        f"{where}: peer {state} after {attempt + 1} tries over "
                         f"{elapsed:.1f} s ({code.name}: {details})",
                         j,
                         env.round,
@@ -300,4 +435,12 @@ def check_health(address: str, peer: AgentId, tls: TlsFiles | None, timeout: flo
         channel.close()
 
 
-__all__ = ["GrpcTransport", "PeerError", "RetryPolicy", "check_health", "pb"]
+__all__ = [
+    "GrpcTransport",
+    "PeerError",
+    "RetryPolicy",
+    "StartupError",
+    "check_health",
+    "check_listen_address",
+    "pb",
+]

@@ -4,6 +4,11 @@ A payload up to ``CHUNK_BYTES`` goes in one unary ``Send``; anything larger is
 split into ``EnvelopeChunk`` messages over the client-streaming
 ``SendChunks``, so no single gRPC message ever nears the 4 MB default limit,
 whatever the size of a ciphertext or a CKKS context.
+
+Receiving is bounded: ``Reassembler`` reads the header of the first chunk
+before anything else, so the servicer can refuse a stream (wrong identity,
+job, neighbour, stage, sequence number or size) before buffering a byte of
+it, and it never holds more than the size the header announced.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from cipherfact.deploy import envelope_v1_pb2 as pb
 
 WIRE_VERSION = 1
 CHUNK_BYTES = 1 << 20  # 1 MiB: a quarter of gRPC's default message limit
-MAX_PAYLOAD_BYTES = 1 << 30  # refuse to reassemble anything larger (memory bound)
+MAX_MESSAGE_BYTES = 4 << 20  # the server's per-message receive limit (gRPC's default, explicit)
+MAX_PAYLOAD_BYTES = 1 << 30  # refuse to reassemble anything larger (memory bound, per envelope)
+# Per process, shared by every stream being reassembled at once (see servicer.ReassemblyBudget):
+# the largest envelope still fits, and no set of concurrent streams can hold more.
+REASSEMBLY_BUDGET_BYTES = MAX_PAYLOAD_BYTES
 
 
 class WireError(ValueError):
@@ -88,29 +97,65 @@ def chunks(env: Envelope, seq: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
         yield pb.EnvelopeChunk(data=bytes(payload[start : start + chunk_bytes]))
 
 
+class Reassembler:
+    """Inverse of ``chunks``, one piece at a time.
+
+    ``start`` takes the first chunk and returns its header and announced size,
+    so the caller can check them before reading on; ``add`` refuses a second
+    header and anything past the announced size; ``finish`` checks the total.
+    """
+
+    def __init__(self, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.header: pb.Envelope | None = None
+        self.total = 0
+        self.received = 0
+        self._parts: list[bytes] = []
+        self._count = 0
+
+    def start(self, first: pb.EnvelopeChunk) -> tuple[pb.Envelope, int]:
+        """Header and announced total of the first chunk (its data is kept)."""
+        if not first.HasField("header"):
+            raise WireError("first chunk has no envelope header")
+        total = int(first.total_size)
+        if total > self.max_bytes:
+            raise WireError(f"payload of {total} bytes exceeds the limit of {self.max_bytes}")
+        self.header, self.total = first.header, total
+        self._take(first.data)
+        return first.header, total
+
+    def add(self, piece: pb.EnvelopeChunk) -> None:
+        if self.header is None:
+            raise WireError("chunk before the envelope header")
+        if piece.HasField("header"):
+            raise WireError(f"chunk {self._count} carries a second header")
+        self._take(piece.data)
+
+    def _take(self, data: bytes) -> None:
+        self.received += len(data)
+        self._count += 1
+        if self.received > self.total:
+            raise WireError(f"chunks carry more than the announced {self.total} bytes")
+        self._parts.append(data)
+
+    def finish(self) -> tuple[Envelope, int]:
+        if self.header is None:
+            raise WireError("empty chunk stream")
+        if self.received != self.total:
+            raise WireError(f"chunks carry {self.received} bytes, header announced {self.total}")
+        payload = b"".join(self._parts)
+        self._parts = []
+        return from_proto(self.header, payload)
+
+
 def reassemble(
     pieces: Iterable[pb.EnvelopeChunk], max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> tuple[Envelope, int]:
     """Inverse of ``chunks``; checks the header, the sizes and the bound."""
-    header: pb.Envelope | None = None
-    total = 0
-    parts: list[bytes] = []
-    received = 0
+    r = Reassembler(max_bytes)
     for i, piece in enumerate(pieces):
         if i == 0:
-            if not piece.HasField("header"):
-                raise WireError("first chunk has no envelope header")
-            header, total = piece.header, int(piece.total_size)
-            if total > max_bytes:
-                raise WireError(f"payload of {total} bytes exceeds the limit of {max_bytes}")
-        elif piece.HasField("header"):
-            raise WireError(f"chunk {i} carries a second header")
-        received += len(piece.data)
-        if received > total:
-            raise WireError(f"chunks carry more than the announced {total} bytes")
-        parts.append(piece.data)
-    if header is None:
-        raise WireError("empty chunk stream")
-    if received != total:
-        raise WireError(f"chunks carry {received} bytes, header announced {total}")
-    return from_proto(header, b"".join(parts))
+            r.start(piece)
+        else:
+            r.add(piece)
+    return r.finish()

@@ -10,12 +10,15 @@ never pickle, never keys: a resumed run generates fresh keys, and decrypted
 values do not depend on keys). A checkpoint becomes visible only when
 ``latest.json`` is replaced (``os.replace`` is atomic), after its folder is
 complete, so a run killed while writing leaves the previous checkpoint usable.
-``meta`` identifies the job (job id, sizes, data digest) so that a resume with
-a different scenario is refused instead of silently mixing runs.
+``meta`` identifies the job (job id, sizes, data digest and, when given, the
+public configuration: the scenario after overrides, the graph and the codec)
+so that a resume with a different scenario is refused, naming the field that
+changed, instead of silently mixing runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,20 +47,143 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
+# Settings that change how fast a run goes, never what it computes: a resume may change them.
+NOT_CONFIG = frozenset({"crypto.processes"})
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for key in sorted(value):
+            _flatten(value[key], f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = value
+
+
+def _as_dict(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def public_config(scenario: Any, edges: Any = None, codec: Any = None) -> dict[str, Any]:
+    """The public configuration of a job, flat (``"crypto.scheme": "paillier"``).
+
+    The scenario after overrides, the graph's edges and the fixed-point codec;
+    never private seeds (they are not in the scenario). JSON-normalized, so a
+    value read back from a checkpoint compares equal to a fresh one.
+    """
+    tree: dict[str, Any] = {}
+    if scenario is not None:
+        tree["scenario"] = _as_dict(scenario)
+    if edges is not None:
+        tree["graph"] = {"edges": [[int(a), int(b)] for a, b in edges]}
+    if codec is not None:
+        tree["codec"] = _as_dict(codec)
+    flat: dict[str, Any] = {}
+    _flatten(json.loads(json.dumps(tree, default=str)), "", flat)
+    # "scenario.inner_iters" reads better as the --set key it came from: "inner_iters"
+    named = {k.removeprefix("scenario."): v for k, v in flat.items()}
+    return {k: v for k, v in named.items() if k not in NOT_CONFIG}
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a ``public_config`` (stable: sorted keys)."""
+    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between a checkpoint's configuration and this run's, one item per
+    field: ``"inner_iters: 5 in the checkpoint, 7 now"``."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key in saved and key in now and saved[key] == now[key]:
+            continue
+        was = _short(saved[key]) if key in saved else "absent"
+        is_ = _short(now[key]) if key in now else "absent"
+        out.append(f"{key}: {was} in the checkpoint, {is_} now")
+    return out
+
+
+def describe_changes(changes: list[str], limit: int = 4) -> str:
+    shown = "; ".join(changes[:limit])
+    return shown + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
 def job_meta(
-    job_id: str, n_agents: int, inner_iters: int, X: np.ndarray, edges: Any
+    job_id: str,
+    n_agents: int,
+    inner_iters: int,
+    X: np.ndarray,
+    edges: Any,
+    *,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What must match between a checkpoint and the run that resumes it."""
+    """What must match between a checkpoint and the run that resumes it.
+
+    ``config`` (a ``public_config``) is stored whole with its digest, so that a
+    refused resume names every field that changed.
+    """
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
     digest.update(json.dumps([list(e) for e in edges]).encode("utf-8"))
-    return {
+    meta: dict[str, Any] = {
         "job_id": job_id,
         "n_agents": int(n_agents),
         "inner_iters": int(inner_iters),
         "data_shape": [int(s) for s in X.shape],
         "data_graph_sha256": digest.hexdigest(),
     }
+    if config is not None:
+        meta["config"] = dict(config)
+        meta["config_sha256"] = config_digest(config)
+    return meta
+
+
+def check_meta(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Refuse a checkpoint whose job or configuration differs from this run's.
+
+    Another job id: "belongs to another job". The same job with a changed
+    configuration: every changed field is named (``inner_iters: 5 in the
+    checkpoint, 7 now``).
+    """
+    if "job_id" in expected and saved.get("job_id") != expected["job_id"]:
+        raise CheckpointError(
+            f"checkpoint in {where} belongs to another job: job_id is "
+            f"{saved.get('job_id')!r}, this run has {expected['job_id']!r}"
+        )
+    changes: list[str] = []
+    if "config" in expected:
+        if "config" not in saved:
+            raise CheckpointError(
+                f"cannot resume from the checkpoint in {where}: it records no job "
+                "configuration (written by an older cipherfact), so a changed setting could "
+                "not be detected; start afresh without --resume"
+            )
+        if saved.get("config_sha256") != expected.get("config_sha256"):
+            changes = config_changes(saved["config"], expected["config"])
+    named = {c.split(":", 1)[0] for c in changes}
+    for key, value in expected.items():
+        if key in ("job_id", "config", "config_sha256") or saved.get(key) == value:
+            continue
+        if key in named or (key == "data_graph_sha256" and changes):
+            continue  # already named by the configuration (a graph or data setting)
+        if key == "data_graph_sha256":
+            changes.append("data_graph_sha256: the data or the graph differ")
+        else:
+            was, now = _short(saved.get(key)), _short(value)
+            changes.append(f"{key}: {was} in the checkpoint, {now} now")
+    if changes:
+        raise CheckpointError(
+            f"cannot resume from the checkpoint in {where}: the job's configuration changed "
+            f"({describe_changes(changes)}); resume with the settings it was written with, "
+            "or start afresh without --resume"
+        )
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -111,14 +237,12 @@ def load_checkpoint(out_dir: str | Path, expected_meta: Mapping[str, Any]) -> Ch
         raise CheckpointError(
             f"no checkpoint to resume from in {root} (run with --checkpoint-every K first)"
         )
-    info = json.loads(latest.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(latest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint index {latest} is unreadable: {exc}") from exc
     meta = info.get("meta", {})
-    for key, value in expected_meta.items():
-        if meta.get(key) != value:
-            raise CheckpointError(
-                f"checkpoint in {root} belongs to another job: {key} is {meta.get(key)!r}, "
-                f"this run has {value!r}"
-            )
+    check_meta(meta, expected_meta, str(root))
     folder = root / str(info["dir"])
     n_agents = int(meta["n_agents"])
     states: dict[int, bytes] = {}

@@ -41,7 +41,12 @@ from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.ray_transport import HostId, HostTransport, RolesHost
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.protocols.ppdnmf import PPDNMFAgent, load_state_npz, save_state_npz
-from cipherfact.simulations.checkpoint import job_meta, load_checkpoint, save_checkpoint
+from cipherfact.simulations.checkpoint import (
+    job_meta,
+    load_checkpoint,
+    public_config,
+    save_checkpoint,
+)
 from cipherfact.simulations.network import (
     NetworkClock,
     NetworkedOuterResult,
@@ -505,7 +510,8 @@ class RayRun:
 
         job, out_dir, options = self.job, self.out_dir, self.options
         meta = job_meta(
-            job.config.job_id, job.n_agents, job.config.inner_iters, job.X, job.graph.edges
+            job.config.job_id, job.n_agents, job.config.inner_iters, job.X, job.graph.edges,
+            config=public_config(job.scenario, job.graph.edges, job.codec),
         )
         first = 0
         states = None

@@ -11,9 +11,12 @@ import pytest
 from cipherfact.protocols.ppdnmf import load_state_npz, save_state_npz
 from cipherfact.simulations.checkpoint import (
     CheckpointError,
+    config_changes,
+    config_digest,
     has_checkpoint,
     job_meta,
     load_checkpoint,
+    public_config,
     save_checkpoint,
 )
 
@@ -66,10 +69,56 @@ def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path: Path) -> Non
 def test_checkpoint_of_another_job_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, 2, _states(1.0), META)
     other = job_meta("job-a", 2, 4, X + 1.0, [(0, 1)])
-    with pytest.raises(CheckpointError, match="belongs to another job: data_graph_sha256"):
+    with pytest.raises(CheckpointError, match="data_graph_sha256: the data or the graph differ"):
         load_checkpoint(tmp_path, other)
     with pytest.raises(CheckpointError, match="belongs to another job: job_id is 'job-a'"):
         load_checkpoint(tmp_path, {**META, "job_id": "job-b"})
+
+
+def test_changed_inner_iters_is_refused_naming_the_field(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, 2, _states(1.0), META)
+    changed = job_meta("job-a", 2, 7, X, [(0, 1)])
+    with pytest.raises(
+        CheckpointError,
+        match=r"configuration changed \(inner_iters: 4 in the checkpoint, 7 now\)",
+    ):
+        load_checkpoint(tmp_path, changed)
+
+
+def _config(*overrides: str) -> dict:
+    from cipherfact.simulations.ppdnmf_job import prepare_job
+    from cipherfact.simulations.scenario import load_scenario
+
+    job = prepare_job(load_scenario("ppdnmf-synthetic", ["n_agents=4", "crypto.scheme=none",
+                                                         *overrides]))
+    return public_config(job.scenario, job.graph.edges, job.codec)
+
+
+def test_public_config_names_every_changed_field(tmp_path: Path) -> None:
+    base = _config("inner_iters=5")
+    assert base["inner_iters"] == 5 and base["crypto.scheme"] == "none"
+    assert "graph.edges" in base and "codec.frac_bits" in base
+    assert "crypto.processes" not in base  # speed only: may change on resume
+    assert config_digest(base) == config_digest(_config("inner_iters=5", "crypto.processes=2"))
+    meta = job_meta("job-a", 2, 5, X, [(0, 1)], config=base)
+    assert meta["config_sha256"] == config_digest(base)
+    save_checkpoint(tmp_path, 2, _states(1.0), meta)
+    assert load_checkpoint(tmp_path, meta).outer == 2  # the same configuration resumes
+    changed = _config("inner_iters=5", "admm.penalty=3.0", "crypto.frac_bits=12")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path, job_meta("job-a", 2, 5, X, [(0, 1)], config=changed))
+    message = str(info.value)
+    assert "admm.penalty: 10.0 in the checkpoint, 3.0 now" in message
+    assert "crypto.frac_bits: 15 in the checkpoint, 12 now" in message
+    assert "codec.frac_bits" in message  # the codec follows the crypto setting
+    assert "\n" not in message
+    assert config_changes(base, base) == []
+
+
+def test_checkpoint_without_a_recorded_configuration_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, 2, _states(1.0), META)  # an older checkpoint: no config
+    with pytest.raises(CheckpointError, match="records no job configuration"):
+        load_checkpoint(tmp_path, job_meta("job-a", 2, 4, X, [(0, 1)], config=_config()))
 
 
 def test_missing_checkpoint_and_missing_agent(tmp_path: Path) -> None:
