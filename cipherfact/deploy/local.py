@@ -72,8 +72,10 @@ def local_parties(
     parsed = load_scenario(scenario, overrides)  # fails fast on a bad scenario
     if parsed.protocol == "ppdnmf":
         n = parsed.n_agents if n_agents is None else n_agents
-        load_scenario(scenario, [*overrides, f"n_agents={n}"])
-        return [*overrides, f"n_agents={n}"], n
+        # one n_agents entry in the job file, whatever the caller's overrides said
+        kept = [o for o in overrides if o.partition("=")[0].strip() != "n_agents"]
+        load_scenario(scenario, [*kept, f"n_agents={n}"])
+        return [*kept, f"n_agents={n}"], n
     n = party_count(parsed) if parsed.protocol in DEPLOYABLE else 0
     if not n:
         raise ValueError(

@@ -52,7 +52,14 @@ class Profiler:
 
 
 class StateMachine(ABC):
-    """One protocol role: consumes envelopes, produces envelopes."""
+    """One protocol role: consumes envelopes, produces envelopes.
+
+    The whole contract every engine (in-memory, Ray, a deployed node) relies
+    on: ``start``/``step`` produce envelopes; ``done`` ends the role; roles
+    that work in outer iterations (ppdnmf's block coordinate descent, RS's
+    epochs) pause at a boundary (``at_boundary``) until a driver, or the role
+    itself, calls ``begin_outer``. Roles without iterations keep the defaults.
+    """
 
     @abstractmethod
     def start(self) -> list[Envelope]:
@@ -66,3 +73,12 @@ class StateMachine(ABC):
     @abstractmethod
     def done(self) -> bool:
         """Whether the role has finished its part of the job."""
+
+    def begin_outer(self) -> list[Envelope]:
+        """Begin the next outer iteration (envelopes to send); no-op by default."""
+        return []
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the role waits for ``begin_outer``; always by default."""
+        return True

@@ -253,14 +253,6 @@ class _Role(StateMachine):
     def _env(self, round_index: int, stage: str, receiver: AgentId, payload: bytes) -> Envelope:
         return Envelope(self.config.job_id, round_index, stage, self.agent_id, receiver, payload)
 
-    # engine hooks: only RS works in epochs
-    def begin_outer(self) -> list[Envelope]:
-        return []
-
-    @property
-    def at_boundary(self) -> bool:
-        return True
-
 
 class CsrUser(_Role):
     """A user: sends its structure, encrypts its ratings once, then is done."""

@@ -9,24 +9,12 @@ id order, FIFO per receiver), which makes every run exactly replayable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.agents.transport import InMemoryTransport
-
-
-class OuterRole(Protocol):
-    """What an engine needs of a role that works in outer iterations."""
-
-    def start(self) -> list[Envelope]: ...
-    def step(self, env: Envelope) -> list[Envelope]: ...
-    def begin_outer(self) -> list[Envelope]: ...
-    @property
-    def done(self) -> bool: ...
-    @property
-    def at_boundary(self) -> bool: ...
+from cipherfact.protocols.base import StateMachine
 
 
 class StalledError(RuntimeError):
@@ -38,12 +26,12 @@ class InMemoryEngine:
 
     def __init__(
         self,
-        roles: Mapping[AgentId, OuterRole],
+        roles: Mapping[AgentId, StateMachine],
         observer: Callable[[Envelope], None] | None = None,
     ) -> None:
         self.roles = dict(sorted(roles.items()))
         self.transport = InMemoryTransport(self.roles, observer=observer)
-        self.agents = {i: Agent(i, role, self.transport) for i, role in self.roles.items()}  # type: ignore[arg-type]
+        self.agents = {i: Agent(i, role, self.transport) for i, role in self.roles.items()}
 
     @property
     def stats(self) -> TrafficStats:
