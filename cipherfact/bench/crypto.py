@@ -11,6 +11,13 @@ ciphertext phe, packed Paillier and CKKS compare like for like.
 * packed: this project's Paillier with every fast path on (packing, gmpy2,
   CRT and DJN randomness for the key owner), one process; the public-key-only
   encryption a neighbour does (full ``r**n``, no CRT) is reported beside it.
+  Its bulk exponentiations stay on gmpy2 (``fast_path="gmpy2"``) so that the
+  column compares with earlier runs.
+* packed + IFMA: the same scheme with ``fast_path="ifma"`` (Intel's
+  multi-buffer modexp, ``cipherfact.crypto.ifma``) for the operations it
+  changes: decryption (both CRT halves of eight packed ciphertexts, 16 lanes)
+  and public-key encryption (eight full ``r**n``). Skipped, with the reason,
+  where the library or the CPU feature is missing.
 * ckks: TenSEAL CKKS through ``cipherfact.crypto.ckks``.
 
 No randomness pool is filled ahead of time: encryption times include drawing
@@ -37,6 +44,10 @@ __all__ = ["BenchConfig", "add_arguments", "format_markdown", "format_table", "m
 
 #: speedups the project commits to (packed over naive, values/s)
 TARGETS = {"encrypt": 100.0, "decrypt": 25.0}
+#: operations the multi-buffer (IFMA) fast path changes, measured in its own column
+IFMA_OPS = ("public_encrypt", "decrypt")
+#: table columns: result-key prefix and header
+_SYSTEMS = ("naive", "packed", "ckks", "ifma")
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for pkg in ("phe", "gmpy2", "tenseal", "numpy"):
+    for pkg in ("phe", "gmpy2", "tenseal", "numpy", "ipp-crypto"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -154,7 +165,9 @@ def _naive_cases(cfg: BenchConfig, x: np.ndarray) -> tuple[dict[str, _Case], flo
     return cases, float((pk.nsquare.bit_length() + 7) // 8)
 
 
-def _packed_cases(cfg: BenchConfig, x: np.ndarray) -> tuple[dict[str, _Case], float, int]:
+def _packed_cases(
+    cfg: BenchConfig, x: np.ndarray, fast_path: str = "gmpy2"
+) -> tuple[dict[str, _Case], float, int]:
     """This project's packed Paillier, every fast path on, one process."""
     from cipherfact.crypto import FixedPointCodec, PaillierOptions, generate_scheme
 
@@ -164,7 +177,7 @@ def _packed_cases(cfg: BenchConfig, x: np.ndarray) -> tuple[dict[str, _Case], fl
         codec=codec,
         key_bits=cfg.key_bits,
         insecure_test_keys=cfg.insecure_test_keys,
-        options=PaillierOptions(),
+        options=PaillierOptions(fast_path=fast_path),
     )
     public = owner.public()
     slots = _slots_of(owner)
@@ -222,6 +235,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     packed, packed_bytes, slots = _packed_cases(cfg, x)
     ckks, ckks_bytes = _ckks_cases(cfg, x)
     systems = {"naive": naive, "packed": packed, "ckks": ckks}
+    from cipherfact.crypto import ifma
+
+    ifma_reason = ifma.unavailable_reason()
+    if ifma_reason is None:
+        fast, _, _ = _packed_cases(cfg, x, "ifma")
+        systems["ifma"] = {op: fast[op] for op in IFMA_OPS}
     rounds: dict[str, list[Measurement]] = {}
     for op in ("encrypt", "public_encrypt", "decrypt", "add", "mul"):
         group = {f"{name}_{op}": cases[op] for name, cases in systems.items() if op in cases}
@@ -234,6 +253,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "ckks_params": cfg.ckks_params,
         "packed_slots_per_ciphertext": slots,
         "rounds": cfg.rounds,
+        "ifma_available": ifma_reason is None,
+        "ifma_unavailable_reason": ifma_reason,
     }
     for key, m in totals.items():
         out[f"{key}_vps"] = m.vps
@@ -247,6 +268,16 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             for p, q in zip(rounds[f"packed_{op}"], rounds[f"naive_{op}"], strict=True)
         ]
         out[f"speedup_{op}_range"] = [min(per_round), max(per_round)]
+    if ifma_reason is None:
+        out["bytes_per_value_ifma"] = packed_bytes
+        for op in IFMA_OPS:
+            out[f"ifma_over_packed_{op}"] = totals[f"ifma_{op}"].vps / totals[f"packed_{op}"].vps
+            per_round = [
+                p.vps / q.vps
+                for p, q in zip(rounds[f"ifma_{op}"], rounds[f"packed_{op}"], strict=True)
+            ]
+            out[f"ifma_over_packed_{op}_range"] = [min(per_round), max(per_round)]
+        out["speedup_decrypt_ifma"] = totals["ifma_decrypt"].vps / totals["naive_decrypt"].vps
     out["targets"] = {
         op: {"speedup_needed": need, "met": out[f"speedup_{op}"] >= need}
         for op, need in TARGETS.items()
@@ -274,15 +305,27 @@ def _cell(result: dict[str, Any], key: str) -> str:
 
 
 def _table_rows(result: dict[str, Any]) -> list[list[str]]:
-    rows = [
-        [label] + [_cell(result, f"{p}_{suffix}") for p in ("naive", "packed", "ckks")]
-        for label, suffix in _ROWS
-    ]
+    rows = [[label] + [_cell(result, f"{p}_{suffix}") for p in _SYSTEMS] for label, suffix in _ROWS]
     rows.append(
         ["bytes per value"]
-        + [f"{result[f'bytes_per_value_{p}']:,.1f}" for p in ("naive", "packed", "ckks")]
+        + [
+            "-"
+            if result.get(f"bytes_per_value_{p}") is None
+            else f"{result[f'bytes_per_value_{p}']:,.1f}"
+            for p in _SYSTEMS
+        ]
     )
     return rows
+
+
+def _header(result: dict[str, Any]) -> list[str]:
+    return [
+        "values/s",
+        "naive phe",
+        "packed Paillier",
+        f"CKKS {result['ckks_params']}",
+        "packed + IFMA",
+    ]
 
 
 def _speedup_lines(result: dict[str, Any]) -> list[str]:
@@ -296,12 +339,24 @@ def _speedup_lines(result: dict[str, Any]) -> list[str]:
             note = f" (target >= {need:g}x: {'met' if target['met'] else 'MISSED'})"
         low, high = result[f"speedup_{op}_range"]
         lines.append(f"packed / naive {op}: {ratio:,.1f}x (rounds {low:,.1f}-{high:,.1f}x){note}")
+    if result.get("ifma_available"):
+        lines.append(f"packed + IFMA / naive decrypt: {result['speedup_decrypt_ifma']:,.1f}x")
+        for op in IFMA_OPS:
+            ratio = result[f"ifma_over_packed_{op}"]
+            low, high = result[f"ifma_over_packed_{op}_range"]
+            lines.append(
+                f"packed + IFMA / packed (gmpy2) {op}: {ratio:,.2f}x "
+                f"(rounds {low:,.2f}-{high:,.2f}x)"
+            )
+    elif "ifma_available" in result:
+        reason = result["ifma_unavailable_reason"]
+        lines.append(f"IFMA multi-buffer fast path not measured: {reason}")
     return lines
 
 
 def format_table(result: dict[str, Any]) -> str:
     """Plain-text table for the terminal."""
-    header = ["values/s", "naive phe", "packed Paillier", f"CKKS {result['ckks_params']}"]
+    header = _header(result)
     rows = [header, *_table_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
@@ -325,8 +380,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 def format_markdown(result: dict[str, Any]) -> str:
     """Markdown table (for benchmarks/results and BENCHMARKS.md)."""
-    header = ["values/s", "naive phe", "packed Paillier", f"CKKS {result['ckks_params']}"]
-    rows = [header, ["---"] + ["---:"] * 3, *_table_rows(result)]
+    header = _header(result)
+    rows = [header, ["---"] + ["---:"] * (len(header) - 1), *_table_rows(result)]
     table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
     m = result["machine"]
     return "\n".join(
@@ -337,6 +392,7 @@ def format_markdown(result: dict[str, Any]) -> str:
             f"- key bits {result['key_bits']}; {result['packed_slots_per_ciphertext']} values per "
             f"Paillier ciphertext; machine: {m['cpu_model']}, {m['logical_cores']} logical cores; "
             f"phe {m['phe']}, gmpy2 {m['gmpy2']}, tenseal {m['tenseal']}, "
+            f"ipp-crypto {m.get('ipp-crypto', 'absent')}, "
             f"Python {m['python']}",
             "",
         ]

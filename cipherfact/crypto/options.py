@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from cipherfact.crypto.djn import MIN_DJN_EXPONENT_BITS
 
-__all__ = ["PaillierOptions"]
+__all__ = ["FAST_PATHS", "PaillierOptions"]
+
+#: values of ``PaillierOptions.fast_path``
+FAST_PATHS = ("auto", "ifma", "gmpy2")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,12 @@ class PaillierOptions:
     * ``djn_exponent_bits`` / ``djn_window_bits``: exponent length, table window.
     * ``processes``: worker processes for bulk randomness and decryption (1: none).
     * ``parallel_min``: smallest batch (packed integers) worth sending to workers.
+    * ``fast_path``: bulk modular exponentiation (decryption, full-length ``r**n``
+      randomness) through Intel's multi-buffer library on AVX-512 IFMA CPUs
+      (``cipherfact.crypto.ifma``; ``pip install cipherfact[fast]``). ``"auto"``:
+      when the library loads, ``use_gmpy2`` is on and a batch fills enough lanes
+      (``ifma.AUTO_MIN_LANES``), else the scalar path; ``"ifma"``: always, and
+      an error when it cannot run here; ``"gmpy2"``: never. Results are identical.
     """
 
     packing: bool = True
@@ -34,6 +43,7 @@ class PaillierOptions:
     djn_window_bits: int = 6
     processes: int = 1
     parallel_min: int = 8
+    fast_path: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("packing", "use_gmpy2", "crt", "djn", "djn_public"):
@@ -54,3 +64,5 @@ class PaillierOptions:
             raise ValueError(f"processes must be in [1, 256], got {self.processes}")
         if self.parallel_min < 1:
             raise ValueError(f"parallel_min must be >= 1, got {self.parallel_min}")
+        if self.fast_path not in FAST_PATHS:
+            raise ValueError(f"fast_path must be one of {FAST_PATHS}, got {self.fast_path!r}")

@@ -264,7 +264,7 @@ class PaillierScheme(PackedScheme):
         shared = self._shared_pool
         if shared is not None:
             m = self._math
-            return shared.decrypt_crt(m.p, m.q, m.hp, m.hq, m.p_inv_q, cts)
+            return shared.decrypt_crt(m.p, m.q, m.hp, m.hq, m.p_inv_q, cts, ifma_lanes=m.ifma_lanes)
         if self._workers is not None and len(cts) >= self.options.parallel_min:
             return self._workers.decrypt(cts)
         return self._math.decrypt(cts)

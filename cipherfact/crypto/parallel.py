@@ -14,8 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import gmpy2
 
+from cipherfact.crypto import ifma
 from cipherfact.crypto.options import PaillierOptions
-from cipherfact.crypto.paillier_math import PaillierMath
+from cipherfact.crypto.paillier_math import PaillierMath, crt_decrypt, powmod_many
 
 __all__ = ["SharedDecryptPool", "WorkerPool"]
 
@@ -96,6 +97,21 @@ def _crt_half(prime: int, h: int, c: int) -> int:
     return int((gmpy2.powmod(gmpy2.mpz(c) % p2, p - 1, p2) - 1) // p * h % p)
 
 
+def _crt_batch(
+    p: int, q: int, hp: int, hq: int, p_inv_q: int, cts: list[int], ifma_lanes: int
+) -> list[int]:
+    """CRT decryption of a chunk, both halves of every ciphertext in multi-buffer lanes."""
+    mpz = gmpy2.mpz
+    lanes: int | None = ifma_lanes if ifma.available() else None
+
+    def powmods(bases: Sequence[object], exps: Sequence[object], mods: Sequence[object]) -> list:
+        return powmod_many(bases, exps, mods, lanes)
+
+    return crt_decrypt(
+        [mpz(c) for c in cts], mpz(p), mpz(q), mpz(hp), mpz(hq), mpz(p_inv_q), powmods
+    )
+
+
 class SharedDecryptPool:
     """Worker processes shared by every key in this process.
 
@@ -103,7 +119,9 @@ class SharedDecryptPool:
     per key would start (and mostly idle) processes by the dozen. Here each
     task carries the prime it needs as a plain integer (same process tree, no
     pickled key objects), and a decryption is split into its two CRT halves,
-    so even a single ciphertext keeps two cores busy.
+    so even a single ciphertext keeps two cores busy. With the multi-buffer
+    fast path (``ifma_lanes``), tasks are chunks of ciphertexts instead, at
+    least ``LANES // 2`` per task, so that each library call fills its lanes.
     """
 
     def __init__(self, processes: int) -> None:
@@ -120,11 +138,34 @@ class SharedDecryptPool:
         return self._executor
 
     def decrypt_crt(
-        self, p: int, q: int, hp: int, hq: int, p_inv_q: int, cts: Sequence[object]
+        self,
+        p: int,
+        q: int,
+        hp: int,
+        hq: int,
+        p_inv_q: int,
+        cts: Sequence[object],
+        *,
+        ifma_lanes: int | None = None,
     ) -> list[int]:
-        """CRT decryption of packed ciphertext integers, halves in parallel (order kept)."""
+        """CRT decryption of packed ciphertext integers, across the workers (order kept).
+
+        ``ifma_lanes`` (``PaillierMath.ifma_lanes``): None splits every
+        ciphertext into its two halves, one task each; a number sends chunks to
+        the multi-buffer path (see ``paillier_math.powmod_many``).
+        """
         pool = self._pool()
         ip, iq, ihp, ihq = int(p), int(q), int(hp), int(hq)
+        if ifma_lanes is not None and len(cts) * 2 >= ifma_lanes:
+            ints = [int(c) for c in cts]  # type: ignore[call-overload]
+            size = max(-(-len(ints) // self.processes), ifma.LANES // 2)
+            futures = [
+                pool.submit(
+                    _crt_batch, ip, iq, ihp, ihq, int(p_inv_q), ints[i : i + size], ifma_lanes
+                )
+                for i in range(0, len(ints), size)
+            ]
+            return [m for f in futures for m in f.result()]
         halves = [
             (pool.submit(_crt_half, ip, ihp, int(c)), pool.submit(_crt_half, iq, ihq, int(c)))  # type: ignore[call-overload]
             for c in cts

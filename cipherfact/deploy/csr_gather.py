@@ -10,7 +10,6 @@ holds both shares.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,26 +31,11 @@ from cipherfact.simulations.recsys_sim import (
     party_bytes,
     summary_header,
 )
-from cipherfact.simulations.results import RunWriter
+from cipherfact.simulations.results import RunWriter, read_metrics_tolerant
 
 
 def _group(agent_id: int) -> str:
     return "rs" if agent_id == csr.RS_ID else "csp" if agent_id == csr.CSP_ID else "users"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics file; a line cut short (a killed party) is skipped."""
-    if not path.exists():
-        return []
-    out = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
 
 
 def _shares(path: Path, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -116,8 +100,8 @@ def gather_csr(
     twin, _ = csr_twin(train, cfg, _layout(csp_out / SHARE_FILE, cfg))
     masks = _shares(rs_out / SHARE_FILE, cfg.epochs)
     masked = _shares(csp_out / SHARE_FILE, cfg.epochs)
-    rs_lines = {m["epoch"]: m for m in _read_jsonl(rs_out / "metrics.jsonl")}
-    csp_lines = {m["epoch"]: m for m in _read_jsonl(csp_out / "metrics.jsonl")}
+    rs_lines = {m["epoch"]: m for m in read_metrics_tolerant(rs_out / "metrics.jsonl")}
+    csp_lines = {m["epoch"]: m for m in read_metrics_tolerant(csp_out / "metrics.jsonl")}
     metrics: list[dict[str, Any]] = []
     for e in range(cfg.epochs):
         U, V = masked[e][0] - masks[e][0], masked[e][1] - masks[e][1]
@@ -141,7 +125,7 @@ def gather_csr(
     setup_bytes = 0
     for i, r in enumerate(results):
         stats.merge(TrafficStats.from_dict(r["traffic"]))
-        lines = _read_jsonl(deploy.agent_out(i) / "metrics.jsonl")
+        lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
         seconds_per_party[groups[i]] += sum(m["crypto_s"] + m["compute_s"] for m in lines)
         setup_bytes += sum(m["bytes_sent"] for m in lines if m["epoch"] == -1)
     setup_s = max(r.get("wall_s", 0.0) for r in results) - sum(m["wall_s"] for m in metrics)

@@ -36,7 +36,12 @@ from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.references import relative_error
 from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
-from cipherfact.simulations.results import RunWriter, machine_info, package_versions
+from cipherfact.simulations.results import (
+    RunWriter,
+    machine_info,
+    package_versions,
+    read_metrics_tolerant,
+)
 from cipherfact.simulations.scenario import load_scenario, scenario_to_dict
 
 LOOPBACK = "127.0.0.1"
@@ -273,21 +278,6 @@ def _results(deploy: DeployJob, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _metrics_lines(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's records; a line cut short (a killed agent) is skipped."""
-    if not path.exists():
-        return []
-    lines = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            line = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines
-
-
 def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The job's traffic over all its parts (an interrupted part up to the checkpoint
     it was resumed from, plus the resumed part), from the agents' ``job_*`` counters."""
@@ -356,7 +346,7 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int],
     writer = RunWriter(out)
     per_agent = []
     for i in range(n):
-        lines = _metrics_lines(deploy.agent_out(i) / "metrics.jsonl")
+        lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
         per_agent.append({m["outer"]: m for m in lines if "outer" in m})
     norm2 = float(np.linalg.norm(job.X) ** 2)
     common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []

@@ -279,7 +279,10 @@ def paillier_options(job: PPDNMFJob) -> PaillierOptions:
     # 7-bit windows: 64 multiplications per randomness instead of 75 at 6 bits, for
     # 4.2 MB tables instead of 2.4 MB (public tables are shared per process).
     return PaillierOptions(
-        processes=1, djn_public=job.scenario.crypto.djn_public, djn_window_bits=7
+        processes=1,
+        djn_public=job.scenario.crypto.djn_public,
+        djn_window_bits=7,
+        fast_path=job.scenario.crypto.fast_path,
     )
 
 

@@ -111,3 +111,19 @@ class RunWriter:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics_tolerant(path: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records, skipping a line cut short (a killed agent); [] if absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cipherfact.crypto.keys import MAX_KEY_BITS, MIN_TEST_KEY_BITS
+from cipherfact.crypto.options import FAST_PATHS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -173,6 +174,10 @@ class CryptoSpec:
     # Short-exponent (DJN) randomness also for re-randomizing replies under a
     # neighbour's key: ~30x faster, rests on the DJN assumption (README).
     djn_public: bool = True
+    # bulk modular exponentiation: "auto" uses Intel's multi-buffer library
+    # (pip install cipherfact[fast], AVX-512 IFMA CPUs) where it wins, else gmpy2;
+    # "gmpy2" or "ifma" force one. The numbers are the same either way.
+    fast_path: str = "auto"
 
     def __post_init__(self) -> None:
         if self.scheme == "paillier":
@@ -183,6 +188,10 @@ class CryptoSpec:
         if self.int_bits + self.frac_bits < 1:
             raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
         check_int("crypto.processes", self.processes, 1, MAX_PROCESSES)
+        if self.fast_path not in FAST_PATHS:
+            raise ScenarioError(
+                f"crypto.fast_path must be one of {list(FAST_PATHS)}, got {self.fast_path!r}"
+            )
 
 
 @dataclass(frozen=True)
