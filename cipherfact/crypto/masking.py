@@ -30,7 +30,7 @@ import hashlib
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -95,15 +95,31 @@ def pair_context(job_id: str, hub: int, a: int, b: int) -> bytes:
     return job_id.encode() + struct.pack(">qqq", hub, low, high)
 
 
-def mask_stream(seed: bytes, round_index: int, count: int, modulus: int) -> list[int]:
-    """``count`` pseudorandom residues mod ``modulus`` for one round (SHAKE-256)."""
-    if modulus & (modulus - 1) == 0:  # a power of two: exact bits
-        width = (modulus.bit_length() - 1 + 7) // 8
-        extra = 0
+def _word_dtype(modulus: int) -> np.dtype | None:
+    """numpy dtype for rings Z_2^32 and Z_2^64 (vectorized masks), else None."""
+    if modulus == 1 << 32:
+        return np.dtype(np.uint32)
+    if modulus == 1 << 64:
+        return np.dtype(np.uint64)
+    return None
+
+
+def mask_stream(seed: bytes, round_index: int, count: int, modulus: int) -> Any:
+    """``count`` pseudorandom residues mod ``modulus`` for one round (SHAKE-256).
+
+    A numpy array of words for Z_2^32 and Z_2^64 (the unencrypted ring; big
+    masks are cheap), a list of ints otherwise (Z_n: a few packed integers).
+    """
+    words = _word_dtype(modulus)
+    source = hashlib.shake_256(seed + struct.pack(">q", round_index))
+    if words is not None:
+        raw = source.digest(words.itemsize * count)
+        return np.frombuffer(raw, dtype=words.newbyteorder(">")).astype(words)
+    if modulus & (modulus - 1) == 0:  # another power of two: exact bits
+        width, extra = (modulus.bit_length() - 1 + 7) // 8, 0
     else:
-        width = (modulus.bit_length() + _STAT_BITS + 7) // 8
-        extra = 1
-    stream = hashlib.shake_256(seed + struct.pack(">q", round_index)).digest(width * count)
+        width, extra = (modulus.bit_length() + _STAT_BITS + 7) // 8, 1
+    stream = source.digest(width * count)
     out = []
     for i in range(count):
         value = int.from_bytes(stream[i * width : (i + 1) * width], "big")
@@ -117,21 +133,24 @@ def combined_mask(
     round_index: int,
     count: int,
     modulus: int,
-) -> list[int]:
+) -> Any:
     """Sum over the other members k of sign(sender, k) * PRG(s_sender,k, round) mod modulus.
 
     sign is +1 when sender < k and -1 otherwise, so the two ends of every pair
-    cancel in the hub's sum.
+    cancel in the hub's sum. Same return type as ``mask_stream``.
     """
-    total = [0] * count
+    words = _word_dtype(modulus)
+    total: Any = np.zeros(count, dtype=words) if words is not None else [0] * count
     for other, seed in pair_seeds:
         if other == sender:
             raise ValueError(f"agent {sender} cannot share a mask with itself")
         stream = mask_stream(seed, round_index, count, modulus)
-        if sender < other:
-            total = [(t + s) % modulus for t, s in zip(total, stream, strict=True)]
+        if words is not None:  # numpy wraps mod 2^32 / 2^64
+            total = total + stream if sender < other else total - stream
+        elif sender < other:
+            total = [(t + x) % modulus for t, x in zip(total, stream, strict=True)]
         else:
-            total = [(t - s) % modulus for t, s in zip(total, stream, strict=True)]
+            total = [(t - x) % modulus for t, x in zip(total, stream, strict=True)]
     return total
 
 
@@ -224,7 +243,7 @@ class ClearMaskedSum(MaskedSum):
         ints = self.codec.encode(as_float_vector(x, "x"), "x").astype(self._signed)
         if len(mask) != ints.size:
             raise ValueError(f"mask has {len(mask)} elements for {ints.size} values")
-        masked = ints.view(self._unsigned) + np.array(mask, dtype=self._unsigned)  # wraps
+        masked = ints.view(self._unsigned) + np.asarray(mask, dtype=self._unsigned)  # wraps
         header = _CLEAR.pack(_CLEAR_MAGIC, 1, self.word_bytes, ints.size)
         return header + masked.astype(self._wire).tobytes()
 

@@ -131,7 +131,7 @@ def unmask_with(t: Transcript, hub: int, sender: int, coalition: set[int], r: in
     mask = [0] * count
     for k in sorted(coalition - {hub}):
         seed = dict(t.roles[k]._pair_seeds[hub])[sender]  # k's own secret with sender
-        stream = mask_stream(seed, r, count, ring.modulus)
+        stream = [int(v) for v in mask_stream(seed, r, count, ring.modulus)]
         sign = 1 if sender < k else -1
         mask = [(m + sign * s) % ring.modulus for m, s in zip(mask, stream, strict=True)]
     words = share_words(t, env)
