@@ -37,14 +37,6 @@ def agent_identity(agent_id: AgentId) -> str:
     return f"{IDENTITY_PREFIX}{agent_id}"
 
 
-def parse_identity(name: str) -> AgentId | None:
-    """``agent-3`` -> 3; anything else -> None."""
-    if not name.startswith(IDENTITY_PREFIX):
-        return None
-    tail = name[len(IDENTITY_PREFIX) :]
-    return int(tail) if tail.isdigit() else None
-
-
 @dataclass(frozen=True)
 class TlsFiles:
     """Paths one agent needs: the job CA, its own certificate and key."""
