@@ -102,8 +102,17 @@ def test_rs_never_receives_plaintext(synthetic_run, data) -> None:
     to_rs = [e for e in seen if e.receiver == csr.RS_ID]
     stages = {e.stage for e in to_rs}
     assert stages == {"context", "structure", "ratings", "refreshed"}
-    ratings = {np.float64(v).tobytes() for v in train.values}
-    ratings |= {np.float64(v - 3.0).tobytes() for v in train.values}
+    # Plaintext ratings on the wire would show as runs of float64 values: look for
+    # each user's consecutive ratings (in data order and in item order), raw and
+    # offset, as 16-byte runs (a single 8-byte double such as 2.0 also occurs in
+    # the ciphertexts' own serialized parameters).
+    ratings = set()
+    for u in np.unique(train.users):
+        mine = train.users == u
+        for vals in (train.values[mine], train.values[mine][np.argsort(train.items[mine])]):
+            for shifted in (vals, vals - 3.0):
+                arr = np.asarray(shifted, dtype=np.float64)
+                ratings |= {arr[k : k + 2].tobytes() for k in range(arr.size - 1)}
     for env in to_rs:
         if env.stage in ("ratings", "refreshed"):
             for part in decode_parts(env.payload, "test"):
