@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cipherfact.crypto.keys import MAX_KEY_BITS, MIN_TEST_KEY_BITS
 from cipherfact.simulations.scenario import (
     MAX_CELLS,
     MAX_EPOCHS,
@@ -18,6 +17,7 @@ from cipherfact.simulations.scenario import (
     ScenarioError,
     check_int,
     check_number,
+    check_paillier_codec,
     check_seed,
 )
 
@@ -164,12 +164,7 @@ class FedMFCryptoSpec:
             raise ScenarioError(
                 f"crypto.scheme must be 'paillier' or 'plain' for fedmf, got {self.scheme!r}"
             )
-        if self.scheme == "paillier":
-            check_int("crypto.key_bits", self.key_bits, MIN_TEST_KEY_BITS, MAX_KEY_BITS)
-        check_int("crypto.frac_bits", self.frac_bits, 0, 60)
-        check_int("crypto.int_bits", self.int_bits, 0, 60)
-        if self.int_bits + self.frac_bits < 1:
-            raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
+        check_paillier_codec(self.scheme, self.key_bits, self.frac_bits, self.int_bits)
 
 
 @dataclass(frozen=True)

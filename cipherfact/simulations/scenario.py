@@ -80,6 +80,16 @@ def check_number(
         raise ScenarioError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
 
 
+def check_paillier_codec(scheme: str, key_bits: int, frac_bits: int, int_bits: int) -> None:
+    """Key size (Paillier only) and the fixed-point codec's own range (FixedPointCodec)."""
+    if scheme == "paillier":
+        check_int("crypto.key_bits", key_bits, MIN_TEST_KEY_BITS, MAX_KEY_BITS)
+    check_int("crypto.frac_bits", frac_bits, 0, 60)
+    check_int("crypto.int_bits", int_bits, 0, 60)
+    if int_bits + frac_bits < 1:
+        raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
+
+
 def check_int(name: str, value: int, low: int, high: int, why: str = "") -> None:
     """``low <= value <= high``, else a ``ScenarioError`` naming ``name`` (and ``why``)."""
     if not low <= value <= high:
@@ -180,13 +190,7 @@ class CryptoSpec:
     fast_path: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.scheme == "paillier":
-            check_int("crypto.key_bits", self.key_bits, MIN_TEST_KEY_BITS, MAX_KEY_BITS)
-        # the fixed-point codec's own range (FixedPointCodec)
-        check_int("crypto.frac_bits", self.frac_bits, 0, 60)
-        check_int("crypto.int_bits", self.int_bits, 0, 60)
-        if self.int_bits + self.frac_bits < 1:
-            raise ScenarioError("crypto.int_bits + crypto.frac_bits must be >= 1, got 0")
+        check_paillier_codec(self.scheme, self.key_bits, self.frac_bits, self.int_bits)
         check_int("crypto.processes", self.processes, 1, MAX_PROCESSES)
         if self.fast_path not in FAST_PATHS:
             raise ScenarioError(

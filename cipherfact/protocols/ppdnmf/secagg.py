@@ -33,8 +33,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import numpy as np
-
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.errors import CryptoError, DecodeError
 from cipherfact.crypto.masking import (
@@ -266,7 +264,3 @@ class SecAggAgent(PPDNMFAgent):
         super().restore_state(state)
         self._sent_round = self.round - 1
 
-
-def neighbor_sum_reference(Ws: list[np.ndarray], neighbors: tuple[int, ...]) -> np.ndarray:
-    """sum_{j in N_i} W_j in float64 (what the hub obtains, up to fixed point)."""
-    return np.sum([Ws[j] for j in neighbors], axis=0)
