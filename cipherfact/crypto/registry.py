@@ -102,6 +102,6 @@ def load_secret_scheme(data: bytes, codec: Any = None, **kwargs: Any) -> Scheme:
     name = _SECRET_IDS.get(data[5])
     if name is None:
         raise DecodeError(f"secret key bytes name unknown scheme id {data[5]}")
-    if codec is not None:
+    if codec is not None and name != "ckks":  # CKKS keys carry no fixed-point codec
         kwargs["codec"] = codec
     return _scheme_class(name).from_secret_bytes(data, **kwargs)
