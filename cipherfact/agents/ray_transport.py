@@ -13,10 +13,8 @@ transport is testable in one process and knows nothing of the cluster.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.transport import Transport, TransportError
@@ -104,73 +102,3 @@ class HostTransport(Transport):
     def pending(self) -> int:
         """Envelopes waiting for local agents."""
         return sum(len(q) for q in self._queues.values())
-
-
-class RolesHost:
-    """What every Ray actor hosting several protocol roles does, whatever the protocol.
-
-    A subclass builds its roles and calls ``_bind``; every public call then
-    pumps local messages to quiescence (FIFO per receiver, receivers in id
-    order, like the in-memory engine) and returns the envelopes bound for other
-    hosts. Failures come back as ``RuntimeError`` naming the host and its
-    agents, since that is what Ray carries to the driver.
-    """
-
-    #: stage named in the error when ``start`` fails
-    start_stage = "setup"
-    #: whether ``begin_outer`` skips roles that have finished
-    skip_done_roles = False
-
-    def _bind(self, host: int, transport: HostTransport, roles: Mapping[AgentId, Any]) -> None:
-        from cipherfact.agents.agent import Agent
-
-        self.host = host
-        self.transport = transport
-        self.roles = dict(sorted(roles.items()))
-        self.agents = {i: Agent(i, role, transport) for i, role in self.roles.items()}
-        self.busy_s = 0.0  # seconds spent handling messages: the actor's utilisation
-
-    def _when(self) -> str:
-        """Extra context for error messages (e.g. the rounds the roles were in)."""
-        return ""
-
-    def _fail(self, what: str, exc: BaseException) -> RuntimeError:
-        return RuntimeError(
-            f"host {self.host} (agents {sorted(self.roles)}) failed during {what}{self._when()}: "
-            f"{type(exc).__name__}: {exc}"
-        )
-
-    def _pump(self) -> dict[int, list[Envelope]]:
-        """Handle local envelopes until none is left; return what other hosts get."""
-        start = time.perf_counter()
-        while self.transport.pending():
-            for agent in self.agents.values():
-                agent.poll()
-        out = self.transport.take_outbox()
-        self.busy_s += time.perf_counter() - start
-        return out
-
-    def start(self) -> dict[int, list[Envelope]]:
-        """The roles' opening envelopes (public keys, uploads)."""
-        try:
-            for agent in self.agents.values():
-                agent.start()
-            return self._pump()
-        except Exception as exc:
-            raise self._fail(self.start_stage, exc) from exc
-
-    def begin_outer(self) -> dict[int, list[Envelope]]:
-        try:
-            for i, role in self.roles.items():
-                if not (self.skip_done_roles and role.done):
-                    self.agents[i].send(role.begin_outer())
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("begin_outer", exc) from exc
-
-    def deliver(self, envs: list[Envelope]) -> dict[int, list[Envelope]]:
-        try:
-            self.transport.deliver(envs)
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("message delivery", exc) from exc

@@ -9,8 +9,9 @@ The key holder's actor is created first and reports the job's *public*
 parameters (the protocol config, the plaintext twin); the other actors build
 their roles from those, so every actor holds the same config as in memory.
 
-Routing reuses the ppdnmf engine's pieces (``HostTransport``, outboxes batched
-per destination actor, quiescence detected at the driver). Measurement hooks
+The actors and the driver are the protocol-independent ``RoleHost`` and
+``RayGrid`` (``ray_grid.py``); this module holds only the factories and
+the placement. Measurement hooks
 (the CSP's masked factors with RS's masks; FedMF's Enc(V) as bytes, decrypted
 by the users' actor) are called between epochs, like the in-memory harness.
 
@@ -23,7 +24,6 @@ agree on RMSE to the CKKS noise only (measured ~1e-6), and ciphertext sizes
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -32,21 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from cipherfact.agents.envelope import AgentId
-from cipherfact.agents.ray_transport import HostId, HostTransport, RolesHost
-from cipherfact.agents.traffic import TrafficStats
+from cipherfact.agents.ray_transport import HostId
 from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.ray_engine import (
-    Outbox,
-    RayEngineError,
-    actor_cpus,
-    ray_session,
-    stats_from_raw,
-    stats_to_raw,
-)
+from cipherfact.simulations.ray_engine import ray_session
+from cipherfact.simulations.ray_grid import LocalRoles, PoolSpec, RayGrid, actor_cpus
 from cipherfact.simulations.recsys_sim import (
     build_csr,
     build_fedmf,
@@ -64,27 +56,14 @@ from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.scenario import ScenarioError
 
 __all__ = [
-    "LocalRoles",
-    "RayRolesEngine",
-    "RoleHost",
+    "CsrKeyHolder",
+    "CsrPublicRoles",
+    "FedMFKeyHolder",
+    "FedMFServerRole",
     "csr_placement",
     "fedmf_placement",
     "simulate_recsys_ray",
 ]
-
-
-@dataclass
-class LocalRoles:
-    """What a factory builds in one actor: its roles, profilers per party group,
-    measurement hooks, and the public facts the driver may learn (no keys)."""
-
-    roles: dict[AgentId, Any]
-    profilers: dict[str, Profiler]
-    hooks: dict[str, Callable[..., Any]]
-    public: dict[str, Any]
-
-
-RoleFactory = Callable[[list[AgentId]], LocalRoles]
 
 
 # --- placement ------------------------------------------------------------------------
@@ -260,200 +239,22 @@ class FedMFServerRole:
         return LocalRoles({fedmf.SERVER_ID: server}, profs, {"encrypted_v": encrypted_v}, {})
 
 
-# --- the actor ------------------------------------------------------------------------
-
-
-@dataclass
-class RolesReport:
-    """What the driver gathers from one actor at an epoch boundary (no keys, no data)."""
-
-    stats: dict[str, dict[Any, int]]
-    seconds: dict[str, float]
-    ready: dict[AgentId, bool]
-    local_messages: int
-    remote_messages: int
-
-
-class RoleHost(RolesHost):
-    """Runs the roles a factory builds here; a plain class the engine makes remote.
-
-    Same delivery rule as ``InMemoryEngine`` inside the actor (FIFO per receiver,
-    receivers polled in id order); every call pumps to local quiescence and
-    returns the envelopes for other actors.
-    """
-
-    def __init__(
-        self, host: HostId, factory: RoleFactory, placement: Mapping[AgentId, HostId]
-    ) -> None:
-        # One BLAS thread, as ``simulate`` sets for the in-memory run.
-        self._blas_limit = threadpool_limits(limits=1)
-        transport = HostTransport(host, placement)
-        local = factory(transport.agents)
-        if sorted(local.roles) != transport.agents:
-            raise ValueError(
-                f"host {host}: the factory built agents {sorted(local.roles)}, the placement "
-                f"puts {transport.agents} here"
-            )
-        self._bind(host, transport, local.roles)
-        self.profilers = local.profilers
-        self.hooks = local.hooks
-        self._public = local.public
-
-    def public(self) -> dict[str, Any]:
-        return self._public
-
-    def report(self) -> RolesReport:
-        """Traffic so far, seconds per party group since the last report, readiness."""
-        seconds = {k: sum(p.take().values()) for k, p in self.profilers.items()}
-        return RolesReport(
-            stats=stats_to_raw(self.transport.stats),
-            seconds=seconds,
-            ready={i: bool(r.at_boundary or r.done) for i, r in self.roles.items()},
-            local_messages=self.transport.local_messages,
-            remote_messages=self.transport.remote_messages,
-        )
-
-    def hook(self, name: str, *args: Any) -> Any:
-        """Call a measurement hook (factors for the harness's RMSE)."""
-        fn = self.hooks.get(name)
-        if fn is None:
-            raise ValueError(f"host {self.host} has no hook {name!r} (has {sorted(self.hooks)})")
-        return fn(*args)
-
-
-# --- the driver -----------------------------------------------------------------------
-
-
-class RayRolesEngine:
-    """Owns the actors of one run; routes envelope batches until the system is quiet."""
-
-    def __init__(self, placement: Mapping[AgentId, HostId], num_cpus: float = 1.0) -> None:
-        if not num_cpus > 0:
-            raise ValueError(f"num_cpus must be > 0, got {num_cpus}")
-        self.placement = dict(placement)
-        self.hosted = {
-            k: sorted(a for a, h in self.placement.items() if h == k)
-            for k in sorted(set(self.placement.values()))
-        }
-        self.num_cpus = num_cpus
-        self.hosts: dict[HostId, Any] = {}
-        self.stats = TrafficStats()
-        self.seconds: dict[str, float] = {}
-        self.local_messages = 0
-        self.remote_messages = 0
-        self.phase = "setup"
-
-    def add_host(self, k: HostId, factory: RoleFactory) -> dict[str, Any]:
-        """Create actor ``k`` (its roles are built there); returns its public facts."""
-        import ray
-
-        if k not in self.hosted or k in self.hosts:
-            raise ValueError(f"host {k} is not in the placement or already exists")
-        remote = ray.remote(RoleHost).options(
-            num_cpus=self.num_cpus, max_restarts=0, max_task_retries=0
-        )
-        self.hosts[k] = remote.remote(k, factory, self.placement)
-        return self._get(k, self.hosts[k].public.remote())
-
-    def _get(self, k: HostId, ref: Any) -> Any:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        try:
-            return ray.get(ref)
-        except RayActorError as exc:
-            raise RayEngineError(
-                f"Ray actor {k} hosting agents {self.hosted[k]} died during {self.phase}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from exc
-        except RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise RayEngineError(f"{self.phase}: {cause}") from exc
-
-    def _drive(self, method: str) -> None:
-        """Call ``method`` on every actor, then forward batches to idle actors until
-        no call is outstanding and nothing is queued."""
-        import ray
-
-        busy = {getattr(h, method).remote(): k for k, h in self.hosts.items()}
-        queued: Outbox = {}
-        while busy:
-            done, _ = ray.wait(list(busy), num_returns=1)
-            for ref in done:
-                k = busy.pop(ref)
-                for dest, envs in self._get(k, ref).items():
-                    queued.setdefault(dest, []).extend(envs)
-            running = set(busy.values())
-            for dest in sorted(queued):
-                if dest not in running:
-                    busy[self.hosts[dest].deliver.remote(queued.pop(dest))] = dest
-
-    def _gather(self) -> dict[AgentId, bool]:
-        refs = {k: h.report.remote() for k, h in self.hosts.items()}
-        reports: dict[HostId, RolesReport] = {k: self._get(k, r) for k, r in refs.items()}
-        self.stats = stats_from_raw([r.stats for r in reports.values()])
-        self.local_messages = sum(r.local_messages for r in reports.values())
-        self.remote_messages = sum(r.remote_messages for r in reports.values())
-        self.seconds = {}
-        ready: dict[AgentId, bool] = {}
-        for r in reports.values():
-            ready.update(r.ready)
-            for group, s in r.seconds.items():
-                self.seconds[group] = self.seconds.get(group, 0.0) + s
-        return ready
-
-    def start(self) -> None:
-        missing = sorted(set(self.hosted) - set(self.hosts))
-        if missing:
-            raise ValueError(f"hosts {missing} of the placement were never added")
-        self._drive("start")
-        self._gather()
-
-    def run_outer(self, epoch: int) -> None:
-        """One epoch; raises ``RayEngineError`` if some role is not at the boundary."""
-        self.phase = f"epoch {epoch}"
-        self._drive("begin_outer")
-        stuck = [i for i, ok in sorted(self._gather().items()) if not ok]
-        if stuck:
-            raise RayEngineError(f"agents {stuck} did not finish epoch {epoch}")
-
-    def hook(self, agent: AgentId, name: str, *args: Any) -> Any:
-        """Call hook ``name`` on the actor that hosts ``agent``."""
-        k = self.placement[agent]
-        return self._get(k, self.hosts[k].hook.remote(name, *args))
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "actors": len(self.hosted),
-            "num_cpus_per_actor": self.num_cpus,
-            "agents_per_actor": {str(k): v for k, v in self.hosted.items()},
-            "local_messages": self.local_messages,
-            "cross_actor_messages": self.remote_messages,
-        }
-
-    def close(self) -> None:
-        import ray
-
-        for host in self.hosts.values():
-            with contextlib.suppress(Exception):  # a dead actor: nothing to stop
-                ray.kill(host)
-
-
 # --- the runner -----------------------------------------------------------------------
 
 
 def _engine_for(
     scenario: Any, n_users: int, hosts: int, num_cpus: float
-) -> tuple[RayRolesEngine, dict[str, Any], Callable[[], tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[RayGrid, dict[str, Any], Callable[[], tuple[np.ndarray, np.ndarray]]]:
     """Actors for the scenario (key holder first), its public facts, and its factor
     measurement (combining hooks as the in-memory ``RecsysRun.factors`` does)."""
     if scenario.protocol == "csr_fhe_mf":
         from cipherfact.protocols import csr_fhe_mf as csr
 
-        engine = RayRolesEngine(csr_placement(n_users, hosts), num_cpus)
+        engine = RayGrid(csr_placement(n_users, hosts), PoolSpec(hosts, num_cpus))
         try:
             key_host = engine.placement[csr.CSP_ID]
-            public = engine.add_host(key_host, CsrKeyHolder(scenario))
+            engine.add_host(key_host, CsrKeyHolder(scenario))
+            public = engine.public(key_host)
             for k in engine.hosted:
                 if k != key_host:
                     engine.add_host(k, CsrPublicRoles(scenario, public["config"]))
@@ -470,10 +271,11 @@ def _engine_for(
 
     from cipherfact.protocols import fedmf
 
-    engine = RayRolesEngine(fedmf_placement(n_users, hosts), num_cpus)
+    engine = RayGrid(fedmf_placement(n_users, hosts), PoolSpec(hosts, num_cpus))
     try:
         key_host = engine.placement[fedmf.user_id(0)]
-        public = engine.add_host(key_host, FedMFKeyHolder(scenario))
+        engine.add_host(key_host, FedMFKeyHolder(scenario))
+        public = engine.public(key_host)
         for k in engine.hosted:
             if k != key_host:
                 engine.add_host(k, FedMFServerRole(scenario))
@@ -546,7 +348,7 @@ def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
             twin = engine.hook(public["twin_from"], "twin")
         for epoch in range(epochs):
             t0, b0 = time.perf_counter(), engine.stats.bytes_total
-            engine.run_outer(epoch)
+            engine.run_outer(f"epoch {epoch}")
             wall = time.perf_counter() - t0
             record = {
                 "epoch": epoch,

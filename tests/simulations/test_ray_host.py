@@ -1,6 +1,6 @@
 """The pieces of the Ray engine that need no Ray: host transport, hosts, pool sizing.
 
-Two ``AgentHost`` objects driven in this process with the engine's routing give
+Two ``RoleHost`` objects (ppdnmf's factory) driven in this process with the engine's routing give
 the in-memory factors bit for bit: the engine's semantics, without actors.
 """
 
@@ -17,16 +17,20 @@ from cipherfact.agents.transport import TransportError
 from cipherfact.protocols.ppdnmf import load_state_npz
 from cipherfact.simulations.network import NetworkModel
 from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
-from cipherfact.simulations.ray_engine import (
-    AgentHost,
-    _merge,
-    pool_spec,
-    round_robin,
-    stats_from_raw,
-)
+from cipherfact.simulations.ray_engine import PPDNMFRoles, round_robin
+from cipherfact.simulations.ray_grid import Outbox, RoleHost, pool_spec, stats_from_raw
 from cipherfact.simulations.scenario import load_scenario
 
 PLACEMENT = {0: 0, 1: 1, 2: 0, 3: 1}
+
+
+def _merge(outboxes: dict[int, Outbox]) -> Outbox:
+    """Batches by destination, in host order."""
+    merged: Outbox = {}
+    for k in sorted(outboxes):
+        for dest, envs in sorted(outboxes[k].items()):
+            merged.setdefault(dest, []).extend(envs)
+    return merged
 
 
 def _env(s: int, r: int, stage: str = "offer") -> Envelope:
@@ -102,8 +106,11 @@ def test_pool_spec(kwargs: dict, resources: dict, expected: tuple) -> None:
         ({"cpus_per_actor": 0.0}, "cpus_per_actor must be > 0, got 0.0"),
         ({"actors": 0}, "actors must be >= 1, got 0"),
         ({"gpus_per_actor": -1.0}, "gpus_per_actor must be >= 0, got -1.0"),
-        ({"actors": 3, "cpus_per_actor": 1.0}, r"3 actors x 1 CPUs = 3 CPUs, but the Ray "
-         r"cluster has 2: Ray could never start them all"),
+        (
+            {"actors": 3, "cpus_per_actor": 1.0},
+            r"3 actors x 1 CPUs = 3 CPUs, but the Ray "
+            r"cluster has 2: Ray could never start them all",
+        ),
     ],
 )
 def test_pool_spec_validation(kwargs: dict, message: str) -> None:
@@ -131,7 +138,7 @@ def test_hosts_in_process_match_inmemory() -> None:
     reference = list(run_inmemory(job))[-1]
     placement = round_robin(job.n_agents, 2)
     net = NetworkModel(latency_ms=5.0)
-    hosts = [AgentHost(k, job, placement, net) for k in range(2)]
+    hosts = [RoleHost(k, PPDNMFRoles(job), placement, net) for k in range(2)]
 
     def route(outboxes: dict) -> None:
         """Lock-step routing: every host with mail, then route again."""
@@ -172,7 +179,7 @@ def test_host_failure_names_host_agents_and_round() -> None:
         ],
     )
     job = prepare_job(scenario)
-    host = AgentHost(0, job, round_robin(4, 2))
+    host = RoleHost(0, PPDNMFRoles(job), round_robin(4, 2))
     with pytest.raises(RuntimeError, match=r"host 0 \(agents \[0, 2\]\) failed during begin_outer"):
         host.begin_outer()  # public keys missing: the key stage never ran
 
@@ -183,8 +190,10 @@ def test_balanced_placement_spreads_the_work_not_the_count() -> None:
     degrees = [4, 2, 3, 4, 5, 3, 3, 2, 1, 3]  # ppdnmf-synthetic's geometric graph
     placement = balanced_placement(degrees, 2)
     assert sorted(placement) == list(range(10)) and set(placement.values()) == {0, 1}
-    load = [sum(AGENT_ROUND_COST + d for i, d in enumerate(degrees) if placement[i] == k)
-            for k in (0, 1)]
+    load = [
+        sum(AGENT_ROUND_COST + d for i, d in enumerate(degrees) if placement[i] == k)
+        for k in (0, 1)
+    ]
     assert load == [35, 35]  # round-robin gives 36 / 34
     assert balanced_placement(degrees, 2) == placement  # deterministic
     assert set(balanced_placement([1, 1, 1], 5).values()) == {0, 1, 2}
