@@ -10,13 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DistributedNMF", "__version__"]
+__all__ = ["DistributedNMF", "RatingsModel", "__version__", "load_scenario", "simulate"]
+
+# Lazy: importing the package must not pull in the simulation stack.
+_LAZY = {
+    "DistributedNMF": "cipherfact.simulations.estimator",
+    "RatingsModel": "cipherfact.simulations.ratings_model",
+    "load_scenario": "cipherfact.simulations.scenario",
+    "simulate": "cipherfact.api",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: importing the package must not pull in the simulation stack.
-    if name == "DistributedNMF":
-        from cipherfact.simulations.estimator import DistributedNMF
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cipherfact' has no attribute {name!r}")
+    import importlib
 
-        return DistributedNMF
-    raise AttributeError(f"module 'cipherfact' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +23,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         description="Run a multi-agent scenario. Bundled scenarios: ppdnmf-synthetic (the "
         "paper's setup), ppdnmf-digits, csr-fhe-mf-synthetic, fedmf-synthetic. Results in "
         "--out: summary.json, metrics.jsonl and PNG plots; for ppdnmf also factors.npz and "
-        "graph.png (agents coloured by traffic).",
+        "graph.png (agents coloured by traffic); for csr_fhe_mf and fedmf model.npz (use it "
+        "with `cipherfact recommend` / `predict`).",
     )
     p.add_argument("scenario", help="bundled scenario name or path to a .toml file")
     p.add_argument(
@@ -211,6 +215,16 @@ def _missing(exc: ImportError) -> int:
 PLUGINS = {
     "agent": "cipherfact.deploy.cli",
     "deploy": "cipherfact.deploy.cli",
+    "scenario": "cipherfact.scenario_cli",
+    "recommend": "cipherfact.model_cli",
+    "predict": "cipherfact.model_cli",
+}
+PLUGIN_HELP = {
+    "agent": "agent commands (gRPC deployment)",
+    "deploy": "deploy commands (gRPC deployment)",
+    "scenario": "list the bundled scenarios, print one fully resolved, print the field reference",
+    "recommend": "top items for a user from a recommendation run's model.npz",
+    "predict": "predicted ratings for (user, item) pairs from a run's model.npz",
 }
 
 
@@ -230,7 +244,7 @@ def _add_plugins(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
                     sub.add_parser(command).set_defaults(func=lambda _a, e=exc: _missing(e))
                 continue
         for command in commands:
-            sub.add_parser(command, help=f"{command} commands (gRPC deployment)")
+            sub.add_parser(command, help=PLUGIN_HELP[command])
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -248,12 +262,27 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+class TerminatedError(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so a run stops the way Ctrl-C stops it:
+    its ``summary.json`` says so and what it had written is kept."""
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise TerminatedError(f"terminated by signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
+    except TerminatedError:
+        print("terminated (SIGTERM); results written so far are kept", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; results written so far are kept", file=sys.stderr)
         return 130
@@ -263,11 +292,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         # An agent that stopped on a bad value (e.g. one its codec cannot carry): the
-        # message names the agent, the message and the value; still no traceback.
-        if not isinstance(exc.__cause__, ValueError):
+        # message names the agent, the message and the value; still no traceback. A
+        # backend or device missing here (torch, CUDA) says what to install: one line.
+        from cipherfact.solvers.factory import BackendUnavailableError
+
+        if not isinstance(exc.__cause__, ValueError | BackendUnavailableError) and not isinstance(
+            exc, BackendUnavailableError
+        ):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

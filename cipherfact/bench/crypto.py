@@ -226,9 +226,17 @@ def _interleave(cfg: BenchConfig, cases: dict[str, _Case]) -> dict[str, list[Mea
     return per
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    """Run every measurement in one process; return a flat JSON-able dict."""
+def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
+    """Run every measurement in one process; return a flat JSON-able dict.
+
+    ``progress``: a bar on stderr over the key generation and the measured
+    operations (the whole bench takes about a minute without ``quick``)."""
+    from cipherfact.simulations.progress import progress_bar
+
     start = time.perf_counter()
+    ops = ("encrypt", "public_encrypt", "decrypt", "add", "mul")
+    bar = progress_bar(1 + len(ops), "bench crypto", "step", enabled=progress)
+    bar.set_postfix(step="keys")
     rng = np.random.default_rng(cfg.seed)
     x = rng.uniform(-1.0, 1.0, 1 << 16)
     naive, naive_bytes = _naive_cases(cfg, x)
@@ -241,10 +249,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if ifma_reason is None:
         fast, _, _ = _packed_cases(cfg, x, "ifma")
         systems["ifma"] = {op: fast[op] for op in IFMA_OPS}
+    bar.update(1)
     rounds: dict[str, list[Measurement]] = {}
-    for op in ("encrypt", "public_encrypt", "decrypt", "add", "mul"):
-        group = {f"{name}_{op}": cases[op] for name, cases in systems.items() if op in cases}
-        rounds.update(_interleave(cfg, group))
+    with bar:
+        for op in ops:
+            bar.set_postfix(step=op)
+            group = {f"{name}_{op}": cases[op] for name, cases in systems.items() if op in cases}
+            rounds.update(_interleave(cfg, group))
+            bar.update(1)
     totals = {key: _total(ms) for key, ms in rounds.items()}
     out: dict[str, Any] = {
         "key_bits": cfg.key_bits,
@@ -434,7 +446,7 @@ def main(args: argparse.Namespace) -> int:
         ckks_params=args.ckks_params,
         seed=args.seed,
     )
-    result = run_bench(cfg)
+    result = run_bench(cfg, progress=True)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if args.out is not None:
         out = Path(args.out)

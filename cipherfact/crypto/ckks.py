@@ -13,6 +13,21 @@ headroom: the worst-case bound (``CkksParams.max_abs_value``) is what
 ``plan_ckks_params`` budgets for, but random vectors decrypt correctly well
 beyond it, so refusing them here would forbid the masks the protocols use.
 
+Key material per role: ``public_bytes`` is the *evaluation* context (public
+key + relinearization keys), for a party that multiplies ciphertexts;
+``encryption_bytes`` is the public encryption key alone (about a quarter of the
+size), for a party that only encrypts. Both load with ``load_public_ckks`` and
+share one fingerprint (the hash of the encryption-only bytes), so ciphertexts
+made under either are interchangeable.
+
+Wire levers (``encrypt_bytes``, ``mod_switch``): the key holder encrypts
+symmetrically and sends SEAL's *seeded* form (the second polynomial is replaced
+by the seed it was drawn from: half the bytes); anyone can drop primes a
+ciphertext will not need before sending it. TenSEAL exposes neither, so both go
+through SEAL's own Python bindings (``tenseal.sealapi``) with the same
+parameters; the receiver loads the bytes with TenSEAL as usual, and SEAL
+validates them (and expands a seed) on load.
+
 Security note: rerandomization adds a fresh encryption of zero; it does not
 flood the noise, so a decryptor could in principle learn something about the
 computation from the decryption error (CKKS is not circuit-private). The CKKS
@@ -21,19 +36,29 @@ protocol masks values additively before they reach the key holder.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import hashlib
+import itertools
 import operator
+import os
+import shutil
 import struct
+import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from cipherfact.crypto.base import Ciphertext, Scheme
 from cipherfact.crypto.ckks_params import CkksParams, get_ckks_params
 from cipherfact.crypto.errors import (
     BudgetExceededError,
+    CryptoError,
     DecodeError,
     KeyMismatchError,
     MissingSecretKeyError,
@@ -42,6 +67,7 @@ from cipherfact.crypto.errors import (
 __all__ = [
     "CkksCiphertext",
     "CkksScheme",
+    "MissingEvaluationKeyError",
     "load_public_ckks",
     "load_secret_ckks",
     "make_ckks_scheme",
@@ -60,12 +86,15 @@ _MAX_VALUES = 1 << 32
 # Public-context wire format (same prefix as Paillier's public keys):
 #   magic "CFPK" | version u8 | scheme id u8 | poly degree u32 | scale bits u8 |
 #   prime count u8 | prime bits (u8 each) | context length u64 | TenSEAL context
+# version 1: evaluation context (public key + relinearization keys);
+# version 2: encryption key only (public key, nothing else).
 # Secret-key format, written only by ``export_secret_key_bytes``:
 #   magic "CFSK" | version u8 | scheme id u8 | public length u64 | public bytes |
 #   context length u64 | TenSEAL context with the secret key
 _CTX_MAGIC = b"CFPK"
 _SK_MAGIC = b"CFSK"
 _CTX_VERSION = 1
+_ENC_CTX_VERSION = 2
 _CTX_HEADER = struct.Struct(">4sBBIBB")
 _SK_HEADER = struct.Struct(">4sBB")
 _CTX_LEN = struct.Struct(">Q")
@@ -73,6 +102,10 @@ _MAX_CONTEXT_BYTES = 1 << 30
 
 # Everything TenSEAL/SEAL raises on bad input or an impossible operation.
 _TENSEAL_ERRORS = (ValueError, RuntimeError, TypeError, OverflowError, MemoryError, IndexError)
+
+
+class MissingEvaluationKeyError(CryptoError):
+    """A ciphertext product was asked of a context that holds no relinearization keys."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +169,16 @@ class CkksScheme(Scheme):
         if public_context is None:
             public_context = _public_copy(context) if context.has_secret_key() else context
         self._public_ctx = public_context
-        self._public_bytes = _public_bytes(self._public_ctx, params)
-        self._fingerprint = hashlib.sha256(self._public_bytes).hexdigest()[:16]
+        self._encryption_bytes = _context_bytes(self._public_ctx, params, relin=False)
+        self._public_bytes = (
+            _context_bytes(self._public_ctx, params, relin=True)
+            if self._public_ctx.has_relin_keys()
+            else self._encryption_bytes
+        )
+        # The encryption key names the key pair: a party holding only it and a
+        # party holding the evaluation keys too must agree on ciphertexts' owner.
+        self._fingerprint = hashlib.sha256(self._encryption_bytes).hexdigest()[:16]
+        self._seal: _SealSide | None = None
 
     # -- construction (the names ``cipherfact.crypto.registry`` calls) ----------
 
@@ -204,7 +245,19 @@ class CkksScheme(Scheme):
         return CkksScheme(self._public_ctx.copy(), self._params)
 
     def public_bytes(self) -> bytes:
+        """The evaluation context (public key + relinearization keys): for a party
+        that multiplies ciphertexts. An encryption-only scheme returns what it has."""
         return self._public_bytes
+
+    def encryption_bytes(self) -> bytes:
+        """The public encryption key alone: all a party needs that only encrypts
+        (no relinearization keys, about a quarter of ``public_bytes``)."""
+        return self._encryption_bytes
+
+    @property
+    def can_evaluate(self) -> bool:
+        """Whether this context holds relinearization keys (ciphertext products)."""
+        return bool(self._ctx.has_relin_keys())
 
     def describe(self) -> dict[str, Any]:
         p = self._params
@@ -296,6 +349,11 @@ class CkksScheme(Scheme):
     def mul(self, a: Ciphertext, b: Ciphertext) -> CkksCiphertext:
         """Enc(x) * Enc(y), relinearized and rescaled: one level of the chain."""
         ca, cb = self._pair(a, b)
+        if not self.can_evaluate:
+            raise MissingEvaluationKeyError(
+                f"this CKKS scheme ({self._fingerprint}) holds the encryption key only: "
+                "no relinearization keys for a ciphertext product"
+            )
         self._check_depth(max(ca.depth, cb.depth) + 1, "mul")
         return self._wrap(
             tuple(self._op(va, vb, "mul") for va, vb in zip(ca.chunks, cb.chunks, strict=True)),
@@ -316,23 +374,65 @@ class CkksScheme(Scheme):
         )
         return self._wrap(chunks, ca.size)
 
+    # -- wire levers -------------------------------------------------------------
+
+    def encrypt_bytes(self, x: np.ndarray, *, depth: int = 0, seeded: bool = True) -> bytes:
+        """``to_bytes(encrypt(x))`` at ``depth``, in the fewest bytes this party can make.
+
+        A holder of the secret key encrypts symmetrically and sends SEAL's seeded
+        form (half the bytes; the same RLWE security as public-key encryption, and
+        as fresh: SEAL draws the seed from the OS). Anyone else sends a public-key
+        encryption. ``depth > 0`` drops primes the receiver will not use (a
+        ciphertext only ever added at that depth needs no more); a dropped seeded
+        ciphertext is sent in full, since the seed no longer describes it.
+        """
+        values = _check_vector(x, "x")
+        self._check_depth(depth, "encrypt_bytes")
+        slots = self._params.slot_count
+        pieces = [values[i : i + slots] for i in range(0, values.size, slots)]
+        side = self._seal_side()
+        if seeded and self.has_secret_key and depth == 0:
+            blobs = [_vector_proto(v.size, side.encrypt_seeded(v), self._scale) for v in pieces]
+        else:
+            blobs = [side.drop(self._encrypt_chunk(v), depth) for v in pieces]
+        return self._frame(values.size, depth, blobs)
+
+    def mod_switch(self, c: Ciphertext, depth: int) -> CkksCiphertext:
+        """The same values with primes dropped down to ``depth`` (no rescale, same scale).
+
+        What SEAL's ``mod_switch_to_next`` does; TenSEAL applies it only inside
+        its own operations, so this goes through ``tenseal.sealapi``.
+        """
+        ct = self._own(c, "c")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < ct.depth:
+            raise ValueError(f"depth must be an int >= the ciphertext's {ct.depth}, got {depth!r}")
+        self._check_depth(depth, "mod_switch")
+        if depth == ct.depth:
+            return ct
+        side = self._seal_side()
+        blobs = [side.drop(v, depth - ct.depth) for v in ct.chunks]
+        return self.from_bytes(self._frame(ct.size, depth, blobs))
+
     # -- serialization ---------------------------------------------------------
 
     def to_bytes(self, c: Ciphertext) -> bytes:
         ct = self._own(c, "c")
+        return self._frame(ct.size, ct.depth, [v.serialize() for v in ct.chunks])
+
+    def _frame(self, size: int, depth: int, blobs: list[bytes]) -> bytes:
+        """Our header around per-chunk TenSEAL vector bytes."""
         parts = [
             _CT_HEADER.pack(
                 _CT_MAGIC,
                 _CT_VERSION,
                 _SCHEME_ID,
                 bytes.fromhex(self._fingerprint),
-                ct.size,
-                ct.depth,
-                len(ct.chunks),
+                size,
+                depth,
+                len(blobs),
             )
         ]
-        for v in ct.chunks:
-            blob = v.serialize()
+        for blob in blobs:
             parts.append(_CHUNK_LEN.pack(len(blob)))
             parts.append(blob)
         return b"".join(parts)
@@ -371,6 +471,15 @@ class CkksScheme(Scheme):
         return CkksCiphertext(self._fingerprint, size, depth, chunks)
 
     # -- internals -------------------------------------------------------------
+
+    @property
+    def _scale(self) -> float:
+        return float(2.0**self._params.global_scale_bits)
+
+    def _seal_side(self) -> _SealSide:
+        if self._seal is None:
+            self._seal = _SealSide(self._params, self._ctx if self.has_secret_key else None)
+        return self._seal
 
     @property
     def _top_level(self) -> int:
@@ -522,20 +631,21 @@ def _public_copy(ctx: ts.Context) -> ts.Context:
     )
 
 
-def _public_bytes(public_ctx: ts.Context, params: CkksParams) -> bytes:
-    """Header + TenSEAL public context (the fingerprint's preimage)."""
+def _context_bytes(public_ctx: ts.Context, params: CkksParams, *, relin: bool) -> bytes:
+    """Header + TenSEAL public context: with relinearization keys (``public_bytes``)
+    or the encryption key alone (``encryption_bytes``, the fingerprint's preimage)."""
     blob = public_ctx.serialize(
         save_public_key=True,
         save_secret_key=False,
         save_galois_keys=False,
-        save_relin_keys=True,
+        save_relin_keys=relin,
     )
     bits = params.coeff_mod_bit_sizes
     return b"".join(
         [
             _CTX_HEADER.pack(
                 _CTX_MAGIC,
-                _CTX_VERSION,
+                _CTX_VERSION if relin else _ENC_CTX_VERSION,
                 _SCHEME_ID,
                 params.poly_modulus_degree,
                 params.global_scale_bits,
@@ -546,6 +656,135 @@ def _public_bytes(public_ctx: ts.Context, params: CkksParams) -> bytes:
             blob,
         ]
     )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def _vector_proto(size: int, seal_blob: bytes, scale: float) -> bytes:
+    """TenSEAL's ``CKKSVectorProto`` around one SEAL ciphertext (hand-encoded).
+
+    tenseal/proto/tensors.proto: field 1 ``repeated uint32 sizes`` (packed),
+    field 2 ``repeated bytes ciphertexts``, field 3 ``double scale``. TenSEAL
+    serializes only the ciphertexts it made itself, so a ciphertext made or
+    mod-switched by SEAL's bindings is framed here and loaded by TenSEAL.
+    """
+    sizes = _varint(size)
+    return b"".join(
+        [
+            b"\x0a",
+            _varint(len(sizes)),
+            sizes,
+            b"\x12",
+            _varint(len(seal_blob)),
+            seal_blob,
+            b"\x19",
+            struct.pack("<d", scale),
+        ]
+    )
+
+
+class _SealSide:
+    """SEAL's own bindings (``tenseal.sealapi``) for what TenSEAL does not expose:
+    seeded symmetric encryption and dropping primes before a ciphertext is sent.
+
+    Same parameters give the same primes and parms_ids as TenSEAL's context, so
+    ciphertexts move between the two as SEAL bytes. The bindings save and load
+    only through file paths; every file lives in a private (0700) directory of
+    this process, in memory where /dev/shm exists, and is removed right after
+    use. The secret key is handed over once that way (it never leaves the
+    process's machine) and only when this party holds it.
+    """
+
+    def __init__(self, params: CkksParams, secret_ctx: ts.Context | None) -> None:
+        self.context, self.evaluator, self.encoder = _seal_tools(params)
+        self.scale = float(2.0**params.global_scale_bits)
+        self._lock = threading.Lock()
+        self.encryptor: Any = None
+        if secret_ctx is not None:
+            path = _scratch_path()
+            try:
+                secret_ctx.secret_key().data.save(path)
+                sk = sealapi.SecretKey()
+                sk.load(self.context, path)
+            finally:
+                _remove(path)
+            self.encryptor = sealapi.Encryptor(self.context, sk)
+
+    def _read(self, saver: Any) -> bytes:
+        path = _scratch_path()
+        try:
+            saver.save(path)
+            with open(path, "rb") as fh:
+                return fh.read()
+        finally:
+            _remove(path)
+
+    def encrypt_seeded(self, values: np.ndarray) -> bytes:
+        """SEAL bytes of a symmetric encryption of ``values``, second polynomial as a seed."""
+        plain = sealapi.Plaintext()
+        # TenSEAL fills every slot by repeating a short vector cyclically; do the
+        # same, or the unused slots of this ciphertext would hold zeros where a
+        # TenSEAL encryption it is added to holds values, and a large mask removed
+        # by such an addition would survive there and overflow later products.
+        filled = np.resize(values, self.encoder.slot_count())
+        self.encoder.encode(filled.tolist(), self.context.first_parms_id(), self.scale, plain)
+        with self._lock:
+            return self._read(self.encryptor.encrypt_symmetric(plain))
+
+    def drop(self, vec: ts.CKKSVector, levels: int) -> bytes:
+        """TenSEAL bytes of ``vec`` with the last ``levels`` primes of its modulus dropped."""
+        if levels == 0:
+            return bytes(vec.serialize())
+        path = _scratch_path()
+        try:
+            vec.ciphertext()[0].save(path)
+            ct = sealapi.Ciphertext()
+            ct.load(self.context, path)
+        finally:
+            _remove(path)
+        for _ in range(levels):
+            self.evaluator.mod_switch_to_next_inplace(ct)
+        return _vector_proto(vec.size(), self._read(ct), self.scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _seal_tools(params: CkksParams) -> tuple[Any, Any, Any]:
+    """One SEAL context, evaluator and encoder per parameter set and process
+    (keyless and read-only after construction, so every scheme shares them)."""
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        sealapi.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    )
+    context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    return context, sealapi.Evaluator(context), sealapi.CKKSEncoder(context)
+
+
+_SCRATCH: dict[int, str] = {}
+_SCRATCH_COUNTER = itertools.count()
+
+
+def _scratch_path() -> str:
+    """A fresh file name in this process's private scratch directory."""
+    pid = os.getpid()
+    if pid not in _SCRATCH:  # per process: a forked child gets its own
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        _SCRATCH[pid] = tempfile.mkdtemp(prefix="cipherfact-seal-", dir=base)
+        atexit.register(shutil.rmtree, _SCRATCH[pid], True)
+    return os.path.join(_SCRATCH[pid], f"{threading.get_ident()}-{next(_SCRATCH_COUNTER)}")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def make_ckks_scheme(
@@ -585,8 +824,9 @@ def load_public_ckks(data: bytes, *, n_threads: int = 1) -> CkksScheme:
         raise DecodeError(
             f"public key bytes are for scheme id {scheme_id}, not ckks ({_SCHEME_ID})"
         )
-    if version != _CTX_VERSION:
+    if version not in (_CTX_VERSION, _ENC_CTX_VERSION):
         raise DecodeError(f"unsupported CKKS context version {version}")
+    evaluation = version == _CTX_VERSION
     offset = _CTX_HEADER.size
     if len(data) < offset + n_primes + _CTX_LEN.size:
         raise DecodeError("CKKS context bytes truncated in the parameter header")
@@ -606,7 +846,8 @@ def load_public_ckks(data: bytes, *, n_threads: int = 1) -> CkksScheme:
         raise DecodeError(f"bad CKKS parameters in header: {exc}") from None
     try:
         ctx = ts.context_from(data[offset:], n_threads=n_threads)
-        ok = ctx.has_public_key() and ctx.has_relin_keys() and ctx.global_scale == 2.0**scale_bits
+        relin = ctx.has_relin_keys()
+        ok = ctx.has_public_key() and relin == evaluation and ctx.global_scale == 2.0**scale_bits
         secret = ctx.has_secret_key()
         probe = ts.ckks_vector(ctx, [0.0]).ciphertext()[0] if ok else None
     except _TENSEAL_ERRORS as exc:
@@ -614,7 +855,14 @@ def load_public_ckks(data: bytes, *, n_threads: int = 1) -> CkksScheme:
     if secret:
         raise DecodeError("CKKS public context bytes carry a secret key; refusing to load")
     if probe is None:
-        raise DecodeError("CKKS context lacks a public key, relinearization keys or scale")
+        raise DecodeError(
+            "CKKS context lacks a public key or its scale, or "
+            + (
+                "lacks relinearization keys (version 1: evaluation context)"
+                if evaluation
+                else "carries relinearization keys (version 2: encryption key only)"
+            )
+        )
     if probe.poly_modulus_degree() != degree or probe.coeff_modulus_size() != len(bits) - 1:
         raise DecodeError("CKKS context does not match the parameters in its header")
     return CkksScheme(ctx, params)

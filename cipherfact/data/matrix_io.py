@@ -28,8 +28,12 @@ def _load_csv(path: Path) -> np.ndarray:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = [(n, row) for n, row in enumerate(csv.reader(handle), start=1) if row]
     rows = [(n, row) for n, row in rows if any(cell.strip() for cell in row)]
+    header: list[str] | None = None
     if rows and any(_parse_float(cell.strip()) is None for cell in rows[0][1]):
+        header = [cell.strip() for cell in rows[0][1]]
         rows = rows[1:]  # header line
+    if header is not None and _ratings_header(header):
+        _refuse_ratings(path, f"its header {','.join(header)} names users, items or ratings")
     if not rows:
         raise ValueError(f"{path}: empty matrix (no numeric rows)")
     width = len(rows[0][1])
@@ -49,7 +53,53 @@ def _load_csv(path: Path) -> np.ndarray:
                 raise ValueError(f"{path}, line {line}, column {col}: non-finite value {cell!r}")
             parsed.append(value)
         values.append(parsed)
-    return np.asarray(values, dtype=np.float64)
+    matrix = np.asarray(values, dtype=np.float64)
+    if header is None and _ratings_table(matrix):
+        _refuse_ratings(
+            path,
+            f"{matrix.shape[1]} columns, the first two integer ids whose (user, item) pairs are "
+            "unique, the third a few rating levels",
+        )
+    return matrix
+
+
+_USER_NAMES = {"user", "users", "userid", "uid", "customer", "customerid", "reviewer"}
+_ITEM_NAMES = {"item", "items", "itemid", "iid", "movie", "movieid", "product", "productid"}
+_RATING_NAMES = {"rating", "ratings", "score", "stars", "value"}
+
+
+def _ratings_header(header: list[str]) -> bool:
+    """A header naming a user and an item column, or a rating and one of them."""
+    names = {"".join(ch for ch in cell.lower() if ch.isalnum()) for cell in header}
+    user, item = bool(names & _USER_NAMES), bool(names & _ITEM_NAMES)
+    rating = bool(names & (_RATING_NAMES - {"value"}))
+    return (user and item) or (rating and (user or item))
+
+
+def _ratings_table(X: np.ndarray) -> bool:
+    """A headerless (user, item, rating[, timestamp]) list rather than a dense matrix:
+    3 or 4 columns, integer ids >= 0 in the first two with unique pairs and repeated
+    users, few distinct values in the third (a rating scale), integers in the fourth."""
+    n, width = X.shape
+    if width not in (3, 4) or n < 10:
+        return False
+    ids = X[:, :2]
+    if np.any(ids < 0) or np.any(ids != np.round(ids)):
+        return False
+    if width == 4 and np.any(X[:, 3] != np.round(X[:, 3])):
+        return False
+    pairs = {(a, b) for a, b in ids.tolist()}
+    users = np.unique(X[:, 0])
+    return len(pairs) == n and len(users) < n and len(np.unique(X[:, 2])) <= 20
+
+
+def _refuse_ratings(path: Path, why: str) -> None:
+    raise ValueError(
+        f"{path}: looks like a ratings file ({why}), not a matrix: ppdnmf factorizes a dense "
+        "matrix; for ratings use a recommendation protocol (cipherfact simulate "
+        "csr-fhe-mf-synthetic or fedmf-synthetic --set data.path=...); if this is a matrix, "
+        "save it as .npy"
+    )
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -211,9 +211,20 @@ def _read_csv(
             raise ValueError(f"{path}: empty file")
         wanted = [user_col, item_col, rating_col] + ([timestamp_col] if timestamp_col else [])
         missing = [c for c in wanted if c not in header]
+        if missing and all(_is_number(cell) for cell in header):
+            raise ValueError(
+                f"{path}, line {reader.line_num}: no header line (the first line is numbers); "
+                "a ratings CSV starts with a header naming its columns (e.g. user,item,rating; "
+                "others are named with data.user_col, data.item_col and data.rating_col); a "
+                "dense matrix is factorized by ppdnmf (cipherfact simulate ppdnmf-synthetic "
+                "--set data.path=...)"
+            )
         if missing:
             raise ValueError(
-                f"{path}, line {reader.line_num}: missing column(s) {missing} (found {header})"
+                f"{path}, line {reader.line_num}: missing column(s) {missing} (found {header}); "
+                "name the user, item and rating columns with data.user_col, data.item_col and "
+                "data.rating_col (and data.timestamp_col; in Python the user_col, item_col, "
+                "rating_col and timestamp_col arguments)"
             )
         u_at, i_at, r_at = header.index(user_col), header.index(item_col), header.index(rating_col)
         t_at = header.index(timestamp_col) if timestamp_col else None
@@ -275,6 +286,7 @@ def _read_raw(
         raise ValueError(f"unknown ratings format {fmt!r}; expected one of {list(_FORMATS)}")
     if not path.is_file():
         raise ValueError(f"ratings file not found: {path}")
+    _refuse_binary_array(path)
     columns = (user_col, item_col, rating_col, timestamp_col)
     try:
         if fmt == "auto":
@@ -293,6 +305,31 @@ def _read_raw(
         raise ValueError(f"{path}: cannot be read as a text ratings file ({exc})") from exc
     _check_duplicates(path, raw)
     return raw
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_binary_array(path: Path) -> None:
+    """A NumPy ``.npy``/``.npz`` file is a matrix, not a ratings list: say so, and where
+    matrices go, instead of failing to decode it as text."""
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    kind = ".npy" if magic == b"\x93NUMPY" else ".npz" if magic[:4] == b"PK\x03\x04" else None
+    if kind is None and path.suffix.lower() not in (".npy", ".npz"):
+        return
+    raise ValueError(
+        f"{path}: a NumPy {kind or path.suffix.lower()} array, but the recommendation protocols "
+        "(csr_fhe_mf, fedmf) read ratings: a CSV with user, item and rating columns (a MovieLens "
+        "ratings.csv, or name them with data.user_col, data.item_col, data.rating_col) or an "
+        "ml-100k u.data; a matrix is factorized by ppdnmf (cipherfact simulate "
+        "ppdnmf-synthetic --set data.path=...)"
+    )
 
 
 def _check_duplicates(path: Path, raw: _RawRatings) -> None:
@@ -604,8 +641,7 @@ def load_user_ratings(path: str | Path, n_items: int) -> tuple[np.ndarray, np.nd
             item = _number(path, line, "item", row["item"] or "")
             if item != int(item) or not 0 <= item < n_items:
                 raise ValueError(
-                    f"{path}, line {line}: item {row['item']!r} is not an index in "
-                    f"0..{n_items - 1}"
+                    f"{path}, line {line}: item {row['item']!r} is not an index in 0..{n_items - 1}"
                 )
             items.append(int(item))
             values.append(_number(path, line, "rating", row["rating"] or ""))

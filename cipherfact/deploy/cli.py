@@ -57,7 +57,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("-v", "--verbose", action="store_true", help="log every envelope")
     serve.set_defaults(func=_serve)
 
-    deploy = _parser(sub, "deploy", help="certificates and local multi-process deployments")
+    deploy = _parser(
+        sub, "deploy", help="certificates, per-machine kits, local deployments, gathering results"
+    )
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
     certs = deploy_sub.add_parser("certs", help="create a job CA and one certificate per agent")
     certs.add_argument("--agents", type=int, required=True, help="number of agents")
@@ -88,6 +90,33 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--timeout", type=float, default=None, metavar="S",
                        help="terminate agents still running after S seconds")
     local.set_defaults(func=_local)
+
+    kit = deploy_sub.add_parser(
+        "kit",
+        help="write one folder per agent machine: job file, CA certificate, that agent's "
+        "certificate and key, a start script",
+        description="Make deployment kits from JOB.toml and the job's certificates "
+        "(`deploy certs`): --out/agent-<i>/ holds the job file, the CA certificate, agent i's "
+        "certificate and key (0600), start.sh and a README. Never the CA key or another "
+        "agent's key. Copy each folder to its machine and run ./start.sh there.",
+    )
+    kit.add_argument("--job", required=True, help="path to JOB.toml")
+    kit.add_argument("--out", required=True, help="folder for the kits (must not hold kits)")
+    kit.set_defaults(func=_kit)
+
+    gather = deploy_sub.add_parser(
+        "gather",
+        help="merge the agents' result folders, copied back from their machines",
+        description="Assemble summary.json, metrics.jsonl and the factors in --out from the "
+        "agents' result folders: RESULTS/agent-<i>/ (each agent's result folder) or "
+        "RESULTS/agent-<i>/<job out>/agent-<i>/ (whole kit folders).",
+    )
+    gather.add_argument("--job", required=True, help="path to JOB.toml")
+    gather.add_argument(
+        "--results", required=True, help="folder with the agents' agent-<i> folders"
+    )
+    gather.add_argument("--out", required=True, help="folder for summary.json and the factors")
+    gather.set_defaults(func=_gather)
 
 
 def _setup_logging(verbose: bool, agent_id: int | None = None) -> None:
@@ -239,4 +268,41 @@ def _local(args: argparse.Namespace) -> int:
         print(f"interrupted by {summary.get('interrupted_by')}: agents stopped, partial "
               f"summary in {out}/summary.json", file=sys.stderr)
         return SIGNAL_EXIT.get(str(summary.get("interrupted_by")), 143)
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _kit(args: argparse.Namespace) -> int:
+    from cipherfact.deploy.kit import make_kits
+
+    kits = make_kits(args.job, args.out)
+    for kit in kits:
+        print(f"{kit.folder}/  ({', '.join(kit.files)})")
+    print(
+        f"{len(kits)} kits written to {args.out}/: copy agent-<i>/ to agent i's machine and "
+        "run ./start.sh there (no kit holds the CA key)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _gather(args: argparse.Namespace) -> int:
+    from cipherfact.deploy.kit import gather_folders
+
+    summary = gather_folders(args.job, args.results, args.out)
+    keys = (
+        "status",
+        "transport",
+        "n_agents",
+        "processes",
+        "rel_error",
+        "consensus_spread",
+        "train_rmse",
+        "test_rmse",
+        "plain_test_rmse",
+        "bytes_total",
+        "grpc_bytes_total",
+        "messages_total",
+    )
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"results written to {args.out}/", file=sys.stderr)
     return 0 if summary["status"] == "completed" else 1

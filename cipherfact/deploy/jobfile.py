@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cipherfact import registry
 from cipherfact.agents.envelope import AgentId
 from cipherfact.deploy.tls import TlsFiles
 from cipherfact.deploy.transport import RetryPolicy
@@ -119,7 +120,6 @@ class DeployJob:
         return resolve_path(self.path.parent, value)
 
 
-DEPLOYABLE = ("ppdnmf", "csr_fhe_mf")
 
 
 def party_count(scenario: Any) -> int:
@@ -283,10 +283,10 @@ def load_job(path: str | Path) -> DeployJob:
         "[job]",
     )
     scenario = _scenario(tree, job, base, path.stem)
-    if scenario.protocol not in DEPLOYABLE:
+    if scenario.protocol not in registry.deployable():
         raise JobFileError(
             f"protocol {scenario.protocol!r} cannot be deployed yet (deployable: "
-            f"{', '.join(DEPLOYABLE)})"
+            f"{', '.join(registry.deployable())})"
         )
 
     raw_agents = tree.get("agents")

@@ -10,6 +10,7 @@ a real deployment never does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from cipherfact import registry
 from cipherfact.deploy.jobfile import (
-    DEPLOYABLE,
     DeployJob,
     check_out_dir,
     load_job,
@@ -81,10 +82,11 @@ def local_parties(
         kept = [o for o in overrides if o.partition("=")[0].strip() != "n_agents"]
         load_scenario(scenario, [*kept, f"n_agents={n}"])
         return [*kept, f"n_agents={n}"], n
-    n = party_count(parsed) if parsed.protocol in DEPLOYABLE else 0
+    n = party_count(parsed) if parsed.protocol in registry.deployable() else 0
     if not n:
         raise ValueError(
-            f"protocol {parsed.protocol!r} cannot be deployed (deployable: {', '.join(DEPLOYABLE)})"
+            f"protocol {parsed.protocol!r} cannot be deployed "
+            f"(deployable: {', '.join(registry.deployable())})"
         )
     if n_agents is not None and n_agents != n:
         raise ValueError(
@@ -299,21 +301,26 @@ def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def gather(job_path: Path, wall_s: float, codes: Sequence[int],
-           interrupted: str | None = None) -> dict[str, Any]:
+           interrupted: str | None = None, *, results_dir: Path | None = None,
+           out_dir: Path | None = None) -> dict[str, Any]:
     """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz.
 
     ``interrupted`` (a signal's name): ``deploy local`` was stopped; the summary
     then has status ``interrupted`` and whatever the agents wrote until then.
+    ``results_dir`` holds the ``agent-<i>`` folders (default: the job's ``out``);
+    ``out_dir`` receives the merged files (default: the job file's folder).
     """
     deploy = load_job(job_path)
+    if results_dir is not None:
+        deploy = dataclasses.replace(deploy, out=results_dir)
+    out = job_path.parent if out_dir is None else out_dir
     if deploy.scenario.protocol == "csr_fhe_mf":
         from cipherfact.deploy.csr_gather import gather_csr
 
         return gather_csr(deploy, _results(deploy, len(deploy.agents)), codes, wall_s,
-                          job_path.parent, interrupted=interrupted)
+                          out, interrupted=interrupted)
     scenario = deploy.scenario
     job = prepare_job(scenario)
-    out = job_path.parent
     n = job.n_agents
     results = _results(deploy, n)
     summary: dict[str, Any] = {

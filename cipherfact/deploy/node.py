@@ -228,6 +228,7 @@ class Node(BaseNode):
     """One ppdnmf agent: checkpoints at outer boundaries and begins each outer by itself."""
 
     stages = STAGES["pairwise"] | STAGES["secagg"]  # the role refuses the other exchange's
+    supports_resume = True
 
     def __init__(self, deploy: DeployJob, agent_id: AgentId, *, resume_from: int | None = None,
                  stop: threading.Event | None = None) -> None:

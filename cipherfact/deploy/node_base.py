@@ -114,6 +114,8 @@ class BaseNode(ABC):
 
     #: the protocol's stages (``abort`` is added by the node)
     stages: frozenset[str] = frozenset()
+    #: whether the constructor takes ``resume_from`` (the party keeps checkpoints)
+    supports_resume: bool = False
 
     def __init__(self, deploy: DeployJob, agent_id: AgentId, *,
                  stop: threading.Event | None = None) -> None:

@@ -1,9 +1,10 @@
-"""Pick the node class of a deployed job's protocol."""
+"""Pick the node class of a deployed job's protocol (from the protocol registry)."""
 
 from __future__ import annotations
 
 import threading
 
+from cipherfact import registry
 from cipherfact.agents.envelope import AgentId
 from cipherfact.deploy.jobfile import DeployJob, JobFileError
 from cipherfact.deploy.node_base import BaseNode
@@ -16,16 +17,17 @@ def make_node(
     resume_from: int | None = None,
     stop: threading.Event | None = None,
 ) -> BaseNode:
-    """The party ``agent_id`` of ``deploy``: a ppdnmf agent or a csr_fhe_mf party."""
+    """The party ``agent_id`` of ``deploy``, of the class its protocol registers."""
     protocol = deploy.scenario.protocol
-    if protocol == "ppdnmf":
-        from cipherfact.deploy.node import Node
-
-        return Node(deploy, agent_id, resume_from=resume_from, stop=stop)
-    if protocol == "csr_fhe_mf":
-        if resume_from is not None:
-            raise JobFileError("csr_fhe_mf parties keep no checkpoints: --resume is ppdnmf-only")
-        from cipherfact.deploy.csr_node import CsrNode
-
-        return CsrNode(deploy, agent_id, stop=stop)
-    raise JobFileError(f"protocol {protocol!r} cannot be deployed")
+    try:
+        node_class: type[BaseNode] = registry.load(protocol, "node")
+    except registry.UnknownProtocolError as exc:
+        raise JobFileError(f"protocol {protocol!r} cannot be deployed: {exc}") from exc
+    if resume_from is None:
+        return node_class(deploy, agent_id, stop=stop)
+    if not node_class.supports_resume:
+        resumable = [p for p in registry.deployable() if registry.load(p, "node").supports_resume]
+        raise JobFileError(
+            f"{protocol} parties keep no checkpoints: --resume is for {', '.join(resumable)} only"
+        )
+    return node_class(deploy, agent_id, resume_from=resume_from, stop=stop)  # type: ignore[call-arg]

@@ -17,6 +17,11 @@ Roles (Kim et al. 2016; Chowdhury, Bauer & Zhou 2025), RS and CSP not colluding:
   homomorphically. The round trip replaces bootstrapping: every epoch starts
   from depth-0 ciphertexts.
 
+Keys: the CSP sends RS its evaluation context (public + relinearization
+keys) and every user the public encryption key alone. Wire (issue 18): the
+CSP's refreshed factors go out as seeded symmetric encryptions, and users drop
+the primes RS will not use before uploading (``CsrFheMFConfig.upload_depths``).
+
 The initial factors are public (drawn from ``init_seed``), so the CSP's
 masked factors start at A = (U0, V0) and after that only ever move by masked
 gradients. Work is proportional to the number of stored slots, never users x
@@ -102,6 +107,18 @@ class CsrFheMFConfig:
     ckks_params: str = "auto"
     hide_pattern: bool = False
     pad_to: int = 0
+    #: 0: each item's gradient sum is divided by its number of slots (the
+    #: per-item Jacobi step of the clear CSR structure). > 0: by this public
+    #: constant instead. ``hide_pattern`` needs > 0: a per-item count would either
+    #: count the secret dummies (padding would change the result) or reveal how
+    #: many of an item's shown entries are real (``_divisors``).
+    item_norm: float = 0.0
+    #: wire levers (issue 18): the CSP sends its refreshed factors as seeded
+    #: symmetric encryptions (half the bytes); users send each uploaded vector
+    #: with the primes dropped that RS never uses (it is first added at depth 1,
+    #: or 2). Neither changes a value; both only change the bytes.
+    seeded_refresh: bool = True
+    mod_switch_uploads: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_factors", "epochs"):
@@ -118,12 +135,32 @@ class CsrFheMFConfig:
                 f"pad_to must be in [1, n_items={self.n_items}] with hide_pattern, "
                 f"got {self.pad_to}"
             )
+        if not (np.isfinite(self.item_norm) and self.item_norm >= 0):
+            raise ValueError(f"item_norm must be finite and >= 0, got {self.item_norm!r}")
+        if self.hide_pattern and not self.item_norm > 0:
+            raise ValueError(
+                "hide_pattern needs item_norm > 0 (a public divisor of every item's gradient "
+                "sum): per-item slot counts include the secret dummies, and real counts "
+                f"would reveal which shown entries are real; got item_norm={self.item_norm!r}"
+            )
         self.plan()  # refuse impossible CKKS/mask combinations up front
 
     @property
     def depth(self) -> int:
         """Multiplicative depth of one epoch: 2, or 3 with the encrypted weights."""
         return 3 if self.hide_pattern else 2
+
+    @property
+    def upload_depths(self) -> tuple[int, ...]:
+        """Depth at which each vector a user uploads is sent (``user_entries`` order).
+
+        -r, or with ``hide_pattern`` -w*r, w, -w*r/n_u, w/n_u. RS first uses -w*r
+        in ne = pred + (-w*r), after one product (two with the weights), and w in
+        w * pred, after one; a prime it would never use is not sent
+        (``mod_switch_uploads``).
+        """
+        depths = (2, 1, 2, 1) if self.hide_pattern else (1,)
+        return depths if self.mod_switch_uploads else (0,) * len(depths)
 
     def plan(self) -> PlannedParams:
         return plan_csr_params(
@@ -144,6 +181,27 @@ class CsrFheMFConfig:
         return U, V
 
 
+def _divisors(
+    layout: SlotLayout, config: CsrFheMFConfig
+) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """What each user's and item's gradient sum is divided by in ``linear_step``.
+
+    Without ``hide_pattern``: each user's number of ratings (public in the clear
+    CSR structure), and each item's, or the public ``item_norm``. With it, no
+    count of the padded structure may enter, or the secret dummies would change
+    the step: each user folds 1/(its real count) into what it uploads (w/n_u,
+    -w*r/n_u: it alone knows n_u), so its sum is divided by 1 here; an item's
+    real count is known to nobody, so its sum is divided by ``item_norm``. The
+    same data padded or not then gives the same step, up to CKKS noise.
+    """
+    if config.hide_pattern:
+        return 1.0, config.item_norm
+    users = np.maximum(layout.user_counts, 1)[:, None].astype(np.float64)
+    if config.item_norm > 0:
+        return users, config.item_norm
+    return users, np.maximum(layout.item_counts, 1)[:, None].astype(np.float64)
+
+
 def _secret_dummies(free: np.ndarray, k: int) -> np.ndarray:
     """``k`` distinct items of ``free`` (unrated items), drawn from the OS CSPRNG.
 
@@ -153,9 +211,9 @@ def _secret_dummies(free: np.ndarray, k: int) -> np.ndarray:
     and learns exactly which items the user rated -- the pattern ``hide_pattern``
     exists to hide (issue 12; tests/privacy/test_hide_pattern_dummies.py). No
     caller can pass a generator in. Nothing needs to replay the draw: dummies carry
-    weight 0 and change the numbers only through the public per-item slot counts
-    (``linear_step``), so the plaintext twin reads the padded structure from the
-    layout RS and CSP received (``twin_slots``).
+    weight 0 and no count of the padded structure enters the step (``_divisors``),
+    so they change no number; the plaintext twin reads the padded structure from
+    the layout RS and CSP received (``twin_slots``).
     """
     picked = secrets.SystemRandom().sample(range(free.size), k)
     return free[np.array(picked, dtype=np.int64)]
@@ -221,6 +279,13 @@ def _decode(scheme: Scheme, blob: bytes, who: str, size: int, depth: int) -> Cip
     return ct
 
 
+def _encrypt_bytes(scheme: Scheme, values: np.ndarray, depth: int, seeded: bool) -> bytes:
+    """A fresh encryption's bytes at ``depth`` (seeded where the key holder may)."""
+    if isinstance(scheme, CkksScheme):
+        return scheme.encrypt_bytes(values, depth=depth, seeded=seeded)
+    return scheme.to_bytes(scheme.encrypt(values))  # pragma: no cover - CKKS only
+
+
 class _Role(StateMachine):
     """Routing checks and envelope helpers shared by the three roles."""
 
@@ -273,7 +338,8 @@ class CsrUser(_Role):
         self.profiler = profiler or Profiler()
         self._load_public = load_public
         self._items, self._neg_r, self._w = user_entries(items, values, config)
-        self._scheme: Scheme | None = None
+        self._n_real = int(np.asarray(items).size)
+        self._context: bytes | None = None
         self._done = False
 
     @property
@@ -288,7 +354,7 @@ class CsrUser(_Role):
     @property
     def has_context(self) -> bool:
         """Whether the CSP's public context has arrived (next: RS's layout)."""
-        return self._scheme is not None
+        return self._context is not None
 
     def start(self) -> list[Envelope]:
         return []
@@ -296,24 +362,21 @@ class CsrUser(_Role):
     def step(self, env: Envelope) -> list[Envelope]:
         self._check(env, {STAGE_CONTEXT: (CSP_ID,), STAGE_LAYOUT: (RS_ID,)})
         if env.stage == STAGE_CONTEXT:
-            if self._scheme is not None:
+            if self._context is not None:
                 raise ProtocolError(f"user {self.u}: duplicate context from agent {env.sender}")
-            try:
-                self._scheme = self._load_public(env.payload)
-            except (CryptoError, ValueError, TypeError) as exc:
-                raise ProtocolError(
-                    f"user {self.u}: bad CKKS context from agent {env.sender}: {exc}"
-                ) from exc
+            # Loaded only when the layout comes, used once, then dropped: a loaded
+            # context costs ~10 MB, and a simulation holds every user at once.
+            self._context = bytes(env.payload)
             payload = self._items.astype(">u8").tobytes()
             return [self._env(SETUP_ROUND, STAGE_STRUCTURE, RS_ID, payload)]
         return self._upload(env)
 
     def _upload(self, env: Envelope) -> list[Envelope]:
         """Encrypt -w*r (and w) into every chunk the user's slots touch."""
-        if self._scheme is None or self._done:
+        if self._context is None or self._done:
             raise ProtocolError(
                 f"user {self.u}: layout from agent {env.sender} "
-                + ("before the CKKS context" if self._scheme is None else "after the upload")
+                + ("before the CKKS context" if self._context is None else "after the upload")
             )
         if len(env.payload) != _LAYOUT_MSG.size:
             raise ProtocolError(f"user {self.u}: malformed layout from agent {env.sender}")
@@ -324,18 +387,29 @@ class CsrUser(_Role):
                 f"user {self.u}: layout from agent {env.sender} (offset {offset}, nnz {nnz}, "
                 f"slots {slots}) does not fit {n} entries"
             )
+        try:
+            scheme = self._load_public(self._context)
+        except (CryptoError, ValueError, TypeError) as exc:
+            raise ProtocolError(
+                f"user {self.u}: bad CKKS context from agent {CSP_ID}: {exc}"
+            ) from exc
         parts: list[bytes] = []
         with self.profiler.section("crypto"):
             for c in range(offset // slots, (offset + n - 1) // slots + 1):
                 start, stop = c * slots, min((c + 1) * slots, nnz)
                 lo, hi = max(offset, start), min(offset + n, stop)
-                cts = [self._neg_r] + ([self._w] if self.config.hide_pattern else [])
+                cts = [self._neg_r]
+                if self.config.hide_pattern:
+                    # the user's own normalization 1/n_u, folded in: nobody else knows n_u
+                    n_u = float(self._n_real)
+                    cts += [self._w, self._neg_r / n_u, self._w / n_u]
                 parts.append(_CHUNK_REF.pack(c))
-                for values in cts:
+                for values, depth in zip(cts, self.config.upload_depths, strict=True):
                     vec = np.zeros(stop - start)
                     vec[lo - start : hi - start] = values[lo - offset : hi - offset]
-                    parts.append(self._scheme.to_bytes(self._scheme.encrypt(vec)))
+                    parts.append(_encrypt_bytes(scheme, vec, depth, seeded=False))
         self._done = True
+        self._context = b""  # keeps has_context; the key is not needed any more
         return [self._env(SETUP_ROUND, STAGE_RATINGS, RS_ID, encode_parts(parts))]
 
 
@@ -368,9 +442,19 @@ class CryptoServiceProvider(_Role):
         return self._A_U.copy(), self._A_V.copy()
 
     def start(self) -> list[Envelope]:
-        payload = self.scheme.public_bytes()
-        receivers = [RS_ID] + [user_id(u) for u in range(self.config.n_users)]
-        return [self._env(SETUP_ROUND, STAGE_CONTEXT, r, payload) for r in receivers]
+        """RS gets the evaluation context (it multiplies); users get the encryption
+        key alone (they only encrypt), a quarter of the bytes and no key they do
+        not need."""
+        evaluation = self.scheme.public_bytes()
+        encryption = (
+            self.scheme.encryption_bytes() if isinstance(self.scheme, CkksScheme) else evaluation
+        )
+        out = [self._env(SETUP_ROUND, STAGE_CONTEXT, RS_ID, evaluation)]
+        out += [
+            self._env(SETUP_ROUND, STAGE_CONTEXT, user_id(u), encryption)
+            for u in range(self.config.n_users)
+        ]
+        return out
 
     def step(self, env: Envelope) -> list[Envelope]:
         self._check(env, {STAGE_STRUCTURE: (RS_ID,), STAGE_MASKED: (RS_ID,)})
@@ -431,7 +515,14 @@ class CryptoServiceProvider(_Role):
             self.view.append(X.copy())
         with self.profiler.section("compute"):
             A_U, A_V = linear_step(
-                layout, self._A_U, self._A_V, X[0], X[1], self.config.lr, self.config.reg
+                layout,
+                self._A_U,
+                self._A_V,
+                X[0],
+                X[1],
+                self.config.lr,
+                self.config.reg,
+                *_divisors(layout, self.config),
             )
             # RS swaps the accumulated gradient masks for fresh, smaller factor masks.
             self._A_U, self._A_V = A_U - C_U, A_V - C_V
@@ -450,8 +541,11 @@ class CryptoServiceProvider(_Role):
                 for f in range(F):
                     for c in range(len(sizes)):
                         start, stop = layout.chunk_bounds(c)
-                        ct = self.scheme.encrypt(M[start:stop, f])
-                        parts.append(self.scheme.to_bytes(ct))
+                        parts.append(
+                            _encrypt_bytes(
+                                self.scheme, M[start:stop, f], 0, self.config.seeded_refresh
+                            )
+                        )
         self.epoch += 1
         return [self._env(env.round, STAGE_REFRESHED, RS_ID, encode_parts(parts))]
 
@@ -472,8 +566,8 @@ class RecommenderServer(_Role):
         self.layout: SlotLayout | None = None
         self._pending: list[Envelope] = []
         self._uploaded: set[int] = set()
-        self._neg_r: list[Ciphertext | None] = []
-        self._w: list[Ciphertext | None] = []
+        #: per chunk, the sums of the users' uploads (``CsrFheMFConfig.upload_depths``)
+        self._up: list[list[Ciphertext | None]] = []
         self._EU: list[list[Ciphertext]] = []
         self._EV: list[list[Ciphertext]] = []
         F = config.n_factors
@@ -535,6 +629,11 @@ class RecommenderServer(_Role):
             raise ProtocolError(
                 f"RS: context from agent {env.sender} is {type(scheme).__name__}, not CKKS"
             )
+        if not scheme.can_evaluate:
+            raise ProtocolError(
+                f"RS: CKKS context from agent {env.sender} holds no relinearization keys; "
+                "RS multiplies ciphertexts and needs the evaluation context"
+            )
         slots = scheme.params.slot_count
         if slots != self.planned.params.slot_count:
             raise ProtocolError(
@@ -576,8 +675,7 @@ class RecommenderServer(_Role):
             self.planned.params.slot_count,
         )
         self.layout = layout
-        self._neg_r = [None] * layout.n_chunks
-        self._w = [None] * layout.n_chunks
+        self._up = [[None] * layout.n_chunks for _ in self.config.upload_depths]
         offsets = layout.user_offsets()
         out = [self._env(SETUP_ROUND, STAGE_STRUCTURE, CSP_ID, layout.to_bytes())]
         for v in range(cfg.n_users):
@@ -591,7 +689,8 @@ class RecommenderServer(_Role):
         layout, scheme = self.layout, self.scheme
         if layout is None or scheme is None or u in self._uploaded:
             raise ProtocolError(f"{who}: unexpected (duplicate, or before the layout was sent)")
-        per = 3 if self.config.hide_pattern else 2
+        depths = self.config.upload_depths
+        per = 1 + len(depths)
         offset = int(layout.user_offsets()[u])
         count = int(layout.user_counts[u])
         first, last = offset // layout.slot_count, (offset + count - 1) // layout.slot_count
@@ -607,10 +706,9 @@ class RecommenderServer(_Role):
                 if c != first + k // per:
                     raise ProtocolError(f"{who}: chunk {c}, expected chunk {first + k // per}")
                 size = layout.chunk_sizes()[c]
-                cts = [_decode(scheme, parts[k + j], who, size, 0) for j in range(1, per)]
-                self._neg_r[c] = self._acc(self._neg_r[c], cts[0])
-                if self.config.hide_pattern:
-                    self._w[c] = self._acc(self._w[c], cts[1])
+                for j, depth in enumerate(depths):
+                    ct = _decode(scheme, parts[k + 1 + j], who, size, depth)
+                    self._up[j][c] = self._acc(self._up[j][c], ct)
         self._uploaded.add(u)
         if len(self._uploaded) == self.config.n_users:
             self._encrypt_initial_factors()
@@ -660,20 +758,31 @@ class RecommenderServer(_Role):
         with self.profiler.section("crypto"):
             for c in range(layout.n_chunks):
                 a, b = layout.chunk_bounds(c)
-                neg_r, w = self._neg_r[c], self._w[c]
-                if neg_r is None:  # unreachable: every chunk got an upload
+                up = [ct for column in self._up if (ct := column[c]) is not None]
+                if len(up) != len(self._up):  # unreachable: every chunk got an upload
                     raise ProtocolError(f"RS: chunk {c} has no ratings")
                 pred = scheme.sum([scheme.mul(self._EU[f][c], self._EV[f][c]) for f in range(F)])
-                if w is not None:
-                    pred = scheme.mul(w, pred)
-                ne = scheme.add(pred, neg_r)
+                if cfg.hide_pattern:
+                    neg_r, w, neg_r_u, w_u = up
+                    # items: w * (pred - r); users: the same scaled by the user's 1/n_u
+                    ne_i = scheme.add(scheme.mul(w, pred), neg_r)
+                    ne_u = scheme.add(scheme.mul(w_u, pred), neg_r_u)
+                else:
+                    ne_i = ne_u = scheme.add(pred, up[0])
                 for f in range(F):
-                    for g, other in ((0, self._EV[f][c]), (1, self._EU[f][c])):
+                    for g, ne, other in ((0, ne_u, self._EV[f][c]), (1, ne_i, self._EU[f][c])):
                         masked = scheme.add_plain(scheme.mul(ne, other), masks[g, a:b, f])
                         grads[g][f].append(scheme.to_bytes(masked))
         with self.profiler.section("compute"):
             M_U, M_V = linear_step(
-                layout, self._M_U, self._M_V, masks[0], masks[1], cfg.lr, cfg.reg
+                layout,
+                self._M_U,
+                self._M_V,
+                masks[0],
+                masks[1],
+                cfg.lr,
+                cfg.reg,
+                *_divisors(layout, cfg),
             )
             fbound = 2.0**self.planned.factor_bits * 2.0**cfg.factor_mask_bits
             self._M_U = secure_uniform(M_U.shape, fbound)
@@ -731,8 +840,7 @@ def twin_slots(
     What the users uploaded, rebuilt from the public structure instead of by
     replaying their dummy draws (which are secret): a slot that is a rating gets
     weight 1, a dummy slot weight 0, exactly as ``user_entries`` builds them.
-    The twin needs the real structure because the update divides by the
-    per-item slot counts, dummies included (``linear_step``).
+    The twin needs the real structure because the slot order follows it.
     """
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
@@ -776,12 +884,21 @@ def run_twin(
             f"{weights.shape}"
         )
     U, V = config.initial_factors()
+    divisors = _divisors(layout, config)
+    if config.hide_pattern:
+        # each user's real count, as the user folds it into its uploads
+        real = np.bincount(layout.slot_users, weights=weights, minlength=layout.n_users)
+        n_u = np.maximum(real, 1.0)[layout.slot_users]
+        neg_r_u, w_u = neg_r / n_u, weights / n_u
     for epoch in range(config.epochs):
         pred = np.einsum("sf,sf->s", U[layout.slot_users], V[layout.slot_items])
-        ne = (weights * pred if config.hide_pattern else pred) + neg_r
-        gU = ne[:, None] * V[layout.slot_items]
-        gV = ne[:, None] * U[layout.slot_users]
-        U, V = linear_step(layout, U, V, gU, gV, config.lr, config.reg)
+        if config.hide_pattern:
+            ne_i, ne_u = weights * pred + neg_r, w_u * pred + neg_r_u
+        else:
+            ne_i = ne_u = pred + neg_r
+        gU = ne_u[:, None] * V[layout.slot_items]
+        gV = ne_i[:, None] * U[layout.slot_users]
+        U, V = linear_step(layout, U, V, gU, gV, config.lr, config.reg, *divisors)
         if on_epoch is not None:
             on_epoch(epoch, U, V)
     return U, V

@@ -153,18 +153,22 @@ def linear_step(
     gV: np.ndarray,
     lr: float,
     reg: float,
+    user_div: np.ndarray | float | None = None,
+    item_div: np.ndarray | float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One gradient step from per-slot gradients (the linear part of an epoch).
 
     ``gU[s] = -e_s V[i(s)]`` and ``gV[s] = -e_s U[u(s)]`` (signs as RS computes
-    them). Each user/item row moves by ``lr`` times its *mean* slot gradient
-    plus ridge term, both rows from the same residuals (Jacobi-scaled full
-    batch GD). Linear in (U, V, gU, gV) jointly, so it commutes with masks.
+    them). Each user/item row moves by ``lr`` times its slot gradients' sum
+    divided by ``user_div``/``item_div`` (a column per row, or one public
+    constant; default the row's slot count: its *mean* slot gradient, a
+    Jacobi-scaled full batch GD) plus ridge term, both rows from the same
+    residuals. Linear in (U, V, gU, gV) jointly, so it commutes with masks.
     """
     sum_u, _ = layout.segment_sums(gU)
     _, sum_v = layout.segment_sums(gV)
-    nu = np.maximum(layout.user_counts, 1)[:, None]
-    ni = np.maximum(layout.item_counts, 1)[:, None]
+    nu = np.maximum(layout.user_counts, 1)[:, None] if user_div is None else user_div
+    ni = np.maximum(layout.item_counts, 1)[:, None] if item_div is None else item_div
     return U - lr * (sum_u / nu + reg * U), V - lr * (sum_v / ni + reg * V)
 
 

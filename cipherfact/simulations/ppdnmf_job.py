@@ -38,7 +38,11 @@ from cipherfact.protocols.references import (
     relative_error,
 )
 from cipherfact.simulations.engine import InMemoryEngine
-from cipherfact.simulations.scenario import PPDNMFScenario, ScenarioError
+from cipherfact.simulations.scenario import (
+    PPDNMFScenario,
+    ScenarioError,
+    check_topology_fits_agents,
+)
 from cipherfact.simulations.topology import Graph, make_graph
 from cipherfact.solvers import make_solver
 from cipherfact.solvers.base import LocalSolver
@@ -208,6 +212,7 @@ def prepare_job(scenario: PPDNMFScenario, X: np.ndarray | None = None) -> PPDNMF
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"data.agent_cols: {exc}") from exc
     topo = scenario.topology
+    check_topology_fits_agents(scenario)
     try:
         graph = make_graph(topo.kind, scenario.n_agents, rng=graph_rng, **topo.graph_params())
     except (TypeError, ValueError) as exc:

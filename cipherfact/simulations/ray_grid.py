@@ -1,283 +1,55 @@
-"""One Ray driver (``RayGrid``) and one actor body (``RoleHost``) for every protocol.
+"""``RayGrid``: the hosts of a run as Ray actors (one driver for every protocol).
 
-Hundreds of agents must not need hundreds of processes, so each Ray actor (a
-"host") runs several protocol roles. What a protocol contributes is a
-picklable *factory*: called inside the actor with the agent ids placed there,
-it builds those roles (generating secret keys where their holder runs, so they
-never travel), and says how a role reports at an outer boundary, how it is
-checkpointed, and which measurement hooks the harness may call
-(``LocalRoles``). Everything else is the same whatever the protocol:
-
-* inside an actor, every call pumps local messages to quiescence (FIFO per
-  receiver, receivers polled in id order, like ``InMemoryEngine``) and returns
-  the envelopes for other actors, batched per destination actor;
-* the driver submits each batch to its destination at once, busy or not (Ray
-  runs one caller's calls to an actor in submission order), so a busy actor
-  starts its next batch without a round trip through the driver; an outer
-  iteration ends when no call is outstanding (quiescence is trivial at the
-  driver, whereas actors pushing to each other would need a distributed
-  termination test);
-* traffic counters, network-emulation waves, readiness, per-party seconds and
-  actor utilisation are gathered at each boundary.
-
-A failure comes back as ``RayEngineError`` naming the actor, its agents, the
-phase and the protocol round.
+The hosts are ``RoleHost`` objects (``grid.py``) made remote; what a protocol
+contributes is only the factory each actor calls. Routing: the driver submits
+each envelope batch to its destination actor at once, busy or not (Ray runs
+one caller's calls to an actor in submission order), so a busy actor starts
+its next batch without a round trip through the driver; an outer iteration
+ends when no call is outstanding (quiescence is trivial at the driver,
+whereas actors pushing to each other would need a distributed termination
+test). A failure comes back as ``RayEngineError`` naming the actor, its
+agents, the phase and the protocol round. ``ray_session`` joins a cluster
+(``ray_cluster.connect``: one-line errors) or starts a local Ray for one run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from threadpoolctl import threadpool_limits
+from cipherfact.agents.envelope import AgentId
+from cipherfact.agents.ray_transport import HostId
+from cipherfact.simulations.grid import Grid, Outbox, RoleFactory, RoleHost
+from cipherfact.simulations.network import NetworkModel
 
-from cipherfact.agents.agent import Agent
-from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.agents.ray_transport import HostId, HostTransport
-from cipherfact.agents.traffic import TrafficStats
-from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.network import (
-    NetworkClock,
-    NetworkModel,
-    NetworkReport,
-    Wave,
-    merge_retransmissions,
-    merge_waves,
-    report,
-)
 
-Outbox = dict[HostId, list[Envelope]]
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[bool]:
+    """Join ``address``, or start a local Ray sized to this machine; yields whether
+    this call started Ray (and so shuts it down on the way out, errors included).
+    An already initialized Ray (a test fixture, a notebook) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    if address:
+        from cipherfact.simulations.ray_cluster import connect
+
+        connect(address)  # one-line errors: no listener, refused token, ...
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
 
 
 class RayEngineError(RuntimeError):
     """An actor failed or died; the message names its agents, the phase and the round."""
-
-
-# --- what a protocol's factory builds inside an actor ---------------------------------
-
-
-@dataclass
-class LocalRoles:
-    """The roles one actor hosts, and how the generic host treats them.
-
-    ``profilers``: seconds per party group (reported and reset at each
-    boundary). ``hooks``: measurement calls the driver may make between outer
-    iterations (e.g. factors for the harness's error). ``public``: facts the
-    driver may learn (a public config; never a key). ``report(role)``: what a
-    role tells the driver at a boundary (None: nothing). ``save_state(role)``
-    / ``load_state(role, data)``: checkpoint bytes (numbers only, no pickle);
-    None where the protocol has no checkpoints.
-    """
-
-    roles: dict[AgentId, Any]
-    profilers: dict[str, Profiler] = field(default_factory=dict)
-    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    public: dict[str, Any] = field(default_factory=dict)
-    report: Callable[[Any], Any] | None = None
-    save_state: Callable[[Any], bytes] | None = None
-    load_state: Callable[[Any, bytes], None] | None = None
-
-
-RoleFactory = Callable[[list[AgentId]], LocalRoles]
-
-
-@dataclass
-class HostReport:
-    """What the driver gathers from one actor at a boundary (no keys, no data)."""
-
-    agents: dict[AgentId, Any]
-    ready: dict[AgentId, bool]
-    seconds: dict[str, float]
-    stats: dict[str, dict[Any, int]]
-    waves: dict[Wave, float]
-    retransmissions: dict[Wave, int]
-    local_messages: int
-    remote_messages: int
-    busy_s: float
-
-
-def stats_to_raw(stats: TrafficStats) -> dict[str, dict[Any, int]]:
-    """Plain dicts (the counters' defaultdict factories need not travel)."""
-    return {
-        "bytes_by_edge": dict(stats.bytes_by_edge),
-        "messages_by_edge": dict(stats.messages_by_edge),
-        "bytes_by_round": dict(stats.bytes_by_round),
-        "messages_by_round": dict(stats.messages_by_round),
-        "bytes_by_stage": dict(stats.bytes_by_stage),
-        "messages_by_stage": dict(stats.messages_by_stage),
-    }
-
-
-def stats_from_raw(parts: list[dict[str, dict[Any, int]]]) -> TrafficStats:
-    out = TrafficStats()
-    for raw in parts:
-        part = TrafficStats()
-        for name, counters in raw.items():
-            getattr(part, name).update(counters)
-        out.merge(part)
-    return out
-
-
-# --- inside an actor ------------------------------------------------------------------
-
-
-class RoleHost:
-    """Runs the roles a factory builds here; a plain class the driver makes remote.
-
-    Every public call pumps local messages to quiescence and returns the
-    envelopes bound for other actors. Failures come back as ``RuntimeError``
-    naming the host, its agents and their rounds, since that is what Ray
-    carries to the driver.
-    """
-
-    def __init__(
-        self,
-        host: HostId,
-        factory: RoleFactory,
-        placement: Mapping[AgentId, HostId],
-        network: NetworkModel | None = None,
-    ) -> None:
-        # One BLAS thread, as the in-memory run sets: the actor pool already fills
-        # the cores, and a fixed thread count keeps float results bit-identical.
-        self._blas_limit = threadpool_limits(limits=1)
-        self.clock = NetworkClock(network) if network is not None and network.enabled else None
-        self.host = host
-        self.transport = HostTransport(
-            host, placement, observer=None if self.clock is None else self.clock.record
-        )
-        local = factory(self.transport.agents)
-        if sorted(local.roles) != self.transport.agents:
-            raise ValueError(
-                f"host {host}: the factory built agents {sorted(local.roles)}, the placement "
-                f"puts {self.transport.agents} here"
-            )
-        self.local = local
-        self.roles = dict(sorted(local.roles.items()))
-        self.agents = {i: Agent(i, role, self.transport) for i, role in self.roles.items()}
-        self.busy_s = 0.0  # seconds spent handling messages: the actor's utilisation
-
-    # -- errors --------------------------------------------------------------------------
-
-    def _fail(self, what: str, exc: BaseException) -> RuntimeError:
-        rounds = sorted(
-            {
-                r
-                for r in (getattr(x, "round", None) for x in self.roles.values())
-                if isinstance(r, int)
-            }
-        )
-        when = f" at round(s) {rounds}" if rounds else ""
-        return RuntimeError(
-            f"host {self.host} (agents {sorted(self.roles)}) failed during {what}{when}: "
-            f"{type(exc).__name__}: {exc}"
-        )
-
-    # -- message handling ----------------------------------------------------------------
-
-    def _pump(self) -> Outbox:
-        """Handle local envelopes until none is left; return what other hosts get."""
-        start = time.perf_counter()
-        while self.transport.pending():
-            for agent in self.agents.values():
-                agent.poll()
-        out = self.transport.take_outbox()
-        self.busy_s += time.perf_counter() - start
-        return out
-
-    def start(self) -> Outbox:
-        """The roles' opening envelopes (public keys, uploads)."""
-        try:
-            for agent in self.agents.values():
-                agent.start()
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("setup", exc) from exc
-
-    def begin_outer(self) -> Outbox:
-        """Every role that has not finished begins its next outer iteration."""
-        try:
-            for i, role in self.roles.items():
-                if not role.done:
-                    self.agents[i].send(role.begin_outer())
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("begin_outer", exc) from exc
-
-    def deliver(self, envs: list[Envelope]) -> Outbox:
-        try:
-            self.transport.deliver(envs)
-            return self._pump()
-        except Exception as exc:
-            raise self._fail("message delivery", exc) from exc
-
-    # -- boundary calls ------------------------------------------------------------------
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def public(self) -> dict[str, Any]:
-        return self.local.public
-
-    def report(self) -> HostReport:
-        """Per-agent reports, readiness, seconds per party group since the last
-        report, traffic so far and network waves."""
-        tell = self.local.report
-        waves, retrans = self.clock.drain() if self.clock is not None else ({}, {})
-        return HostReport(
-            agents={i: tell(r) for i, r in self.roles.items()} if tell is not None else {},
-            ready={i: bool(r.at_boundary or r.done) for i, r in self.roles.items()},
-            seconds={k: sum(p.take().values()) for k, p in self.local.profilers.items()},
-            stats=stats_to_raw(self.transport.stats),
-            waves=waves,
-            retransmissions=retrans,
-            local_messages=self.transport.local_messages,
-            remote_messages=self.transport.remote_messages,
-            busy_s=self.busy_s,
-        )
-
-    def checkpoint(self) -> dict[AgentId, bytes]:
-        """Each local role's state as bytes (numbers only)."""
-        save = self.local.save_state
-        if save is None:
-            raise self._fail("checkpoint", ValueError("this protocol has no checkpoints"))
-        try:
-            return {i: save(r) for i, r in self.roles.items()}
-        except Exception as exc:
-            raise self._fail("checkpoint", exc) from exc
-
-    def restore(self, states: Mapping[AgentId, bytes]) -> None:
-        """Resume every local role from its checkpoint bytes (before ``start``)."""
-        load = self.local.load_state
-        if load is None:
-            raise self._fail("restore", ValueError("this protocol has no checkpoints"))
-        try:
-            for i, role in self.roles.items():
-                load(role, states[i])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise self._fail("restore", exc) from exc
-
-    def hook(self, name: str, *args: Any) -> Any:
-        """Call a measurement hook (e.g. factors for the harness's error)."""
-        fn = self.local.hooks.get(name)
-        if fn is None:
-            raise ValueError(
-                f"host {self.host} has no hook {name!r} (has {sorted(self.local.hooks)})"
-            )
-        return fn(*args)
-
-    def close(self) -> None:
-        """Stop the roles' scheme worker pools, where a scheme has any."""
-        for role in self.roles.values():
-            close = getattr(getattr(role, "scheme", None), "close", None)
-            if close is not None:
-                close()
-
-
-# --- the driver -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -332,14 +104,8 @@ def pool_spec(
     return PoolSpec(count, actor_cpus(count, cpus, cpus_per_actor), gpus_per_actor)
 
 
-class RayGrid:
-    """Owns the actors of one run and routes envelope batches between them.
-
-    ``add_host`` creates an actor whose roles a factory builds there (key
-    holders first, when other actors need their public facts: ``public``).
-    The barrier is per outer iteration (``run_outer``), where the harness takes
-    metrics and checkpoints; there is none per message step.
-    """
+class RayGrid(Grid):
+    """Each host a Ray actor reserving ``pool``'s CPUs and GPUs."""
 
     def __init__(
         self,
@@ -349,29 +115,14 @@ class RayGrid:
     ) -> None:
         if not pool.num_cpus > 0:
             raise ValueError(f"num_cpus must be > 0, got {pool.num_cpus}")
-        self.placement = dict(placement)
-        self.hosted = {
-            k: sorted(a for a, h in self.placement.items() if h == k)
-            for k in sorted(set(self.placement.values()))
-        }
+        super().__init__(placement, network)
         self.pool = pool
-        self.network = network
-        self.hosts: dict[HostId, Any] = {}
-        self.phase = "setup"
-        self._round = {k: -1 for k in self.hosted}
-        self.stats = TrafficStats()
-        self.seconds: dict[str, float] = {}
-        self.local_messages = 0
-        self.remote_messages = 0
-        self.busy_s: dict[HostId, float] = {}
-        self.steps = 0
 
     def add_host(self, k: HostId, factory: RoleFactory) -> None:
         """Create actor ``k``; its roles are built there, in parallel with the others."""
         import ray
 
-        if k not in self.hosted or k in self.hosts:
-            raise ValueError(f"host {k} is not in the placement or already exists")
+        self._check_new_host(k)
         remote = ray.remote(RoleHost).options(
             num_cpus=self.pool.num_cpus,
             num_gpus=self.pool.num_gpus,
@@ -380,9 +131,8 @@ class RayGrid:
         )
         self.hosts[k] = remote.remote(k, factory, self.placement, self.network)
 
-    def public(self, k: HostId) -> dict[str, Any]:
-        """Actor ``k``'s public facts (waits for its roles to be built)."""
-        return self._get(k, self.hosts[k].public.remote(), "public")
+    def _stalled(self, message: str) -> Exception:
+        return RayEngineError(message)
 
     def _get(self, k: HostId, ref: Any, method: str) -> Any:
         """``ray.get`` one actor's result; a failure becomes an error naming its agents."""
@@ -407,7 +157,6 @@ class RayGrid:
         return {k: self._get(k, ref, method) for k, ref in refs.items()}
 
     def _drive(self, method: str) -> None:
-        """Call ``method`` on every actor, then route envelopes until none is in flight."""
         import ray
 
         busy: dict[Any, tuple[HostId, str]] = {
@@ -419,75 +168,14 @@ class RayGrid:
                 k, name = busy.pop(ref)
                 outbox: Outbox = self._get(k, ref, name)
                 for dest, envs in sorted(outbox.items()):
-                    self._round[dest] = max(self._round[dest], max(e.round for e in envs))
+                    self._note_round(dest, envs)
                     busy[self.hosts[dest].deliver.remote(envs)] = (dest, "deliver")
-                    self.steps += 1
-
-    def _gather(self) -> tuple[dict[AgentId, Any], dict[AgentId, bool], NetworkReport]:
-        reports: dict[HostId, HostReport] = self.call("report", {k: () for k in self.hosts})
-        agents: dict[AgentId, Any] = {}
-        ready: dict[AgentId, bool] = {}
-        self.seconds = {}
-        for rep in reports.values():
-            agents.update(rep.agents)
-            ready.update(rep.ready)
-            for group, s in rep.seconds.items():
-                self.seconds[group] = self.seconds.get(group, 0.0) + s
-        self.stats = stats_from_raw([r.stats for r in reports.values()])
-        self.local_messages = sum(r.local_messages for r in reports.values())
-        self.remote_messages = sum(r.remote_messages for r in reports.values())
-        self.busy_s = {k: r.busy_s for k, r in sorted(reports.items())}
-        waves = merge_waves(r.waves for r in reports.values())
-        retrans = merge_retransmissions(r.retransmissions for r in reports.values())
-        return agents, ready, report(waves, retrans)
-
-    def start(self) -> NetworkReport:
-        """Run the set-up stage (keys, uploads); returns its simulated network cost."""
-        missing = sorted(set(self.hosted) - set(self.hosts))
-        if missing:
-            raise ValueError(f"hosts {missing} of the placement were never added")
-        self.phase = "setup"
-        self._drive("start")
-        _, _, network = self._gather()
-        return network
-
-    def run_outer(self, phase: str) -> tuple[dict[AgentId, Any], NetworkReport]:
-        """One outer iteration (``phase`` names it in errors); returns every agent's
-        boundary report and the iteration's simulated network cost."""
-        self.phase = phase
-        self._drive("begin_outer")
-        agents, ready, network = self._gather()
-        stuck = [i for i, ok in sorted(ready.items()) if not ok]
-        if stuck:
-            raise RayEngineError(f"agents {stuck} did not finish {phase}")
-        return agents, network
-
-    def checkpoint(self) -> dict[AgentId, bytes]:
-        states: dict[AgentId, bytes] = {}
-        for part in self.call("checkpoint", {k: () for k in self.hosts}).values():
-            states.update(part)
-        return states
-
-    def restore(self, states: Mapping[AgentId, bytes]) -> None:
-        self.call(
-            "restore", {k: ({i: states[i] for i in agents},) for k, agents in self.hosted.items()}
-        )
-
-    def hook(self, agent: AgentId, name: str, *args: Any) -> Any:
-        """Call hook ``name`` on the actor that hosts ``agent``."""
-        k = self.placement[agent]
-        return self._get(k, self.hosts[k].hook.remote(name, *args), f"hook {name}")
 
     def info(self) -> dict[str, Any]:
         return {
-            "actors": len(self.hosted),
+            **super().info(),
             "num_cpus_per_actor": self.pool.num_cpus,
             "num_gpus_per_actor": self.pool.num_gpus,
-            "agents_per_actor": {str(k): v for k, v in self.hosted.items()},
-            "local_messages": self.local_messages,
-            "cross_actor_messages": self.remote_messages,
-            "actor_busy_s": {str(k): v for k, v in self.busy_s.items()},
-            "deliver_calls": self.steps,
         }
 
     def close(self) -> None:

@@ -28,6 +28,9 @@ _SPLITS = ("random", "last_k")
 #: ratings are checked against the data in ``recsys_sim.check_ratings``).
 FLOAT_SCALE = 1e6
 _FORMATS = ("auto", "movielens_csv", "ml100k", "csv")
+#: lowrank: ``data.ratings.synthetic_ratings`` (users alike); movielens: heavy-tailed
+#: users, half stars (``data.synthetic_ratings.movielens_like_ratings``)
+_GENERATORS = ("lowrank", "movielens")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,13 @@ class RatingsSpec:
     last_k: int = 1
     train: str = ""
     test: str = ""
+    generator: str = "lowrank"
 
     def __post_init__(self) -> None:
+        if self.generator not in _GENERATORS:
+            raise ScenarioError(
+                f"data.generator must be one of {_GENERATORS}, got {self.generator!r}"
+            )
         if self.split not in _SPLITS:
             raise ScenarioError(f"data.split must be one of {_SPLITS}, got {self.split!r}")
         if self.format not in _FORMATS:
@@ -118,6 +126,9 @@ class CsrFheMFScenario:
     reg: float = 0.05
     init_scale: float = 0.3
     rating_offset: float = 3.0
+    #: 0: items' steps divided by their rating counts (with hide_pattern: by the
+    #: largest item's count, then public); > 0: by this constant (CsrFheMFConfig)
+    item_norm: float = 0.0
     data: RatingsSpec = field(default_factory=RatingsSpec)
     crypto: CsrCryptoSpec = field(default_factory=CsrCryptoSpec)
 
@@ -129,6 +140,7 @@ class CsrFheMFScenario:
         _check_common(self)
         check_number("reg", self.reg, low=0.0)
         check_number("init_scale", self.init_scale, low=0.0, low_open=True)
+        check_number("item_norm", self.item_norm, low=0.0)
         c = self.crypto
         check_int("crypto.mask_bits", c.mask_bits, 0, 60)
         check_int("crypto.factor_mask_bits", c.factor_mask_bits, 0, 60)

@@ -11,15 +11,12 @@ from the users' vectors and the server's Enc(V) decrypted with the users' key.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.traffic import TrafficStats
@@ -33,14 +30,13 @@ from cipherfact.data.ratings import (
     synthetic_ratings,
 )
 from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.engine import InMemoryEngine
 from cipherfact.simulations.recsys_scenario import CsrFheMFScenario, FedMFScenario, RatingsSpec
 from cipherfact.simulations.results import RunWriter, machine_info, package_versions
-from cipherfact.simulations.scenario import ScenarioError, scenario_to_dict
+from cipherfact.simulations.scenario import ScenarioError, run_label, scenario_to_dict
 from cipherfact.solvers.ratings import fit_ratings_mf
 from cipherfact.solvers.ratings import rmse as mf_rmse
 
-__all__ = ["RecsysRun", "check_ratings", "load_split", "rating_bound", "simulate_recsys"]
+__all__ = ["RecsysRun", "check_ratings", "load_split", "rating_bound"]
 
 
 def load_split(spec: RatingsSpec, seed: int) -> RatingsSplit:
@@ -57,6 +53,18 @@ def load_split(spec: RatingsSpec, seed: int) -> RatingsSplit:
             return load_train_test(spec.train, spec.test, fmt=spec.format, **cols)  # type: ignore[arg-type]
         if spec.source == "file":
             ratings = load_ratings(spec.path, fmt=spec.format, **cols)  # type: ignore[arg-type]
+        elif spec.generator == "movielens":
+            from cipherfact.data.synthetic_ratings import movielens_like_ratings
+
+            ratings = movielens_like_ratings(
+                rng,
+                n_users=spec.n_users,
+                n_items=spec.n_items,
+                n_ratings=round(spec.density * spec.n_users * spec.n_items),
+                rank=spec.rank,
+                noise=spec.noise,
+                scale=(spec.scale_low, spec.scale_high),
+            )
         else:
             ratings = synthetic_ratings(
                 spec.n_users,
@@ -279,14 +287,23 @@ def csr_config(scenario: CsrFheMFScenario, train: Ratings) -> Any:
     needs no message to agree on it.
     """
     pad = scenario.crypto.pad_to or int(np.bincount(train.users, minlength=train.n_users).max())
+    # with hide_pattern and item_norm = 0: the largest item's count (made public, like pad)
+    norm = scenario.item_norm or (
+        float(np.bincount(train.items, minlength=train.n_items).max())
+        if scenario.crypto.hide_pattern
+        else 0.0
+    )
     return _checked_csr_config(
-        scenario, train, csr_config_for(scenario, train.n_users, train.n_items, pad)
+        scenario, train, csr_config_for(scenario, train.n_users, train.n_items, pad, norm)
     )
 
 
-def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: int) -> Any:
+def csr_config_for(
+    scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: int, item_norm: float = -1.0
+) -> Any:
     """``csr_config`` from the public sizes alone (a deployment whose users keep their
-    ratings on their own machines); ``pad`` matters only with ``hide_pattern``."""
+    ratings on their own machines); ``pad`` matters only with ``hide_pattern``,
+    ``item_norm`` (default: the scenario's) is the public item step divisor."""
     from cipherfact.protocols import csr_fhe_mf as csr
 
     c = scenario.crypto
@@ -310,6 +327,7 @@ def csr_config_for(scenario: CsrFheMFScenario, n_users: int, n_items: int, pad: 
             ckks_params=c.params,
             hide_pattern=c.hide_pattern,
             pad_to=pad if c.hide_pattern else 0,
+            item_norm=scenario.item_norm if item_norm < 0 else item_norm,
         )
         cfg.plan()
     except ValueError as exc:  # includes InsecureParameterError from the planner
@@ -366,9 +384,7 @@ def csr_twin(
 
     neg_r, weights = csr.twin_slots(layout, train.users, train.items, train.values, cfg)
     twin: list[tuple[np.ndarray, np.ndarray]] = []
-    csr.run_twin(
-        layout, neg_r, weights, cfg, lambda _e, U, V: twin.append((U.copy(), V.copy()))
-    )
+    csr.run_twin(layout, neg_r, weights, cfg, lambda _e, U, V: twin.append((U.copy(), V.copy())))
     return twin, {"slots_used": layout.nnz, "chunks": layout.n_chunks}
 
 
@@ -519,78 +535,6 @@ def party_bytes(stats: TrafficStats, groups: dict[AgentId, str]) -> dict[str, di
     return out
 
 
-def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
-    """In-memory runner for ``protocol = "csr_fhe_mf"`` and ``"fedmf"`` (Ray: ray_recsys)."""
-    split = load_split(scenario.data, scenario.seed)
-    check_ratings(scenario, split)
-    train, test = split.train, split.test
-    started = time.perf_counter()
-    run = (
-        build_csr(scenario, split)
-        if scenario.protocol == "csr_fhe_mf"
-        else build_fedmf(scenario, split)
-    )
-    writer = RunWriter(out_dir)
-    summary = summary_header(scenario, options.backend, split, run.info)
-    engine = InMemoryEngine(run.roles)
-    metrics: list[dict[str, Any]] = []
-    bar = tqdm(
-        total=run.epochs,
-        desc=scenario.protocol,
-        unit="epoch",
-        disable=not options.progress,
-        file=sys.stderr,
-    )
-    try:
-        engine.start()
-        setup_s = time.perf_counter() - started
-        setup_bytes = engine.stats.bytes_total
-        setup_seconds = {k: p.take() for k, p in run.profilers.items()}
-        for epoch in range(run.epochs):
-            t0, b0 = time.perf_counter(), engine.stats.bytes_total
-            engine.run_outer()
-            wall = time.perf_counter() - t0
-            secs = {k: sum(p.take().values()) for k, p in run.profilers.items()}
-            record = {
-                "epoch": epoch,
-                **epoch_rmse(run.factors(), run.twin[epoch], train, test, run.offset),
-                "bytes": engine.stats.bytes_total - b0,
-                "wall_s": wall,
-                **{f"{k}_s": v for k, v in secs.items()},
-            }
-            metrics.append(record)
-            writer.append_metrics(record)
-            bar.update(1)
-            bar.set_postfix(rmse=f"{record['test_rmse']:.4f}", MB=f"{record['bytes'] / 1e6:.1f}")
-    except BaseException as exc:
-        summary.update(
-            status=f"failed: {type(exc).__name__}: {exc}",
-            epochs=len(metrics),
-            wall_s=time.perf_counter() - started,
-        )
-        writer.write_json("summary.json", summary)
-        raise
-    finally:
-        bar.close()
-    seconds_per_party = {k: sum(setup_seconds[k].values()) for k in run.profilers}
-    for k in run.profilers:
-        seconds_per_party[k] += sum(m[f"{k}_s"] for m in metrics)
-    return finish_summary(
-        summary,
-        scenario,
-        train,
-        test,
-        metrics,
-        writer,
-        wall_s=time.perf_counter() - started,
-        setup_s=setup_s,
-        setup_bytes=setup_bytes,
-        stats=engine.stats,
-        bytes_per_party=party_bytes(engine.stats, run.groups),
-        seconds_per_party=seconds_per_party,
-    )
-
-
 def summary_header(
     scenario: Any, backend: str, split: RatingsSplit, info: dict[str, Any]
 ) -> dict[str, Any]:
@@ -658,7 +602,7 @@ def finish_summary(
         )
         summary["mf_reference_test_rmse"] = mf_rmse(ref, _test_csr(test, R.shape))
     writer.write_json("summary.json", summary)
-    title = f"{scenario.name}: {train.n_users} users, {train.n_items} items"
+    title = f"{run_label(scenario)}: {train.n_users} users, {train.n_items} items"
     _plot_rmse(
         writer.out_dir / "rmse.png",
         {

@@ -8,7 +8,6 @@ to a default), and every value is type-checked against its field.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import sys
 import types
@@ -286,9 +285,7 @@ class PPDNMFScenario:
                 f"{self.crypto.scheme!r}"
             )
         if self.exchange not in ("secagg", "pairwise"):
-            raise ScenarioError(
-                f"exchange must be 'secagg' or 'pairwise', got {self.exchange!r}"
-            )
+            raise ScenarioError(f"exchange must be 'secagg' or 'pairwise', got {self.exchange!r}")
         if not 1 <= self.admm.reply_noise_bits <= 24:
             raise ScenarioError(
                 f"admm.reply_noise_bits must be in [1, 24], got {self.admm.reply_noise_bits} "
@@ -302,31 +299,52 @@ class PPDNMFScenario:
             )
 
 
+def check_topology_fits_agents(scenario: PPDNMFScenario) -> None:
+    """The graph the scenario asks for can exist on ``n_agents`` agents.
+
+    Checked in ``prepare_job`` after the data (so a bad data file is named
+    first), before the graph is drawn: the message names the scenario field
+    and says what to change, where ``make_graph`` could only name its argument.
+    """
+    n, topo = scenario.n_agents, scenario.topology
+    most = n - 1
+    if scenario.exchange == "secagg" and n < 3:
+        raise ScenarioError(
+            f"n_agents = {n} is too few for exchange = 'secagg': every agent needs at least 2 "
+            "neighbours, so at least 3 agents; set n_agents >= 3 (or exchange = 'pairwise', "
+            "which reveals more: see the README's privacy model)"
+        )
+    if topo.min_degree is not None and topo.min_degree > most:
+        raise ScenarioError(
+            f"topology.min_degree = {topo.min_degree} is more than {n} agents allow (an agent "
+            f"has at most n_agents - 1 = {most} neighbour(s)); set topology.min_degree <= {most} "
+            "or raise n_agents"
+        )
+    degree = topo.graph_params()["degree"]
+    if "degree" in TOPOLOGY_PARAMS[topo.kind] and degree is not None and degree > most:
+        default = " (the default)" if topo.degree is None else ""
+        raise ScenarioError(
+            f"topology.degree = {float(degree)}{default} is more than {n} agents allow (the "
+            f"average number of neighbours is at most n_agents - 1 = {most}); set "
+            f"topology.degree <= {most}, raise n_agents, or use topology.kind = 'complete'"
+        )
+
+
 def check_seed(seed: int) -> None:
     """Seeds feed ``numpy.random.SeedSequence``, which takes non-negative integers."""
     if not 0 <= seed < 2**63:
         raise ScenarioError(f"seed must be between 0 and 2**63 - 1, got {seed}")
 
 
-# protocol -> scenario dataclass, or "module:Class" imported when first needed
-SCENARIO_TYPES: dict[str, type | str] = {
-    "ppdnmf": PPDNMFScenario,
-    "csr_fhe_mf": "cipherfact.simulations.recsys_scenario:CsrFheMFScenario",
-    "fedmf": "cipherfact.simulations.recsys_scenario:FedMFScenario",
-}
-
-
 def scenario_type(protocol: str) -> type:
-    entry = SCENARIO_TYPES.get(protocol)
-    if entry is None:
-        raise ScenarioError(f"unknown protocol {protocol!r} (known: {sorted(SCENARIO_TYPES)})")
-    if isinstance(entry, str):
-        module, attr = entry.split(":")
-        try:
-            entry = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ScenarioError(f"protocol {protocol!r} is not available: {exc}") from exc
-    return entry
+    """The scenario dataclass of ``protocol`` (from the protocol registry)."""
+    from cipherfact import registry
+
+    try:
+        cls: type = registry.load(protocol, "scenario")
+    except registry.UnknownProtocolError as exc:
+        raise ScenarioError(str(exc)) from exc
+    return cls
 
 
 def bundled_scenarios() -> list[str]:
@@ -513,10 +531,85 @@ def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Any:
         and any(o.split("=", 1)[0].strip() == "data.path" for o in overrides)
     ):
         data["kind"] = "file"  # --set data.path=... implies a file, whatever the scenario said
+    _refuse_ignored_data_fields(protocol, tree, overrides)
     tree.setdefault("name", label)
     return build_dataclass(scenario_type(tree.get("protocol", "ppdnmf")), tree)
 
 
+#: Data fields that only the synthetic generator reads, per protocol.
+GENERATOR_FIELDS: dict[str, tuple[str, ...]] = {
+    "ppdnmf": ("rows", "cols", "snr_db"),
+    "csr_fhe_mf": ("n_users", "n_items", "rank", "density", "noise", "scale_low", "scale_high"),
+    "fedmf": ("n_users", "n_items", "rank", "density", "noise", "scale_low", "scale_high"),
+}
+
+
+def _refuse_ignored_data_fields(
+    protocol: str, tree: Mapping[str, Any], overrides: Sequence[str]
+) -> None:
+    """A ``--set`` of a generator field while the data come from a file (or digits) would
+    be silently ignored: refuse it. Values the file itself carries for its bundled
+    generator are not the user's request and stay (they are unused)."""
+    data = tree.get("data")
+    if not isinstance(data, Mapping) or protocol not in GENERATOR_FIELDS:
+        return
+    if protocol == "ppdnmf":
+        kind = data.get("kind", DataSpec.kind)
+        source = {"file": f"data.path = {data.get('path', '')!r}", "digits": "data.kind = 'digits'"}
+        used = source.get(kind) if isinstance(kind, str) else None
+    else:
+        used = next((f"data.{k} = {data[k]!r}" for k in ("train", "path") if data.get(k)), None)
+    if used is None:
+        return
+    given = {
+        keys[1]
+        for keys, _ in (parse_override(o) for o in overrides)
+        if len(keys) == 2 and keys[0] == "data"
+    }
+    ignored = [name for name in GENERATOR_FIELDS[protocol] if name in given]
+    if ignored:
+        fields = ", ".join(f"data.{name}" for name in ignored)
+        shape = (
+            "use data.max_cols to keep fewer columns"
+            if protocol == "ppdnmf"
+            else "the file fixes the users and items"
+        )
+        raise ScenarioError(
+            f"{fields} only applies to synthetic data, but the data come from {used}: "
+            f"drop the --set ({shape})"
+        )
+
+
+def unused_generator_fields(scenario: Any) -> dict[str, str]:
+    """Synthetic-generator fields a file (or digits) makes irrelevant, and why."""
+    data = scenario.data
+    if scenario.protocol == "ppdnmf":
+        why = {"file": "the data come from data.path", "digits": "data.kind = 'digits'"}
+        reason = why.get(data.kind)
+    else:
+        reason = {"file": "the data come from data.path", "explicit": "data.train/test"}.get(
+            data.source
+        )
+    if reason is None:
+        return {}
+    return {name: reason for name in GENERATOR_FIELDS.get(scenario.protocol, ())}
+
+
 def scenario_to_dict(scenario: Any) -> dict[str, Any]:
-    """JSON-ready copy of a scenario, recorded in every run's summary."""
-    return dataclasses.asdict(scenario)
+    """JSON-ready copy of a scenario, recorded in every run's summary; generator
+    fields the data source makes irrelevant are left out (a summary of a run on
+    one's own file must not show the synthetic sizes next to the real ones)."""
+    out = dataclasses.asdict(scenario)
+    for name in unused_generator_fields(scenario):
+        out["data"].pop(name, None)
+    return out
+
+
+def run_label(scenario: Any) -> str:
+    """What a run's plots are titled: the scenario's name, or the user's data file
+    with the scenario it ran under (``X.npy via ppdnmf-synthetic``)."""
+    data = scenario.data
+    own = data.path or getattr(data, "train", "")
+    if own and (scenario.protocol != "ppdnmf" or data.kind == "file"):
+        return f"{Path(own).name} via {scenario.name}"
+    return str(scenario.name)

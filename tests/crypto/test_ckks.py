@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cipherfact.crypto.ckks import (
     CkksCiphertext,
     CkksScheme,
+    MissingEvaluationKeyError,
     load_public_ckks,
     load_secret_ckks,
     make_ckks_scheme,
@@ -436,3 +437,67 @@ def test_large_plain_offsets_survive_later_products(scheme: CkksScheme, offset: 
     b = scheme.add_plain(scheme.encrypt(v + m), -m)
     out = scheme.decrypt(scheme.mul(scheme.mul(a, b), b))
     np.testing.assert_allclose(out, u * v * v, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+def test_encryption_bytes_hold_the_public_key_only(scheme: CkksScheme) -> None:
+    """Users need to encrypt, nothing else: no secret, no relinearization keys."""
+    enc = load_public_ckks(scheme.encryption_bytes())
+    assert (
+        enc.fingerprint == scheme.fingerprint == load_public_ckks(scheme.public_bytes()).fingerprint
+    )
+    assert not enc.has_secret_key and not enc.can_evaluate and scheme.can_evaluate
+    assert 3 * len(scheme.encryption_bytes()) < len(scheme.public_bytes())
+    ct = enc.encrypt(np.array([1.5, -2.0]))
+    with pytest.raises(MissingEvaluationKeyError, match="encryption key only"):
+        enc.mul(ct, ct)
+    assert np.allclose(scheme.decrypt(scheme.from_bytes(enc.to_bytes(ct))), [1.5, -2.0], atol=TOL)
+
+
+def test_context_versions_must_match_their_keys(scheme: CkksScheme) -> None:
+    """Version 1 must carry relinearization keys, version 2 must not."""
+    enc, ev = scheme.encryption_bytes(), scheme.public_bytes()
+    assert enc[4] == 2 and ev[4] == 1
+    with pytest.raises(DecodeError, match="carries relinearization keys"):
+        load_public_ckks(enc[:4] + b"\x02" + ev[5:])
+    with pytest.raises(DecodeError, match="lacks relinearization keys"):
+        load_public_ckks(ev[:4] + b"\x01" + enc[5:])
+    with pytest.raises(DecodeError, match="unsupported CKKS context version 3"):
+        load_public_ckks(enc[:4] + b"\x03" + enc[5:])
+
+
+def test_seeded_encryption_is_half_the_bytes_and_fresh(scheme: CkksScheme, pub: CkksScheme) -> None:
+    x = np.linspace(-3.0, 3.0, 5000)  # two chunks
+    seeded, full = scheme.encrypt_bytes(x), scheme.to_bytes(scheme.encrypt(x))
+    assert len(seeded) < 0.55 * len(full)
+    assert scheme.encrypt_bytes(x) != seeded  # fresh randomness every call
+    back = pub.from_bytes(seeded)
+    assert back.depth == 0 and np.allclose(scheme.decrypt(back), x, atol=TOL)
+    # a public-key holder cannot seed: same size as a plain encryption
+    assert abs(len(pub.encrypt_bytes(x)) - len(full)) < 0.02 * len(full)
+    # a seeded ciphertext minus a public-key encryption of a large mask, squared:
+    # the unused slots must match TenSEAL's (cyclic fill), or the mask survives there
+    m = np.full(x.size, 2.0**16)
+    masked = pub.from_bytes(scheme.encrypt_bytes(x / 4 + m))
+    y = pub.add(masked, pub.encrypt(-m))
+    assert np.allclose(scheme.decrypt(pub.mul(y, y)), (x / 4) ** 2, atol=1e-3)
+
+
+def test_mod_switch_drops_primes_keeps_values(scheme: CkksScheme, pub: CkksScheme) -> None:
+    x = np.linspace(-1.0, 1.0, 100)
+    ct = pub.encrypt(x)
+    low = pub.mod_switch(ct, 2)
+    assert low.depth == 2 and len(pub.to_bytes(low)) < 0.6 * len(pub.to_bytes(ct))
+    assert np.allclose(scheme.decrypt(low), x, atol=TOL)
+    sent = pub.encrypt_bytes(x, depth=1)
+    assert pub.from_bytes(sent).depth == 1
+    assert np.allclose(scheme.decrypt(pub.from_bytes(sent)), x, atol=TOL)
+    # usable where it is needed: added to a product (depth 1)
+    prod = pub.mul(ct, ct)
+    assert np.allclose(scheme.decrypt(pub.add(prod, pub.from_bytes(sent))), x * x + x, atol=1e-4)
+    with pytest.raises(ValueError, match="depth must be an int >= the ciphertext's 2"):
+        pub.mod_switch(low, 1)
+    with pytest.raises(BudgetExceededError, match="mod_switch would need multiplicative depth 3"):
+        pub.mod_switch(ct, 3)

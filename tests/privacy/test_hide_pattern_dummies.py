@@ -12,7 +12,6 @@ the test can fail.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -143,7 +142,6 @@ def _score(claims: list[set[int]], real: list[np.ndarray]) -> tuple[float, float
 
 
 def test_rs_cannot_strip_secret_dummies(monkeypatch: pytest.MonkeyPatch) -> None:
-    started = time.perf_counter()
     scenario = _scenario()
     views, real = _rs_view(scenario, monkeypatch, seeded=False)
     pad = scenario.crypto.pad_to
@@ -153,7 +151,6 @@ def test_rs_cannot_strip_secret_dummies(monkeypatch: pytest.MonkeyPatch) -> None
     base_rate = sum(r.size for r in real) / (pad * len(views))
     assert identified <= 0.05, (identified, precision)
     assert precision <= base_rate + 0.1 or identified == 0.0
-    assert time.perf_counter() - started < 10
 
 
 def test_attack_strips_dummies_seeded_from_the_public_seed(

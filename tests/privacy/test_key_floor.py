@@ -264,7 +264,7 @@ FEDMF_TINY = ["data.n_users=20", "data.n_items=40", "epochs=1", "crypto.key_bits
 
 def fedmf_servers(*overrides: str) -> list[Any]:
     """The FedMF server as the in-memory job builds it and as the Ray server actor does."""
-    from cipherfact.simulations.ray_recsys import FedMFServerRole
+    from cipherfact.simulations.recsys_run import FedMFServerRole
     from cipherfact.simulations.recsys_sim import build_fedmf, load_split
 
     scenario = load_scenario("fedmf-synthetic", [*FEDMF_TINY, *overrides])

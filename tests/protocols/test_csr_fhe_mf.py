@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cipherfact.agents.envelope import Envelope
-from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
+from cipherfact.crypto.ckks import MissingEvaluationKeyError, load_public_ckks, make_ckks_scheme
 from cipherfact.crypto.errors import InsecureParameterError
 from cipherfact.data.ratings import Ratings, load_ratings, split_random, synthetic_ratings
 from cipherfact.protocols import csr_fhe_mf as csr
@@ -17,6 +17,7 @@ from cipherfact.protocols.csr_fhe_mf_layout import (
     SlotLayout,
     decode_parts,
     encode_parts,
+    linear_step,
     plan_csr_params,
 )
 from cipherfact.simulations.engine import InMemoryEngine
@@ -152,12 +153,97 @@ def test_hide_pattern_pads_and_matches_twin(data) -> None:
     train, test = data
     pad = int(np.bincount(train.users).max()) + 2
     seen: list[Envelope] = []
-    cfg = _config(train, epochs=2, hide_pattern=True, pad_to=pad)
+    cfg = _config(train, epochs=2, hide_pattern=True, pad_to=pad, item_norm=8.0)
     assert cfg.plan().depth == 3
     got, twin, _ = _run(train, test, cfg, observer=seen.append)
     assert max(abs(a - b) for a, b in zip(got, twin, strict=True)) < 0.01
     sizes = {len(e.payload) // 8 for e in seen if e.stage == "structure" and e.receiver == 0}
     assert sizes == {pad}
+
+
+def test_hide_pattern_does_not_change_the_result(data) -> None:
+    """Padded and unpadded runs on the same data: the same factors up to CKKS noise.
+
+    Dummies carry weight 0 and no count of the padded structure enters the
+    step; with the old per-item slot counts (dummies included) the twins differ
+    by far more than the tolerance, so this test can fail.
+    """
+    train, test = data
+    pad = int(np.bincount(train.users).max()) + 3
+    norm = float(np.bincount(train.items).max())
+    plain_cfg = _config(train, epochs=3, item_norm=norm)
+    hide_cfg = _config(train, epochs=3, item_norm=norm, hide_pattern=True, pad_to=pad)
+    got_plain, twin_plain, roles_plain = _run(train, test, plain_cfg)
+    got_hide, twin_hide, roles_hide = _run(train, test, hide_cfg)
+    assert roles_hide[csr.RS_ID].layout.nnz == train.n_users * pad > train.n_ratings
+    assert max(abs(a - b) for a, b in zip(twin_plain, twin_hide, strict=True)) < 1e-12
+    assert max(abs(a - b) for a, b in zip(got_plain, got_hide, strict=True)) < 1e-4
+
+    def factors(roles):
+        (AU, AV), (MU, MV) = roles[csr.CSP_ID].masked_factors(), roles[csr.RS_ID].factor_masks()
+        return AU - MU, AV - MV
+
+    for a, b in zip(factors(roles_plain), factors(roles_hide), strict=True):
+        assert np.max(np.abs(a - b)) < 1e-3
+    # the old step (per-user and per-item slot counts of the padded structure)
+    layout = roles_hide[csr.RS_ID].layout
+    neg_r, w = csr.twin_slots(layout, train.users, train.items, train.values, hide_cfg)
+    U, V = hide_cfg.initial_factors()
+    for _ in range(hide_cfg.epochs):
+        ne = w * np.einsum("sf,sf->s", U[layout.slot_users], V[layout.slot_items]) + neg_r
+        gU, gV = ne[:, None] * V[layout.slot_items], ne[:, None] * U[layout.slot_users]
+        U, V = linear_step(layout, U, V, gU, gV, hide_cfg.lr, hide_cfg.reg)
+    Up, Vp = factors(roles_plain)
+    assert max(np.max(np.abs(U - Up)), np.max(np.abs(V - Vp))) > 1e-2
+
+
+def test_users_get_the_encryption_key_only(data) -> None:
+    """RS alone gets relinearization keys; a user's context can encrypt, nothing more."""
+    train, _ = data
+    cfg = _config(train, epochs=1)
+    scheme = make_ckks_scheme(cfg.plan().params)
+    csp = csr.CryptoServiceProvider(cfg, scheme)
+    out = csp.start()
+    to_rs = [e for e in out if e.receiver == csr.RS_ID]
+    to_users = [e for e in out if e.receiver != csr.RS_ID]
+    assert len(to_rs) == 1 and len(to_users) == cfg.n_users
+    assert {e.payload for e in to_users} == {scheme.encryption_bytes()}
+    assert to_rs[0].payload == scheme.public_bytes()
+    assert 3 * len(to_users[0].payload) < len(to_rs[0].payload)
+    user_scheme = load_public_ckks(to_users[0].payload)
+    assert not user_scheme.has_secret_key and not user_scheme.can_evaluate
+    ct = user_scheme.encrypt(np.ones(3))
+    with pytest.raises(MissingEvaluationKeyError, match="encryption key only"):
+        user_scheme.mul(ct, ct)
+    assert np.allclose(scheme.decrypt(scheme.from_bytes(user_scheme.to_bytes(ct))), 1.0, atol=1e-4)
+    # RS refuses a context it could not multiply with
+    rs = csr.RecommenderServer(cfg, load_public_ckks)
+    with pytest.raises(ProtocolError, match="no relinearization keys"):
+        rs.step(Envelope("t", -1, "context", csr.CSP_ID, csr.RS_ID, scheme.encryption_bytes()))
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_wire_levers_change_bytes_not_results(data, hide) -> None:
+    """Seeded refreshes and mod-switched uploads: fewer bytes, the same numbers."""
+    train, test = data
+    extra = (
+        dict(hide_pattern=True, pad_to=int(np.bincount(train.users).max()), item_norm=8.0)
+        if hide
+        else {}
+    )
+    sizes = {}
+    for levers in (False, True):
+        seen: list[Envelope] = []
+        cfg = _config(train, epochs=1, seeded_refresh=levers, mod_switch_uploads=levers, **extra)
+        got, twin, _ = _run(train, test, cfg, observer=seen.append)
+        assert abs(got[0] - twin[0]) < 1e-3
+        sizes[levers] = {
+            stage: sum(len(e.payload) for e in seen if e.stage == stage)
+            for stage in ("refreshed", "ratings", "masked")
+        }
+    assert sizes[True]["refreshed"] < 0.55 * sizes[False]["refreshed"]  # seeded: c1 is a seed
+    assert sizes[True]["ratings"] < 0.8 * sizes[False]["ratings"]  # primes RS never uses
+    assert abs(sizes[True]["masked"] - sizes[False]["masked"]) < 0.02 * sizes[False]["masked"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -278,6 +364,8 @@ def test_planner_refuses(kwargs, error, match) -> None:
         (dict(lr=0.0), "lr must be > 0"),
         (dict(reg=-1.0), "reg must be >= 0"),
         (dict(hide_pattern=True, pad_to=0), "pad_to must be in"),
+        (dict(hide_pattern=True, pad_to=2), "hide_pattern needs item_norm > 0"),
+        (dict(item_norm=-1.0), "item_norm must be finite and >= 0"),
     ],
 )
 def test_config_validation(kwargs, match) -> None:
@@ -286,7 +374,9 @@ def test_config_validation(kwargs, match) -> None:
 
 
 def test_user_entries_validation() -> None:
-    cfg = csr.CsrFheMFConfig(job_id="t", n_users=3, n_items=4, hide_pattern=True, pad_to=2)
+    cfg = csr.CsrFheMFConfig(
+        job_id="t", n_users=3, n_items=4, hide_pattern=True, pad_to=2, item_norm=1.0
+    )
     with pytest.raises(ValueError, match="more than pad_to=2"):
         csr.user_entries(np.array([0, 1, 2]), np.ones(3), cfg)
     with pytest.raises(ValueError, match="distinct indices"):
@@ -298,7 +388,9 @@ def test_user_entries_validation() -> None:
 
 
 def test_twin_slots_rebuild_the_users_entries() -> None:
-    cfg = csr.CsrFheMFConfig(job_id="t", n_users=2, n_items=6, hide_pattern=True, pad_to=4)
+    cfg = csr.CsrFheMFConfig(
+        job_id="t", n_users=2, n_items=6, hide_pattern=True, pad_to=4, item_norm=1.0
+    )
     ratings = {0: (np.array([5, 1]), np.array([4.0, 2.0])), 1: (np.array([0]), np.array([5.0]))}
     entries = [csr.user_entries(*ratings[u], cfg) for u in range(2)]
     layout = SlotLayout(

@@ -21,12 +21,8 @@ ray = pytest.importorskip("ray")
 from cipherfact.cli import main  # noqa: E402
 from cipherfact.simulations import simulate as sim  # noqa: E402
 from cipherfact.simulations.network import NetworkModel  # noqa: E402
-from cipherfact.simulations.ppdnmf_job import PPDNMFJob  # noqa: E402
-from cipherfact.simulations.ray_engine import (  # noqa: E402
-    RayEngineError,
-    RayRun,
-    ray_session,
-)
+from cipherfact.simulations.ppdnmf_run import PPDNMFApp  # noqa: E402
+from cipherfact.simulations.ray_grid import RayEngineError, ray_session  # noqa: E402
 from cipherfact.simulations.scenario import load_scenario  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -134,15 +130,16 @@ def test_network_emulation_is_seeded_and_engine_independent(tmp_path: Path) -> N
     assert lossless["network"]["retransmissions"] == 0
 
 
-def killing_engine(job: PPDNMFJob, out_dir: Path, options: Any) -> Iterator[Any]:
-    """The ray engine, but actor 0's process is killed after outer iteration 2."""
-    run = RayRun(job, out_dir, options)
-    for i, result in enumerate(run):
-        if i == 2:
-            assert run.engine is not None
-            pid = ray.get(run.engine.hosts[0].pid.remote())
-            os.kill(pid, signal.SIGKILL)
-        yield result
+_record = PPDNMFApp.record
+
+
+def killing_record(self: PPDNMFApp, t: int, reports: Any, grid: Any, *rest: Any) -> Any:
+    """The app's record, but actor 0's process is killed after outer iteration 2."""
+    out = _record(self, t, reports, grid, *rest)
+    if t == 2:
+        pid = ray.get(grid.hosts[0].pid.remote())
+        os.kill(pid, signal.SIGKILL)
+    return out
 
 
 def test_dead_actor_stops_the_run_and_resume_matches(
@@ -151,9 +148,7 @@ def test_dead_actor_stops_the_run_and_resume_matches(
     overrides = [*PLAIN, "outer_iters=5"]
     _run(overrides, tmp_path / "full", backend="inmemory")
     out = tmp_path / "killed"
-    monkeypatch.setitem(
-        sim.PPDNMF_ENGINES, "ray", "tests.simulations.test_ray_engine:killing_engine"
-    )
+    monkeypatch.setattr(PPDNMFApp, "record", killing_record)
     with pytest.raises(
         RayEngineError,
         match=r"Ray actor 0 hosting agents \[\d+(, \d+)*\] died during outer iteration 3",

@@ -1,7 +1,8 @@
 """The pieces of the Ray engine that need no Ray: host transport, hosts, pool sizing.
 
-Two ``RoleHost`` objects (ppdnmf's factory) driven in this process with the engine's routing give
-the in-memory factors bit for bit: the engine's semantics, without actors.
+Two ``RoleHost`` objects (ppdnmf's factory) on a ``LocalGrid`` (the Ray grid's
+routing, in this process) give the in-memory factors bit for bit: the engine's
+semantics, without actors.
 """
 
 from __future__ import annotations
@@ -15,22 +16,14 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.agents.ray_transport import HostTransport
 from cipherfact.agents.transport import TransportError
 from cipherfact.protocols.ppdnmf import load_state_npz
+from cipherfact.simulations.grid import LocalGrid, RoleHost
 from cipherfact.simulations.network import NetworkModel
 from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
-from cipherfact.simulations.ray_engine import PPDNMFRoles, round_robin
-from cipherfact.simulations.ray_grid import Outbox, RoleHost, pool_spec, stats_from_raw
+from cipherfact.simulations.ppdnmf_run import PPDNMFRoles, round_robin
+from cipherfact.simulations.ray_grid import pool_spec
 from cipherfact.simulations.scenario import load_scenario
 
 PLACEMENT = {0: 0, 1: 1, 2: 0, 3: 1}
-
-
-def _merge(outboxes: dict[int, Outbox]) -> Outbox:
-    """Batches by destination, in host order."""
-    merged: Outbox = {}
-    for k in sorted(outboxes):
-        for dest, envs in sorted(outboxes[k].items()):
-            merged.setdefault(dest, []).extend(envs)
-    return merged
 
 
 def _env(s: int, r: int, stage: str = "offer") -> Envelope:
@@ -138,32 +131,25 @@ def test_hosts_in_process_match_inmemory() -> None:
     reference = list(run_inmemory(job))[-1]
     placement = round_robin(job.n_agents, 2)
     net = NetworkModel(latency_ms=5.0)
-    hosts = [RoleHost(k, PPDNMFRoles(job), placement, net) for k in range(2)]
-
-    def route(outboxes: dict) -> None:
-        """Lock-step routing: every host with mail, then route again."""
-        inflight = _merge(outboxes)
-        while inflight:
-            inflight = _merge({k: hosts[k].deliver(envs) for k, envs in inflight.items()})
-
-    route({k: h.start() for k, h in enumerate(hosts)})
-    for _ in range(job.config.outer_iters):
-        route({k: h.begin_outer() for k, h in enumerate(hosts)})
-    reports = [h.report() for h in hosts]
-    agents = {i: a for r in reports for i, a in r.agents.items()}
+    grid = LocalGrid(placement, net)
+    for k in range(2):
+        grid.add_host(k, PPDNMFRoles(job))
+    setup = grid.start()
+    assert setup.seconds > 0  # the clocks charged the key exchange
+    for t in range(job.config.outer_iters):
+        agents, network = grid.run_outer(f"outer iteration {t}")
+        assert network.seconds > 0
     for i in range(job.n_agents):
         assert np.array_equal(agents[i].W, reference.Ws[i])
         assert np.array_equal(agents[i].H, reference.Hs[i])
         assert agents[i].ready
-    stats = stats_from_raw([r.stats for r in reports])
-    assert stats.bytes_total == reference.stats.bytes_total
-    assert dict(stats.bytes_by_edge) == dict(reference.stats.bytes_by_edge)
-    assert all(r.waves for r in reports)  # the clocks charged the envelopes
-    states = hosts[0].checkpoint()
-    assert sorted(states) == [0, 2, 4]
+    assert grid.stats.bytes_total == reference.stats.bytes_total
+    assert dict(grid.stats.bytes_by_edge) == dict(reference.stats.bytes_by_edge)
+    assert grid.remote_messages > 0 and grid.local_messages > 0
+    states = grid.checkpoint()
+    assert sorted(states) == list(range(job.n_agents))
     assert int(load_state_npz(states[0])["outer"]) == 2
-    for h in hosts:
-        h.close()
+    grid.close()
 
 
 def test_host_failure_names_host_agents_and_round() -> None:
@@ -185,7 +171,7 @@ def test_host_failure_names_host_agents_and_round() -> None:
 
 
 def test_balanced_placement_spreads_the_work_not_the_count() -> None:
-    from cipherfact.simulations.ray_engine import AGENT_ROUND_COST, balanced_placement
+    from cipherfact.simulations.ppdnmf_run import AGENT_ROUND_COST, balanced_placement
 
     degrees = [4, 2, 3, 4, 5, 3, 3, 2, 1, 3]  # ppdnmf-synthetic's geometric graph
     placement = balanced_placement(degrees, 2)

@@ -14,8 +14,8 @@ ray = pytest.importorskip("ray")
 from cipherfact.protocols import csr_fhe_mf as csr  # noqa: E402
 from cipherfact.protocols import fedmf  # noqa: E402
 from cipherfact.simulations import simulate as sim  # noqa: E402
-from cipherfact.simulations.ray_grid import LocalRoles, RoleHost  # noqa: E402
-from cipherfact.simulations.ray_recsys import (  # noqa: E402
+from cipherfact.simulations.grid import LocalRoles, RoleHost  # noqa: E402
+from cipherfact.simulations.recsys_run import (  # noqa: E402
     CsrKeyHolder,
     CsrPublicRoles,
     FedMFServerRole,

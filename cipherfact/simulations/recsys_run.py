@@ -1,19 +1,18 @@
-"""The Ray backend for the recommendation protocols (csr_fhe_mf, fedmf).
+"""The recommendation protocols (csr_fhe_mf, fedmf) on a grid: in this process or on Ray.
 
-Roles are built *inside* the actors by a picklable factory, each actor keeping
-only the roles placed on it, so secret keys are generated where their holder
-runs and never travel: the CSP's CKKS key in the CSP's actor; FedMF's Paillier
-key pair, which all users share, in the one actor that hosts every user (a
-shared secret key cannot be handed to several actors without pickling it).
-The key holder's actor is created first and reports the job's *public*
-parameters (the protocol config, the plaintext twin); the other actors build
-their roles from those, so every actor holds the same config as in memory.
-
-The actors and the driver are the protocol-independent ``RoleHost`` and
-``RayGrid`` (``ray_grid.py``); this module holds only the factories and
-the placement. Measurement hooks
-(the CSP's masked factors with RS's masks; FedMF's Enc(V) as bytes, decrypted
-by the users' actor) are called between epochs, like the in-memory harness.
+The hosts and routing are the protocol-independent grids (``grid.py``:
+``LocalGrid`` in this process, ``RayGrid`` on Ray actors); this module holds
+what is the recommendation protocols': the factories, the placement and the
+epoch loop. Roles are built *on their host* by a picklable factory, each host
+keeping only the roles placed on it, so secret keys are generated where their
+holder runs and never travel: the CSP's CKKS key on the CSP's host; FedMF's
+Paillier key pair, which all users share, on the one host that holds every
+user (a shared secret key cannot be handed to several actors without pickling
+it). The key holder's host is created first and reports the job's *public*
+parameters (the protocol config, the plaintext twin); the other hosts build
+their roles from those, so every host holds the same config. Measurement
+hooks (the CSP's masked factors with RS's masks; FedMF's Enc(V) as bytes,
+decrypted by the users' host) are called between epochs.
 
 Results: FedMF is exact fixed-point Paillier with sequential users, so a run
 equals the in-memory run bit for bit. csr_fhe_mf decrypts CKKS values whose
@@ -24,21 +23,19 @@ agree on RMSE to the CKKS noise only (measured ~1e-6), and ciphertext sizes
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.ray_engine import ray_session
-from cipherfact.simulations.ray_grid import LocalRoles, PoolSpec, RayGrid, actor_cpus
+from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles
+from cipherfact.simulations.ratings_model import MODEL_FILE, RatingsModel
+from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, actor_cpus
 from cipherfact.simulations.recsys_sim import (
     build_csr,
     build_fedmf,
@@ -53,6 +50,7 @@ from cipherfact.simulations.recsys_sim import (
     summary_header,
 )
 from cipherfact.simulations.results import RunWriter
+from cipherfact.simulations.runner import RunApp, run
 from cipherfact.simulations.scenario import ScenarioError
 
 __all__ = [
@@ -62,7 +60,7 @@ __all__ = [
     "FedMFServerRole",
     "csr_placement",
     "fedmf_placement",
-    "simulate_recsys_ray",
+    "simulate_recsys",
 ]
 
 
@@ -242,150 +240,155 @@ class FedMFServerRole:
 # --- the runner -----------------------------------------------------------------------
 
 
-def _engine_for(
-    scenario: Any, n_users: int, hosts: int, num_cpus: float
-) -> tuple[RayGrid, dict[str, Any], Callable[[], tuple[np.ndarray, np.ndarray]]]:
-    """Actors for the scenario (key holder first), its public facts, and its factor
-    measurement (combining hooks as the in-memory ``RecsysRun.factors`` does)."""
-    if scenario.protocol == "csr_fhe_mf":
-        from cipherfact.protocols import csr_fhe_mf as csr
+def _grid_for(
+    scenario: Any, n_users: int, options: Any
+) -> tuple[Grid, dict[str, Any], Callable[[], tuple[np.ndarray, np.ndarray]]]:
+    """Hosts for the scenario (key holder first), its public facts, and its factor
+    measurement (the CSP's masked factors minus RS's masks; FedMF's users'
+    vectors and Enc(V) decrypted by the users' host).
 
-        engine = RayGrid(csr_placement(n_users, hosts), PoolSpec(hosts, num_cpus))
-        try:
-            key_host = engine.placement[csr.CSP_ID]
-            engine.add_host(key_host, CsrKeyHolder(scenario))
-            public = engine.public(key_host)
-            for k in engine.hosted:
-                if k != key_host:
-                    engine.add_host(k, CsrPublicRoles(scenario, public["config"]))
-        except BaseException:
-            engine.close()
-            raise
-
-        def csr_factors() -> tuple[np.ndarray, np.ndarray]:
-            AU, AV = engine.hook(csr.CSP_ID, "masked_factors")
-            MU, MV = engine.hook(csr.RS_ID, "factor_masks")
-            return AU - MU, AV - MV
-
-        return engine, public, csr_factors
-
+    In memory every party is on one host, built by the key holder's factory (the
+    same roles a Ray run builds, in one delivery order). On Ray the actor count is
+    ``options.ray_actors`` (default: the cluster's CPUs, at least 2; FedMF uses at
+    most 2: server, users).
+    """
+    from cipherfact.protocols import csr_fhe_mf as csr
     from cipherfact.protocols import fedmf
 
-    engine = RayGrid(fedmf_placement(n_users, hosts), PoolSpec(hosts, num_cpus))
+    is_csr = scenario.protocol == "csr_fhe_mf"
+    if options.backend == "ray":
+        import ray
+
+        resources = ray.cluster_resources()
+        hosts = options.ray_actors or max(2, int(resources.get("CPU", 2)))
+        hosts = min(hosts, n_users + 2)
+        try:
+            cpus = actor_cpus(hosts, float(resources.get("CPU", 1.0)), options.ray_cpus_per_actor)
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from exc
+        placement = (csr_placement if is_csr else fedmf_placement)(n_users, hosts)
+        grid: Grid = RayGrid(placement, PoolSpec(hosts, cpus), options.network)
+    else:
+        placement = (csr_placement if is_csr else fedmf_placement)(n_users, 1)
+        grid = LocalGrid(placement, options.network)
+    key_agent = csr.CSP_ID if is_csr else fedmf.user_id(0)
     try:
-        key_host = engine.placement[fedmf.user_id(0)]
-        engine.add_host(key_host, FedMFKeyHolder(scenario))
-        public = engine.public(key_host)
-        for k in engine.hosted:
+        key_host = grid.placement[key_agent]
+        grid.add_host(key_host, CsrKeyHolder(scenario) if is_csr else FedMFKeyHolder(scenario))
+        public = grid.public(key_host)
+        for k in grid.hosted:
             if k != key_host:
-                engine.add_host(k, FedMFServerRole(scenario))
+                grid.add_host(
+                    k,
+                    CsrPublicRoles(scenario, public["config"])
+                    if is_csr
+                    else FedMFServerRole(scenario),
+                )
     except BaseException:
-        engine.close()
+        grid.close()
         raise
+
+    def csr_factors() -> tuple[np.ndarray, np.ndarray]:
+        AU, AV = grid.hook(csr.CSP_ID, "masked_factors")
+        MU, MV = grid.hook(csr.RS_ID, "factor_masks")
+        return AU - MU, AV - MV
+
     first = fedmf.user_id(0)
 
     def fedmf_factors() -> tuple[np.ndarray, np.ndarray]:
-        blobs = engine.hook(fedmf.SERVER_ID, "encrypted_v")
-        return engine.hook(first, "vectors"), engine.hook(first, "decrypt_v", blobs)
+        blobs = grid.hook(fedmf.SERVER_ID, "encrypted_v")
+        return grid.hook(first, "vectors"), grid.hook(first, "decrypt_v", blobs)
 
-    return engine, public, fedmf_factors
-
-
-def simulate_recsys_ray(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
-    """``--backend ray`` for csr_fhe_mf and fedmf: same files and fields as in memory,
-    plus ``ray`` (actors, placement, cross-actor messages).
-
-    Starts (and stops) a local Ray unless ``options.ray_address`` names a cluster or
-    Ray is already running. ``options.ray_actors`` (default: the cluster's CPUs, at
-    least 2) sets the actor count; FedMF uses at most 2 (server, users).
-    """
-    if options.checkpoint_every or options.resume:
-        raise ScenarioError(f"{scenario.protocol} has no checkpoints (ray backend); drop them")
-    if options.network is not None and options.network.enabled:
-        raise ScenarioError(f"{scenario.protocol} has no network emulation (ray backend)")
-    with ray_session(options.ray_address):
-        return _run(scenario, Path(out_dir), options)
+    return grid, public, csr_factors if is_csr else fedmf_factors
 
 
-def _run(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
-    import ray
+class RecsysApp(RunApp):
+    """csr_fhe_mf and FedMF for the runner: RMSE per epoch against the plaintext
+    twin, ``model.npz``, the party bytes and the ALS reference at the end."""
 
-    split = load_split(scenario.data, scenario.seed)
-    check_ratings(scenario, split)
-    train, test = split.train, split.test
-    started = time.perf_counter()
-    hosts = options.ray_actors or max(2, int(ray.cluster_resources().get("CPU", 2)))
-    hosts = min(hosts, train.n_users + 2)
-    try:
-        cpus = actor_cpus(
-            hosts, float(ray.cluster_resources().get("CPU", 1.0)), options.ray_cpus_per_actor
+    unit = "epoch"
+    phase = "epoch"
+    count_key = "epochs"
+
+    def __init__(self, scenario: Any) -> None:
+        self.scenario = scenario
+        self.split = load_split(scenario.data, scenario.seed)
+        check_ratings(scenario, self.split)  # every input check, before any key
+        self.public: dict[str, Any] = {}
+        self.twin: Any = None
+        self.factors: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def total(self) -> int:
+        return int(self.public.get("epochs", self.scenario.epochs))
+
+    def describe(self) -> str:
+        return str(self.scenario.protocol)
+
+    def header(self, backend: str) -> dict[str, Any]:
+        return summary_header(self.scenario, backend, self.split, self.public.get("info", {}))
+
+    def build_grid(self, options: Any) -> Grid:
+        grid, self.public, self.factors = _grid_for(
+            self.scenario, self.split.train.n_users, options
         )
-    except ValueError as exc:
-        raise ScenarioError(str(exc)) from exc
-    engine, public, factors = _engine_for(scenario, train.n_users, hosts, cpus)
-    groups, twin, offset, epochs = (
-        public["groups"],
-        public["twin"],
-        public["offset"],
-        public["epochs"],
-    )
-    writer = RunWriter(out_dir)
-    summary = summary_header(scenario, options.backend, split, public["info"])
-    metrics: list[dict[str, Any]] = []
-    bar = tqdm(
-        total=epochs,
-        desc=scenario.protocol,
-        unit="epoch",
-        disable=not options.progress,
-        file=sys.stderr,
-    )
-    try:
-        engine.start()
-        setup_s = time.perf_counter() - started
-        setup_bytes = engine.stats.bytes_total
-        seconds = dict(engine.seconds)
-        if twin is None:  # csr_fhe_mf: the twin of the structure the users sent
-            twin = engine.hook(public["twin_from"], "twin")
-        for epoch in range(epochs):
-            t0, b0 = time.perf_counter(), engine.stats.bytes_total
-            engine.run_outer(f"epoch {epoch}")
-            wall = time.perf_counter() - t0
-            record = {
-                "epoch": epoch,
-                **epoch_rmse(factors(), twin[epoch], train, test, offset),
-                "bytes": engine.stats.bytes_total - b0,
-                "wall_s": wall,
-                **{f"{k}_s": v for k, v in engine.seconds.items()},
-            }
-            for k, v in engine.seconds.items():
-                seconds[k] = seconds.get(k, 0.0) + v
-            metrics.append(record)
-            writer.append_metrics(record)
-            bar.update(1)
-    except BaseException as exc:
-        summary.update(
-            status=f"failed: {type(exc).__name__}: {exc}",
-            epochs=len(metrics),
-            wall_s=time.perf_counter() - started,
-            ray=engine.info(),
+        self.twin = self.public["twin"]
+        return grid
+
+    def after_setup(self, grid: Grid) -> None:
+        if self.twin is None:  # csr_fhe_mf: the twin of the structure the users sent
+            self.twin = grid.hook(self.public["twin_from"], "twin")
+
+    def record(
+        self, t: int, reports: dict[int, Any], grid: Grid, wall_s: float, before: tuple[int, int]
+    ) -> dict[str, Any]:
+        assert self.factors is not None  # build_grid ran
+        self.last = self.factors()
+        split = self.split
+        return {
+            "epoch": t,
+            **epoch_rmse(self.last, self.twin[t], split.train, split.test, self.public["offset"]),
+            "bytes": grid.stats.bytes_total - before[0],
+            "wall_s": wall_s,
+            **{f"{k}_s": v for k, v in grid.seconds.items()},
+        }
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"test_rmse": f"{record['test_rmse']:.4f}", "MB": f"{record['bytes'] / 1e6:.1f}"}
+
+    def save_model(self, writer: RunWriter) -> dict[str, Any]:
+        if self.last is None:
+            return {}
+        model = RatingsModel.from_training(self.last, self.split.train, self.public["offset"])
+        return {"model": model.save(writer.out_dir / MODEL_FILE).name}
+
+    def finish(
+        self, records: list[dict[str, Any]], grid: Grid, writer: RunWriter, run: dict[str, Any]
+    ) -> dict[str, Any]:
+        return finish_summary(
+            {},
+            self.scenario,
+            self.split.train,
+            self.split.test,
+            records,
+            writer,
+            wall_s=run["wall_s"],
+            setup_s=run["setup_s"],
+            setup_bytes=run["setup_bytes"],
+            stats=grid.stats,
+            bytes_per_party=party_bytes(grid.stats, self.public["groups"]),
+            seconds_per_party=run["seconds"],
         )
-        writer.write_json("summary.json", summary)
-        raise
-    finally:
-        bar.close()
-        engine.close()
-    summary["ray"] = engine.info()
-    return finish_summary(
-        summary,
-        scenario,
-        train,
-        test,
-        metrics,
-        writer,
-        wall_s=time.perf_counter() - started,
-        setup_s=setup_s,
-        setup_bytes=setup_bytes,
-        stats=engine.stats,
-        bytes_per_party=party_bytes(engine.stats, groups),
-        seconds_per_party=seconds,
-    )
+
+
+def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
+    """``cipherfact simulate`` for csr_fhe_mf and fedmf, every backend (the registry's
+    runner): the same files and fields, plus ``ray`` on Ray and ``network`` /
+    ``simulated_network_s`` with network emulation."""
+    if options.checkpoint_every or options.resume:  # refused before the data are read
+        raise ScenarioError(
+            f"{scenario.protocol} has no checkpoints yet (its servers hold ciphertext state); "
+            "drop --checkpoint-every / --resume"
+        )
+    return run(RecsysApp(scenario), scenario.protocol, Path(out_dir), options)
