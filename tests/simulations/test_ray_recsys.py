@@ -89,9 +89,11 @@ def test_csr_ray_matches_inmemory_to_ckks_noise(tmp_path: Path) -> None:
         assert a["plain_test_rmse"] == b["plain_test_rmse"]  # the twin has no noise
     assert abs(ray_s["test_rmse"] - ray_s["plain_test_rmse"]) < 0.01
     assert set(ray_s["bytes_per_party"]) == set(mem["bytes_per_party"]) == {"rs", "csp", "users"}
+    # SEAL's zstd-compressed keys and ciphertexts vary in size with the fresh
+    # randomness: two in-memory runs differ by ~0.1%; 1.3% was seen once under load
     for party, counts in mem["bytes_per_party"].items():
-        for way, n in counts.items():  # compressed CKKS serialization varies slightly
-            assert ray_s["bytes_per_party"][party][way] == pytest.approx(n, rel=0.01)
+        for way, n in counts.items():
+            assert ray_s["bytes_per_party"][party][way] == pytest.approx(n, rel=0.03)
     assert ray_s["mf_reference_test_rmse"] == mem["mf_reference_test_rmse"]
     for png in ("rmse.png", "bytes.png"):
         assert (tmp_path / "ray" / png).stat().st_size > 1000
