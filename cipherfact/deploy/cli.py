@@ -85,6 +85,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--resume", action="store_true",
                        help="resume the job in --out from the newest common checkpoint")
     local.add_argument("--insecure", action="store_true", help="plaintext gRPC (warns)")
+    local.add_argument("--quiet", action="store_true", help="no progress bar")
     local.add_argument("--peer-timeout", type=float, default=60.0, metavar="S",
                        help="seconds of silence after which an agent gives up (default 60)")
     local.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -258,6 +259,7 @@ def _local(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         timeouts={"peer_s": args.peer_timeout},
         timeout_s=args.timeout,
+        progress=not args.quiet,
     )
     keys = ("status", "interrupted_by", "transport", "n_agents", "processes", "rel_error",
             "consensus_spread", "train_rmse", "test_rmse", "plain_test_rmse", "wall_s",

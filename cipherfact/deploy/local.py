@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.references import relative_error
 from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
+from cipherfact.simulations.progress import progress_bar
 from cipherfact.simulations.results import (
     RunWriter,
     machine_info,
@@ -212,12 +213,16 @@ class Interrupt:
 
 
 def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None,
-             interrupt: Interrupt | None = None, grace_s: float = STOP_GRACE_S) -> list[int]:
+             interrupt: Interrupt | None = None, grace_s: float = STOP_GRACE_S,
+             tick: Callable[[], None] | None = None) -> list[int]:
     """Exit codes. Processes still running at ``timeout`` are terminated (SIGTERM);
-    once ``interrupt`` has fired, they get ``grace_s`` to stop, then are killed."""
+    once ``interrupt`` has fired, they get ``grace_s`` to stop, then are killed.
+    ``tick`` is called at every poll (a progress bar)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     stop_by: float | None = None
     while any(p.poll() is None for p in procs):
+        if tick is not None:
+            tick()
         now = time.monotonic()
         if interrupt is not None and interrupt.signal is not None and stop_by is None:
             interrupt.forward(signal.Signals[interrupt.signal])  # agents started meanwhile
@@ -236,6 +241,14 @@ def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None,
             break
         time.sleep(POLL_S)
     return [int(p.returncode) for p in procs]
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def resume_point(job: Path, n_agents: int) -> int:
@@ -400,8 +413,10 @@ def deploy_local(
     insecure: bool = False,
     timeouts: Mapping[str, float | int] | None = None,
     timeout_s: float | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run a whole job as ``n_agents`` local processes; returns the gathered summary."""
+    """Run a whole job as ``n_agents`` local processes; returns the gathered summary.
+    ``progress``: a bar on stderr following agent 0's completed iterations."""
     out = Path(out)
     check_out_dir(out, "--out")
     overrides, n_agents = local_parties(scenario, overrides, n_agents)
@@ -431,7 +446,19 @@ def deploy_local(
                 break
             procs += launch(job_path, n_agents, resume_from=resume_from, insecure=insecure,
                             only=i)
-        codes = wait_all(procs, timeout_s, interrupt)
+        total = int(parsed.outer_iters if protocol == "ppdnmf" else parsed.epochs)
+        unit = "outer" if protocol == "ppdnmf" else "epoch"
+        # agent 0 (a ppdnmf agent, or csr_fhe_mf's RS) writes one metrics line per
+        # outer iteration or epoch: its file is the job's progress
+        lines = out / "agents" / "agent-0" / "metrics.jsonl"
+        with progress_bar(total, f"{protocol} over gRPC", unit, enabled=progress) as bar:
+
+            def tick() -> None:
+                done = _count_lines(lines)
+                if done > bar.n:
+                    bar.update(min(done, total) - bar.n)
+
+            codes = wait_all(procs, timeout_s, interrupt, tick=tick)
         codes += [-1] * (n_agents - len(codes))  # agents never started
         return gather(job_path, time.perf_counter() - started, codes,
                       interrupted=interrupt.signal)
