@@ -15,6 +15,7 @@ agents, the phase and the protocol round. ``ray_session`` joins a cluster
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,16 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
 
         connect(address)  # one-line errors: no listener, refused token, ...
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # A Ray started here, for this run: its start-up notices (the token
+        # authentication it enables by default, "Started a local Ray instance")
+        # are about a cluster nobody else joins; warnings after start-up still show.
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+        logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         yield True
     finally:
