@@ -20,6 +20,7 @@ from cipherfact.agents.traffic import TrafficStats
 from cipherfact.deploy.csr_node import SHARE_FILE
 from cipherfact.deploy.jobfile import DeployJob
 from cipherfact.protocols import csr_fhe_mf as csr
+from cipherfact.simulations.ratings_model import MODEL_FILE, RatingsModel
 from cipherfact.simulations.recsys_sim import (
     csr_config,
     csr_info,
@@ -118,6 +119,9 @@ def gather_csr(
         metrics.append(record)
         writer.append_metrics(record)
     np.savez(out / "factors.npz", U=U, V=V)  # the last epoch's
+    # the same model file a simulation writes: ids back to the data, the offset
+    model = RatingsModel.from_training((U, V), train, cfg.rating_offset)
+    summary["model"] = model.save(out / MODEL_FILE).name
 
     groups = {i: _group(i) for i in range(len(results))}
     stats = TrafficStats()

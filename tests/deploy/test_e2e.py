@@ -147,6 +147,13 @@ def test_csr_fhe_mf_parties_as_processes_match_inmemory(tmp_path: Path) -> None:
     with np.load(tmp_path / "grpc" / "factors.npz") as f:
         U, V = f["U"], f["V"]
     assert U.shape == (3, 4) and V.shape == (10, 4)
+    # the deployed job leaves the simulation's model file too: the data's ids, the offset
+    from cipherfact.simulations.ratings_model import RatingsModel
+
+    model, mem_model = RatingsModel.load(tmp_path / "grpc"), RatingsModel.load(tmp_path / "mem")
+    assert summary["model"] == "model.npz" and np.array_equal(model.U, U)
+    assert np.array_equal(model.user_ids, mem_model.user_ids) and model.offset == mem_model.offset
+    assert np.array_equal(model.item_ids, mem_model.item_ids)
     # Each party keeps its own files: RS its masks, the CSP its masked factors, users nothing.
     agents = tmp_path / "grpc" / "agents"
     with np.load(agents / "agent-0" / "share.npz") as rs, \
