@@ -26,7 +26,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "graph.png (agents coloured by traffic); for csr_fhe_mf and fedmf model.npz (use it "
         "with `cipherfact recommend` / `predict`).",
     )
-    p.add_argument("scenario", help="bundled scenario name or path to a .toml file")
+    p.add_argument(
+        "scenario",
+        help="a protocol (ppdnmf, csr-fhe-mf, fedmf: its bundled defaults), a bundled scenario "
+        "name or a .toml file",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="your own data: a matrix (.npy/.csv) for ppdnmf, a ratings file for csr-fhe-mf "
+        "and fedmf (same as --set data.path=FILE)",
+    )
     p.add_argument(
         "--backend",
         default="inmemory",
@@ -134,7 +145,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from cipherfact.simulations.scenario import load_scenario
     from cipherfact.simulations.simulate import SimOptions, simulate
 
-    scenario = load_scenario(args.scenario, args.overrides)
+    overrides = [*args.overrides, *([f"data.path={args.data}"] if args.data else [])]
+    scenario = load_scenario(args.scenario, overrides)
     network = NetworkModel(
         latency_ms=args.latency_ms,
         bandwidth_mbps=args.bandwidth_mbps,

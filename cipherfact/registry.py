@@ -35,6 +35,9 @@ class ProtocolEntry:
     scenario: str
     simulate: str
     node: str | None = None
+    #: the bundled scenario ``cipherfact simulate <protocol>`` starts from (one's own
+    #: data: ``--data FILE``)
+    defaults: str | None = None
 
 
 PROTOCOLS: dict[str, ProtocolEntry] = {
@@ -42,15 +45,18 @@ PROTOCOLS: dict[str, ProtocolEntry] = {
         scenario="cipherfact.simulations.scenario:PPDNMFScenario",
         simulate="cipherfact.simulations.ppdnmf_run:simulate_ppdnmf",
         node="cipherfact.deploy.node:Node",
+        defaults="ppdnmf-synthetic",
     ),
     "csr_fhe_mf": ProtocolEntry(
         scenario="cipherfact.simulations.recsys_scenario:CsrFheMFScenario",
         simulate="cipherfact.simulations.recsys_run:simulate_recsys",
         node="cipherfact.deploy.csr_node:CsrNode",
+        defaults="csr-fhe-mf-synthetic",
     ),
     "fedmf": ProtocolEntry(
         scenario="cipherfact.simulations.recsys_scenario:FedMFScenario",
         simulate="cipherfact.simulations.recsys_run:simulate_recsys",
+        defaults="fedmf-synthetic",
     ),
 }
 
@@ -73,6 +79,12 @@ def load(protocol: str, part: str) -> Any:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise UnknownProtocolError(f"protocol {protocol!r} is not available: {exc}") from exc
+
+
+def protocol_named(name: str) -> str | None:
+    """The protocol a scenario name like ``ppdnmf`` or ``csr-fhe-mf`` names, if any."""
+    key = name.replace("-", "_")
+    return key if key in PROTOCOLS else None
 
 
 def deployable() -> list[str]:

@@ -363,14 +363,18 @@ def _read_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ScenarioError(f"scenario file {name_or_path!r} cannot be read: {exc}") from exc
     else:
+        from cipherfact import registry
+
+        protocol = registry.protocol_named(name_or_path)
+        default = registry.entry(protocol).defaults if protocol is not None else None
         folder = resources.files("cipherfact.simulations") / "scenarios"
-        candidate = folder / f"{name_or_path}.toml"
+        candidate = folder / f"{default or name_or_path}.toml"
         if not candidate.is_file():
             raise ScenarioError(
                 f"unknown scenario {name_or_path!r}: not a file, and not one of the bundled "
                 f"scenarios {bundled_scenarios()}"
             )
-        text, label = candidate.read_text(encoding="utf-8"), name_or_path
+        text, label = candidate.read_text(encoding="utf-8"), default or name_or_path
     try:
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

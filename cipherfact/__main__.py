@@ -1,0 +1,7 @@
+"""``python -m cipherfact``: the ``cipherfact`` command."""
+
+import sys
+
+from cipherfact.cli import main
+
+sys.exit(main())
