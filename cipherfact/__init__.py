@@ -10,11 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DistributedNMF", "RatingsModel", "__version__", "load_scenario", "simulate"]
+__all__ = [
+    "DistributedNMF",
+    "PrivateRatingsMF",
+    "RatingsModel",
+    "__version__",
+    "load_scenario",
+    "simulate",
+]
 
 # Lazy: importing the package must not pull in the simulation stack.
 _LAZY = {
     "DistributedNMF": "cipherfact.simulations.estimator",
+    "PrivateRatingsMF": "cipherfact.simulations.ratings_estimator",
     "RatingsModel": "cipherfact.simulations.ratings_model",
     "load_scenario": "cipherfact.simulations.scenario",
     "simulate": "cipherfact.api",
