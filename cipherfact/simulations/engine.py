@@ -1,63 +1,65 @@
-"""Engines drive a set of protocol roles to completion over one transport.
+"""``InMemoryEngine``: every role of a job in this process, exactly replayable.
 
-An engine knows nothing of any protocol's mathematics: it starts the roles,
-pumps messages until the system is quiet, and asks roles to begin their next
-outer iteration. The in-memory engine delivers in a fixed order (receivers in
-id order, FIFO per receiver), which makes every run exactly replayable.
+It is the grids' host (``grid.RoleHost``) with every agent on it, for callers
+that build their roles themselves (protocol tests, the privacy attacks'
+transcripts, ``ppdnmf_job.run_inmemory``, benchmarks): the same delivery order
+(receivers in id order, FIFO per receiver) as ``LocalGrid`` and every Ray
+actor, so there is one way to run roles in a process. An engine knows nothing
+of any protocol's mathematics: it starts the roles, pumps messages until the
+system is quiet, and asks roles to begin their next outer iteration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.traffic import TrafficStats
-from cipherfact.agents.transport import InMemoryTransport
 from cipherfact.protocols.base import StateMachine
+from cipherfact.simulations.grid import LocalRoles, RoleHost, StalledError, single_host
 
-
-class StalledError(RuntimeError):
-    """No message is in flight but some role has not reached the expected point."""
+__all__ = ["InMemoryEngine", "StalledError"]
 
 
 class InMemoryEngine:
-    """Runs every role in this process over an ``InMemoryTransport``."""
+    """Runs the given roles in this process on one ``RoleHost``; errors propagate
+    unchanged. ``observer`` sees every envelope as it is sent."""
 
     def __init__(
         self,
         roles: Mapping[AgentId, StateMachine],
         observer: Callable[[Envelope], None] | None = None,
     ) -> None:
-        self.roles = dict(sorted(roles.items()))
-        self.transport = InMemoryTransport(self.roles, observer=observer)
-        self.agents = {i: Agent(i, role, self.transport) for i, role in self.roles.items()}
+        built = dict(sorted(roles.items()))
+        self.host = RoleHost(
+            0,
+            lambda _agents: LocalRoles(built),
+            single_host(list(built)),
+            wrap_errors=False,
+            observer=observer,
+        )
+        self.roles = self.host.roles
+        self.agents = self.host.agents
+        self.transport = self.host.transport
 
     @property
     def stats(self) -> TrafficStats:
         return self.transport.stats
 
-    def pump(self) -> int:
-        """Deliver messages until none is in flight; returns how many were handled."""
-        handled = 0
-        while self.transport.pending():
-            for agent in self.agents.values():
-                handled += agent.poll()
-        return handled
+    def pump(self) -> None:
+        """Deliver messages until none is in flight."""
+        self.host.pump()
 
     def start(self) -> None:
-        for agent in self.agents.values():
-            agent.start()
-        self.pump()
+        self.host.start()
 
     def run_outer(self) -> None:
-        """Every role begins its next outer iteration; return when all are at the boundary."""
-        for i, role in self.roles.items():
-            self.agents[i].send(role.begin_outer())
-        self.pump()
+        """Every unfinished role begins its next outer iteration; return when all
+        are at the boundary."""
+        self.host.begin_outer()
         stuck = [i for i, r in self.roles.items() if not (r.at_boundary or r.done)]
         if stuck:
             raise StalledError(f"agents {stuck} did not finish the outer iteration")
 
     def close(self) -> None:
-        self.transport.close()
+        """Nothing to release: the roles' schemes belong to the caller."""

@@ -120,6 +120,20 @@ def stats_from_raw(parts: list[dict[str, dict[Any, int]]]) -> TrafficStats:
 # --- inside an actor ------------------------------------------------------------------
 
 
+def _fan_out(
+    watchers: list[Callable[[Envelope], None]],
+) -> Callable[[Envelope], None] | None:
+    """One observer calling each of ``watchers`` (None when there is none)."""
+    if len(watchers) <= 1:
+        return watchers[0] if watchers else None
+
+    def every(env: Envelope) -> None:
+        for watch in watchers:
+            watch(env)
+
+    return every
+
+
 class RoleHost:
     """Runs the roles a factory builds here: in this process (``LocalGrid``) or as
     a Ray actor (``RayGrid`` makes this plain class remote).
@@ -128,7 +142,8 @@ class RoleHost:
     envelopes bound for other hosts. With ``wrap_errors`` (Ray) failures come
     back as ``RuntimeError`` naming the host, its agents and their rounds,
     since that is what Ray carries to the driver; in this process the original
-    exception propagates.
+    exception propagates. ``observer`` sees every envelope a local role sends
+    (the privacy tests' transcripts), as the network emulation's clock does.
     """
 
     def __init__(
@@ -138,6 +153,7 @@ class RoleHost:
         placement: Mapping[AgentId, HostId],
         network: NetworkModel | None = None,
         wrap_errors: bool = True,
+        observer: Callable[[Envelope], None] | None = None,
     ) -> None:
         # One BLAS thread, as the in-memory run sets: the actor pool already fills
         # the cores, and a fixed thread count keeps float results bit-identical.
@@ -145,9 +161,10 @@ class RoleHost:
         self.clock = NetworkClock(network) if network is not None and network.enabled else None
         self.host = host
         self.wrap_errors = wrap_errors
-        self.transport = HostTransport(
-            host, placement, observer=None if self.clock is None else self.clock.record
-        )
+        watchers = [] if observer is None else [observer]
+        if self.clock is not None:
+            watchers.append(self.clock.record)
+        self.transport = HostTransport(host, placement, observer=_fan_out(watchers))
         local = factory(self.transport.agents)
         if sorted(local.roles) != self.transport.agents:
             raise ValueError(
@@ -187,7 +204,7 @@ class RoleHost:
 
     # -- message handling ----------------------------------------------------------------
 
-    def _pump(self) -> Outbox:
+    def pump(self) -> Outbox:
         """Handle local envelopes until none is left; return what other hosts get."""
         start = time.perf_counter()
         while self.transport.pending():
@@ -202,7 +219,7 @@ class RoleHost:
         with self._failing("setup"):
             for agent in self.agents.values():
                 agent.start()
-            return self._pump()
+            return self.pump()
 
     def begin_outer(self) -> Outbox:
         """Every role that has not finished begins its next outer iteration."""
@@ -210,12 +227,12 @@ class RoleHost:
             for i, role in self.roles.items():
                 if not role.done:
                     self.agents[i].send(role.begin_outer())
-            return self._pump()
+            return self.pump()
 
     def deliver(self, envs: list[Envelope]) -> Outbox:
         with self._failing("message delivery"):
             self.transport.deliver(envs)
-            return self._pump()
+            return self.pump()
 
     # -- boundary calls ------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.simulations.ppdnmf_job import OuterResult
 
 Wave = tuple[int, str]  # (round, stage)
 
@@ -180,15 +179,6 @@ def merge_retransmissions(parts: Iterable[Mapping[Wave, int]]) -> dict[Wave, int
     return dict(out)
 
 
-def split_setup(
-    waves: Mapping[Wave, Any], setup_round: int = -1
-) -> tuple[dict[Wave, Any], dict[Wave, Any]]:
-    """(setup waves, the others): envelopes of setup stages carry round -1."""
-    setup = {w: v for w, v in waves.items() if w[0] == setup_round}
-    rest = {w: v for w, v in waves.items() if w[0] != setup_round}
-    return setup, rest
-
-
 def report(
     waves: Mapping[Wave, float], retransmissions: Mapping[Wave, int] | None = None
 ) -> NetworkReport:
@@ -202,17 +192,3 @@ def report(
         waves=len(waves),
         seconds_by_stage=dict(sorted(by_stage.items())),
     )
-
-
-@dataclass
-class NetworkedOuterResult(OuterResult):
-    """An ``OuterResult`` with the network emulation's cost and engine facts.
-
-    ``network`` covers this outer iteration's waves; ``setup_network`` the key
-    exchange before the first one (engines set it on their first result only).
-    ``engine`` holds engine-specific facts for the summary (actors, placement).
-    """
-
-    network: NetworkReport | None = None
-    setup_network: NetworkReport | None = None
-    engine: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,6 @@ from cipherfact.simulations.network import (
     merge_retransmissions,
     merge_waves,
     report,
-    split_setup,
 )
 
 
@@ -89,8 +88,6 @@ def test_merging_clocks_takes_the_slowest_edge() -> None:
         (0, "a"): 3,
         (1, "a"): 1,
     }
-    setup, rest = split_setup({(-1, "key"): 1.0, (0, "offer"): 2.0})
-    assert setup == {(-1, "key"): 1.0} and rest == {(0, "offer"): 2.0}
 
 
 def test_enabled() -> None:
