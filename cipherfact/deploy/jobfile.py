@@ -162,6 +162,14 @@ def _check_own_ratings(scenario: Any, agents: Mapping[AgentId, AgentSpec], path:
             f"{path}: with users' own rating files and crypto.hide_pattern, set "
             "crypto.pad_to (the public number of entries every user shows)"
         )
+    if scenario.crypto.hide_pattern and not scenario.item_norm > 0:
+        # no party sees every item's real count, so the public divisor that keeps
+        # padded results equal to unpadded ones must be given, as pad_to is
+        raise JobFileError(
+            f"{path}: with users' own rating files and crypto.hide_pattern, set "
+            "item_norm > 0 (the public divisor of every item's step, e.g. the largest "
+            "number of ratings an item has)"
+        )
     return len(agents)
 
 

@@ -177,6 +177,11 @@ def test_csr_users_with_their_own_rating_files_set_the_party_count(tmp_path: Pat
     hidden = csr_job(4).replace('set = [', 'set = ["crypto.hide_pattern=true", ')
     with pytest.raises(JobFileError, match=r"set crypto\.pad_to"):
         load_job(write(tmp_path, _with_user_files(hidden, [2, 3])))
+    padded = csr_job(4).replace('set = [', 'set = ["crypto.hide_pattern=true", "crypto.pad_to=5", ')
+    with pytest.raises(JobFileError, match=r"set item_norm > 0"):
+        load_job(write(tmp_path, _with_user_files(padded, [2, 3])))
+    fixed = padded.replace('set = [', 'set = ["item_norm=4.0", ')
+    assert load_job(write(tmp_path, _with_user_files(fixed, [2, 3]))).users_own_ratings
 
 
 def test_a_user_with_a_bad_ratings_file_fails_before_start_and_says_why(tmp_path: Path) -> None:
