@@ -50,7 +50,7 @@ from cipherfact.simulations.recsys_sim import (
     summary_header,
 )
 from cipherfact.simulations.results import RunWriter
-from cipherfact.simulations.runner import RunApp, run
+from cipherfact.simulations.runner import RunApp, refuse_checkpoints, run
 from cipherfact.simulations.scenario import ScenarioError
 
 __all__ = [
@@ -121,9 +121,9 @@ class CsrKeyHolder:
         csp, rs = run.roles[csr.CSP_ID], run.roles[csr.RS_ID]
         public = {
             "config": csp.config,
-            # Users on other actors draw their own secret dummies, so run.twin (from
-            # this actor's copies) may not match: the driver asks for the twin of the
-            # structure the CSP received once the setup is done (hook "twin").
+            # Users on other hosts draw their own secret dummies: the runner asks for
+            # the twin of the structure the CSP received once the setup is done
+            # (hook "twin"), so build_csr computes none.
             "twin": None,
             "twin_from": csr.CSP_ID,
             "groups": run.groups,
@@ -386,9 +386,5 @@ def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any
     """``cipherfact simulate`` for csr_fhe_mf and fedmf, every backend (the registry's
     runner): the same files and fields, plus ``ray`` on Ray and ``network`` /
     ``simulated_network_s`` with network emulation."""
-    if options.checkpoint_every or options.resume:  # refused before the data are read
-        raise ScenarioError(
-            f"{scenario.protocol} has no checkpoints yet (its servers hold ciphertext state); "
-            "drop --checkpoint-every / --resume"
-        )
+    refuse_checkpoints(scenario.protocol, options)  # before the data are read
     return run(RecsysApp(scenario), scenario.protocol, Path(out_dir), options)

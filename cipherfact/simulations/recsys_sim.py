@@ -11,7 +11,6 @@ from the users' vectors and the server's Enc(V) decrypted with the users' key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,13 +266,14 @@ def _by_user(data: Ratings, u: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class RecsysRun:
-    """A built job: roles, how to read factors, the twin's curve, party groups."""
+    """A built job: roles, party groups, the twin's curve (None for csr_fhe_mf: the
+    twin follows the structure the users actually send, so the runner asks the CSP
+    for it after the setup) and the facts ``summary.json`` reports."""
 
     roles: dict[AgentId, Any]
     profilers: dict[str, Profiler]
     groups: dict[AgentId, str]
-    factors: Callable[[], tuple[np.ndarray, np.ndarray]]
-    twin: list[tuple[np.ndarray, np.ndarray]]
+    twin: list[tuple[np.ndarray, np.ndarray]] | None
     offset: float
     epochs: int
     info: dict[str, Any]
@@ -425,15 +425,10 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
         roles[csr.user_id(u)] = csr_user(scenario, train, cfg, u, profs["users"])
         groups[csr.user_id(u)] = "users"
     structures = [roles[csr.user_id(u)].structure for u in range(cfg.n_users)]
-    twin, sizes = csr_twin(train, cfg, csr_layout(cfg, structures))
-
-    def factors() -> tuple[np.ndarray, np.ndarray]:
-        AU, AV = csp.masked_factors()
-        MU, MV = rs.factor_masks()
-        return AU - MU, AV - MV
-
+    layout = csr_layout(cfg, structures)
+    sizes = {"slots_used": layout.nnz, "chunks": layout.n_chunks}
     info = csr_info(cfg, scheme.describe(), train, sizes)
-    return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
+    return RecsysRun(roles, profs, groups, None, cfg.rating_offset, cfg.epochs, info)
 
 
 def fedmf_config(scenario: FedMFScenario, train: Ratings) -> Any:
@@ -506,14 +501,6 @@ def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
         groups[fedmf.user_id(u)] = "users"
     twin = fedmf.fedmf_reference(train.users, train.items, train.values, cfg)
 
-    def factors() -> tuple[np.ndarray, np.ndarray]:
-        U = np.stack([usr.vector for usr in users])
-        blocks = users[0].blocks
-        V = np.concatenate([key.decrypt(ct) for ct in server.encrypted_v]).reshape(
-            -1, cfg.n_factors
-        )
-        return U, V[: blocks.n_items]
-
     info = {
         "mode": cfg.mode,
         "naive": c.naive,
@@ -522,7 +509,7 @@ def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
         "items_per_ciphertext": users[0].blocks.per,
         "slot_bits": codec.slot_bits,
     }
-    return RecsysRun(roles, profs, groups, factors, twin, cfg.rating_offset, cfg.epochs, info)
+    return RecsysRun(roles, profs, groups, twin, cfg.rating_offset, cfg.epochs, info)
 
 
 def party_bytes(stats: TrafficStats, groups: dict[AgentId, str]) -> dict[str, dict[str, int]]:

@@ -97,6 +97,16 @@ class RunApp(ABC):
         return None
 
 
+def refuse_checkpoints(protocol: str, options: Any) -> None:
+    """The one-line refusal of ``--checkpoint-every``/``--resume`` for a protocol
+    without checkpoints (a runner may call it before it reads any data)."""
+    if options.checkpoint_every or options.resume:
+        raise ScenarioError(
+            f"{protocol} has no checkpoints yet (its servers hold ciphertext state); "
+            "drop --checkpoint-every / --resume"
+        )
+
+
 @contextlib.contextmanager
 def _session(options: Any) -> Iterator[None]:
     if options.backend == "ray":
@@ -113,11 +123,8 @@ def run(app: RunApp, protocol: str, out_dir: Path, options: Any) -> dict[str, An
     summary (see the module doc)."""
     out_dir = Path(out_dir)
     meta = app.checkpoint_meta()
-    if meta is None and (options.checkpoint_every or options.resume):
-        raise ScenarioError(
-            f"{protocol} has no checkpoints yet (its servers hold ciphertext state); "
-            "drop --checkpoint-every / --resume"
-        )
+    if meta is None:
+        refuse_checkpoints(protocol, options)
     first, states = 0, None
     if options.resume and meta is not None:
         ckpt = load_checkpoint(out_dir, meta)
