@@ -501,3 +501,26 @@ def test_mod_switch_drops_primes_keeps_values(scheme: CkksScheme, pub: CkksSchem
         pub.mod_switch(low, 1)
     with pytest.raises(BudgetExceededError, match="mod_switch would need multiplicative depth 3"):
         pub.mod_switch(ct, 3)
+
+
+def test_seal_scratch_files_never_outlive_their_use() -> None:
+    """The seeded path hands the secret key to SEAL's bindings through a private
+    scratch file (they only load from paths): nothing, the key included, may remain."""
+    import os
+
+    from cipherfact.crypto import ckks
+
+    owner = make_ckks_scheme("n8192-depth2")
+    blob = owner.encrypt_bytes(np.arange(10, dtype=np.float64), seeded=True)
+    assert np.allclose(owner.decrypt(owner.from_bytes(blob))[:10], np.arange(10), atol=1e-3)
+    scratch = ckks._SCRATCH[os.getpid()]
+    assert stat_mode(scratch) == 0o700 and os.listdir(scratch) == []
+    owner.mod_switch(owner.encrypt(np.ones(4)), 1)
+    assert os.listdir(scratch) == []
+
+
+def stat_mode(path: str) -> int:
+    import os
+    import stat
+
+    return stat.S_IMODE(os.stat(path).st_mode)
