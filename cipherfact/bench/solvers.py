@@ -87,8 +87,9 @@ def _time_sklearn(solver: str, X: Any, rank: int, iters: int) -> float:
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
-    model = NMF(n_components=rank, solver=solver, init="random", random_state=0,
-                max_iter=iters, tol=0.0)
+    model = NMF(
+        n_components=rank, solver=solver, init="random", random_state=0, max_iter=iters, tol=0.0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         start = time.perf_counter()
@@ -111,8 +112,13 @@ def _methods(threads: int) -> list[tuple[str, str, Callable[[], Any] | None]]:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:
             for rule in ("mu", "hals"):
-                out.append((f"torch-{device}-{rule}", rule,
-                            partial(make_solver, "torch", device, rule=rule)))
+                out.append(
+                    (
+                        f"torch-{device}-{rule}",
+                        rule,
+                        partial(make_solver, "torch", device, rule=rule),
+                    )
+                )
     except ImportError:
         pass
     out += [("sklearn-mu", "mu", None), ("sklearn-cd", "hals", None)]
@@ -153,30 +159,46 @@ def run(quick: bool, threads: int, iters: int | None, seed: int) -> dict[str, An
             best = {label: min(values) for label, values in times.items()}
             sk_best = {rule: best[label] for label, rule, f in methods if f is None}
             for label, rule, _ in methods:
-                rows.append({
-                    "matrix": matrix, "shape": [m, n], "rank": rank, "method": label,
-                    "iters": iters, "repeats": REPEATS, "ms_per_iter": 1e3 * best[label],
-                    "ms_all_repeats": [1e3 * v for v in times[label]],
-                    "ratio_vs_sklearn": best[label] / sk_best[rule],
-                })
-    return {"context": context, "rows": rows,
-            "note": f"ms/iter: best of {REPEATS} interleaved runs of {iters} iterations. "
-                    "ratio = ms/iter / scikit-learn's same rule (mu vs mu, hals vs cd); "
-                    "< 1 is faster. scikit-learn's time includes its init."}
+                rows.append(
+                    {
+                        "matrix": matrix,
+                        "shape": [m, n],
+                        "rank": rank,
+                        "method": label,
+                        "iters": iters,
+                        "repeats": REPEATS,
+                        "ms_per_iter": 1e3 * best[label],
+                        "ms_all_repeats": [1e3 * v for v in times[label]],
+                        "ratio_vs_sklearn": best[label] / sk_best[rule],
+                    }
+                )
+    return {
+        "context": context,
+        "rows": rows,
+        "note": f"ms/iter: best of {REPEATS} interleaved runs of {iters} iterations. "
+        "ratio = ms/iter / scikit-learn's same rule (mu vs mu, hals vs cd); "
+        "< 1 is faster. scikit-learn's time includes its init.",
+    }
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     """A table of the rows plus the context lines."""
     ctx = result["context"]
-    lines = [f"- cpu: {ctx['cpu']} ({ctx['cpu_count']} logical cores)",
-             f"- threads: {ctx['threads']} (threadpoolctl limit + torch.set_num_threads)",
-             f"- BLAS: {'; '.join(ctx.get('blas', [])) or 'unknown'}",
-             f"- torch: {ctx.get('torch')}"]
+    lines = [
+        f"- cpu: {ctx['cpu']} ({ctx['cpu_count']} logical cores)",
+        f"- threads: {ctx['threads']} (threadpoolctl limit + torch.set_num_threads)",
+        f"- BLAS: {'; '.join(ctx.get('blas', [])) or 'unknown'}",
+        f"- torch: {ctx.get('torch')}",
+    ]
     if "gpu" in ctx:
         lines.append(f"- gpu: {ctx['gpu']}")
-    lines += ["", f"{result['note']}", "",
-              "| matrix | shape, rank | method | ms / iter | ratio vs sklearn | all runs (ms) |",
-              "|---|---|---|---:|---:|---|"]
+    lines += [
+        "",
+        f"{result['note']}",
+        "",
+        "| matrix | shape, rank | method | ms / iter | ratio vs sklearn | all runs (ms) |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for r in result["rows"]:
         lines.append(
             f"| {r['matrix']} | {r['shape'][0]}x{r['shape'][1]}, r={r['rank']} | {r['method']} "

@@ -71,12 +71,7 @@ class FixedPointCodec:
     def slot_bits(self) -> int:
         """Width of one packed slot, in bits."""
         return (
-            self.int_bits
-            + self.frac_bits
-            + self.scalar_bits
-            + self.term_bits
-            + self.guard_bits
-            + 1
+            self.int_bits + self.frac_bits + self.scalar_bits + self.term_bits + self.guard_bits + 1
         )
 
     def encode(self, x: np.ndarray, name: str = "x") -> np.ndarray:

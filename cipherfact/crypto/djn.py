@@ -28,7 +28,11 @@ class FixedBaseTable:
     """Precomputed powers of one base modulo one modulus."""
 
     def __init__(
-        self, base: Any, modulus: Any, exponent_bits: int, window_bits: int,
+        self,
+        base: Any,
+        modulus: Any,
+        exponent_bits: int,
+        window_bits: int,
         to_int: Callable[[int], Any] = int,
     ) -> None:
         if not 1 <= window_bits <= 12:

@@ -37,8 +37,13 @@ class PlainScheme(PackedScheme):
     name: ClassVar[str] = "plain"
 
     def __init__(
-        self, key_id: bytes, *, codec: FixedPointCodec, modulus_bits: int = 2048,
-        options: PaillierOptions | None = None, secret: bool = True,
+        self,
+        key_id: bytes,
+        *,
+        codec: FixedPointCodec,
+        modulus_bits: int = 2048,
+        options: PaillierOptions | None = None,
+        secret: bool = True,
     ) -> None:
         """Internal: use ``generate`` or the ``load_*`` functions."""
         if not isinstance(codec, FixedPointCodec):
@@ -62,7 +67,11 @@ class PlainScheme(PackedScheme):
 
     @classmethod
     def generate(
-        cls, *, codec: FixedPointCodec, key_bits: int = 2048, insecure_test_keys: bool = False,
+        cls,
+        *,
+        codec: FixedPointCodec,
+        key_bits: int = 2048,
+        insecure_test_keys: bool = False,
         options: PaillierOptions | None = None,
     ) -> PlainScheme:
         """Fresh twin; ``key_bits`` only sets the layout (same slots as Paillier's n)."""
@@ -92,7 +101,11 @@ class PlainScheme(PackedScheme):
 
     @classmethod
     def from_public_bytes(
-        cls, data: bytes, *, codec: FixedPointCodec, options: PaillierOptions | None = None,
+        cls,
+        data: bytes,
+        *,
+        codec: FixedPointCodec,
+        options: PaillierOptions | None = None,
         insecure_test_keys: bool = False,
     ) -> PlainScheme:
         """Public-only twin from ``public_bytes()``."""
@@ -104,7 +117,11 @@ class PlainScheme(PackedScheme):
 
     @classmethod
     def from_secret_bytes(
-        cls, data: bytes, *, codec: FixedPointCodec, options: PaillierOptions | None = None,
+        cls,
+        data: bytes,
+        *,
+        codec: FixedPointCodec,
+        options: PaillierOptions | None = None,
         insecure_test_keys: bool = False,
     ) -> PlainScheme:
         """Twin that may 'decrypt', from ``export_secret_key_bytes()``."""
@@ -128,8 +145,13 @@ class PlainScheme(PackedScheme):
         return self._bits
 
     def public(self) -> PlainScheme:
-        return PlainScheme(self._key_id, codec=self.codec, modulus_bits=self._bits,
-                           options=self.options, secret=False)
+        return PlainScheme(
+            self._key_id,
+            codec=self.codec,
+            modulus_bits=self._bits,
+            options=self.options,
+            secret=False,
+        )
 
     def public_bytes(self) -> bytes:
         return self._key_bytes(b"CFPK")

@@ -47,13 +47,22 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--job", required=True, help="path to JOB.toml (same file on every machine)")
     serve.add_argument("--agent-id", type=int, required=True, help="this agent's id in JOB.toml")
     group = serve.add_mutually_exclusive_group()
-    group.add_argument("--resume-from", type=int, default=None, metavar="T",
-                       help="resume from this agent's checkpoint at outer iteration T "
-                       "(every agent must pass the same T)")
-    group.add_argument("--resume", action="store_true",
-                       help="resume from this agent's newest checkpoint")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow plaintext gRPC when JOB.toml sets job.insecure = true")
+    group.add_argument(
+        "--resume-from",
+        type=int,
+        default=None,
+        metavar="T",
+        help="resume from this agent's checkpoint at outer iteration T "
+        "(every agent must pass the same T)",
+    )
+    group.add_argument(
+        "--resume", action="store_true", help="resume from this agent's newest checkpoint"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext gRPC when JOB.toml sets job.insecure = true",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every envelope")
     serve.set_defaults(func=_serve)
 
@@ -74,22 +83,50 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "and gather their results into summary.json, metrics.jsonl and factors.npz in --out.",
     )
     local.add_argument("scenario", help="bundled scenario name or path to a .toml file")
-    local.add_argument("--agents", type=int, default=None,
-                       help="number of agent processes (ppdnmf: default the scenario's "
-                       "n_agents; csr_fhe_mf: RS + CSP + one per user, fixed by the data)")
+    local.add_argument(
+        "--agents",
+        type=int,
+        default=None,
+        help="number of agent processes (ppdnmf: default the scenario's "
+        "n_agents; csr_fhe_mf: RS + CSP + one per user, fixed by the data)",
+    )
     local.add_argument("--out", default=None, help="output folder (default runs/<scenario>-grpc)")
-    local.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a scenario field (repeatable)")
-    local.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
-                       help="each agent checkpoints every K outer iterations")
-    local.add_argument("--resume", action="store_true",
-                       help="resume the job in --out from the newest common checkpoint")
+    local.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field (repeatable)",
+    )
+    local.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="each agent checkpoints every K outer iterations",
+    )
+    local.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the job in --out from the newest common checkpoint",
+    )
     local.add_argument("--insecure", action="store_true", help="plaintext gRPC (warns)")
     local.add_argument("--quiet", action="store_true", help="no progress bar")
-    local.add_argument("--peer-timeout", type=float, default=60.0, metavar="S",
-                       help="seconds of silence after which an agent gives up (default 60)")
-    local.add_argument("--timeout", type=float, default=None, metavar="S",
-                       help="terminate agents still running after S seconds")
+    local.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds of silence after which an agent gives up (default 60)",
+    )
+    local.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="terminate agents still running after S seconds",
+    )
     local.set_defaults(func=_local)
 
     kit = deploy_sub.add_parser(
@@ -150,11 +187,20 @@ def _write_early_failure(job_path: str, agent_id: int, out: Path | None, status:
     folder = out if out is not None else agent_out_hint(job_path, agent_id)
     if folder is None:
         return
-    record = {"agent_id": agent_id, "status": one_line(status), "round": None,
-              "bytes_sent": 0, "messages_sent": 0, "grpc_bytes_sent": 0, "wall_s": 0.0}
+    record = {
+        "agent_id": agent_id,
+        "status": one_line(status),
+        "round": None,
+        "bytes_sent": 0,
+        "messages_sent": 0,
+        "grpc_bytes_sent": 0,
+        "wall_s": 0.0,
+    }
     with contextlib.suppress(OSError):  # the error line on stderr still says why
-        write_atomic(folder / "result.json",
-                     (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_atomic(
+            folder / "result.json",
+            (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -173,13 +219,21 @@ def _serve(args: argparse.Namespace) -> int:
         node, out = _make_serving_node(args, made)
         return _run_node(node, args, out)  # the node's own handlers from here on
     except _StoppedBeforeStartError as exc:
-        _write_early_failure(args.job, args.agent_id, made[0] if made else None,
-                             f"stopped: agent {args.agent_id} {exc}")
+        _write_early_failure(
+            args.job,
+            args.agent_id,
+            made[0] if made else None,
+            f"stopped: agent {args.agent_id} {exc}",
+        )
         log.warning("agent %s %s", args.agent_id, exc)
         return SIGNAL_EXIT[exc.name]
     except (ValueError, TypeError, OSError) as exc:  # bad job file or flags: one line
-        _write_early_failure(args.job, args.agent_id, made[0] if made else None,
-                             f"failed before start: {type(exc).__name__}: {exc}")
+        _write_early_failure(
+            args.job,
+            args.agent_id,
+            made[0] if made else None,
+            f"failed before start: {type(exc).__name__}: {exc}",
+        )
         raise
     finally:
         for sig, handler in previous.items():
@@ -238,8 +292,11 @@ def _certs(args: argparse.Namespace) -> int:
     from cipherfact.deploy.tls import write_job_certs
 
     files = write_job_certs(args.out, args.agents, days=args.days)
-    print(f"job CA and {len(files)} agent certificates written to {args.out}/ "
-          f"(keep ca-key.pem off the agent machines)", file=sys.stderr)
+    print(
+        f"job CA and {len(files)} agent certificates written to {args.out}/ "
+        f"(keep ca-key.pem off the agent machines)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -261,14 +318,30 @@ def _local(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=not args.quiet,
     )
-    keys = ("status", "interrupted_by", "transport", "n_agents", "processes", "rel_error",
-            "consensus_spread", "train_rmse", "test_rmse", "plain_test_rmse", "wall_s",
-            "bytes_total", "grpc_bytes_total", "messages_total")
+    keys = (
+        "status",
+        "interrupted_by",
+        "transport",
+        "n_agents",
+        "processes",
+        "rel_error",
+        "consensus_spread",
+        "train_rmse",
+        "test_rmse",
+        "plain_test_rmse",
+        "wall_s",
+        "bytes_total",
+        "grpc_bytes_total",
+        "messages_total",
+    )
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"results written to {out}/ (agent logs in {out}/agents/)", file=sys.stderr)
     if summary["status"] == "interrupted":
-        print(f"interrupted by {summary.get('interrupted_by')}: agents stopped, partial "
-              f"summary in {out}/summary.json", file=sys.stderr)
+        print(
+            f"interrupted by {summary.get('interrupted_by')}: agents stopped, partial "
+            f"summary in {out}/summary.json",
+            file=sys.stderr,
+        )
         return SIGNAL_EXIT.get(str(summary.get("interrupted_by")), 143)
     return 0 if summary["status"] == "completed" else 1
 

@@ -54,8 +54,13 @@ def _layout(path: Path, cfg: Any) -> Any:
 
 
 def gather_csr(
-    deploy: DeployJob, results: Sequence[dict[str, Any]], codes: Sequence[int], wall_s: float,
-    out: Path, *, interrupted: str | None = None,
+    deploy: DeployJob,
+    results: Sequence[dict[str, Any]],
+    codes: Sequence[int],
+    wall_s: float,
+    out: Path,
+    *,
+    interrupted: str | None = None,
 ) -> dict[str, Any]:
     """Combine the parties' folders; ``results[i]`` is agent i's ``result.json``.
 
@@ -74,21 +79,26 @@ def gather_csr(
         transport="insecure" if deploy.insecure else "mTLS",
         processes=len(results),
         exit_codes=list(codes),
-        agents={str(i): {k: r.get(k) for k in ("party", "status", "bytes_sent",
-                                              "grpc_bytes_sent", "wall_s")}
-                for i, r in enumerate(results)},
+        agents={
+            str(i): {
+                k: r.get(k) for k in ("party", "status", "bytes_sent", "grpc_bytes_sent", "wall_s")
+            }
+            for i, r in enumerate(results)
+        },
         grpc_bytes_total=sum(r.get("grpc_bytes_sent", 0) for r in results),
     )
     ok = all(r.get("status") == "completed" for r in results) and not any(codes)
     writer = RunWriter(out)
     if not ok or interrupted is not None:
         summary["status"] = "failed: " + "; ".join(
-            f"agent {i}: {r.get('status')}" for i, r in enumerate(results)
+            f"agent {i}: {r.get('status')}"
+            for i, r in enumerate(results)
             if r.get("status") != "completed"
         )
         if interrupted is not None:
-            summary.update(agent_statuses=summary["status"], status="interrupted",
-                           interrupted_by=interrupted)
+            summary.update(
+                agent_statuses=summary["status"], status="interrupted", interrupted_by=interrupted
+            )
         summary.update(
             wall_s=wall_s,
             bytes_total=sum(int(r.get("bytes_sent", 0) or 0) for r in results),

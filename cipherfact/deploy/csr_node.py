@@ -94,17 +94,20 @@ class CsrPayloadFormat:
 class CsrNode(BaseNode):
     """One csr_fhe_mf party over gRPC; which one is fixed by its agent id."""
 
-    stages = frozenset({
-        csr.STAGE_CONTEXT,
-        csr.STAGE_STRUCTURE,
-        csr.STAGE_LAYOUT,
-        csr.STAGE_RATINGS,
-        csr.STAGE_MASKED,
-        csr.STAGE_REFRESHED,
-    })
+    stages = frozenset(
+        {
+            csr.STAGE_CONTEXT,
+            csr.STAGE_STRUCTURE,
+            csr.STAGE_LAYOUT,
+            csr.STAGE_RATINGS,
+            csr.STAGE_MASKED,
+            csr.STAGE_REFRESHED,
+        }
+    )
 
-    def __init__(self, deploy: DeployJob, agent_id: AgentId, *,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
+    ) -> None:
         super().__init__(deploy, agent_id, stop=stop)
         self.config: Any = None
         self.profiler = Profiler()
@@ -120,8 +123,9 @@ class CsrNode(BaseNode):
         train = None
         if self.deploy.users_own_ratings:
             # Public sizes from the job; each user reads only its own file.
-            cfg = csr_config_for(scenario, len(self.deploy.agents) - 2, scenario.data.n_items,
-                                 scenario.crypto.pad_to)
+            cfg = csr_config_for(
+                scenario, len(self.deploy.agents) - 2, scenario.data.n_items, scenario.crypto.pad_to
+            )
         else:
             train = load_split(scenario.data, scenario.seed).train
             cfg = csr_config(scenario, train)
@@ -151,14 +155,16 @@ class CsrNode(BaseNode):
                 from cipherfact.crypto.ckks import load_public_ckks
 
                 items, values = load_user_ratings(data_path, cfg.n_items)
-                self.role = csr.CsrUser(u, items, values, cfg, load_public_ckks,
-                                        profiler=self.profiler)
+                self.role = csr.CsrUser(
+                    u, items, values, cfg, load_public_ckks, profiler=self.profiler
+                )
             else:
                 assert train is not None
                 self.role = csr_user(scenario, train, cfg, u, self.profiler)
         self.metrics_path.write_text("", encoding="utf-8")
-        log.info("agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id),
-                 self.job_id)
+        log.info(
+            "agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id), self.job_id
+        )
 
     def peers(self) -> list[AgentId]:
         if self.config is None:
@@ -229,17 +235,23 @@ class CsrNode(BaseNode):
                 self.shares.append(role.masked_factors())
             seconds = self.profiler.take()
             payload, messages, grpc_bytes = self.traffic_since_last()
-            self.append_metrics({
-                "epoch": self._epochs_reported,
-                "crypto_s": seconds.get("crypto", 0.0),
-                "compute_s": seconds.get("compute", 0.0),
-                "wall_s": time.perf_counter() - self._epoch_started,
-                "bytes_sent": payload,
-                "messages_sent": messages,
-                "grpc_bytes_sent": grpc_bytes,
-            })
-            log.info("agent %s (%s) finished epoch %d", self.agent_id,
-                     party_name(self.agent_id), self._epochs_reported)
+            self.append_metrics(
+                {
+                    "epoch": self._epochs_reported,
+                    "crypto_s": seconds.get("crypto", 0.0),
+                    "compute_s": seconds.get("compute", 0.0),
+                    "wall_s": time.perf_counter() - self._epoch_started,
+                    "bytes_sent": payload,
+                    "messages_sent": messages,
+                    "grpc_bytes_sent": grpc_bytes,
+                }
+            )
+            log.info(
+                "agent %s (%s) finished epoch %d",
+                self.agent_id,
+                party_name(self.agent_id),
+                self._epochs_reported,
+            )
             self._epoch_started = time.perf_counter()
             self._epochs_reported += 1
 
@@ -251,14 +263,16 @@ class CsrNode(BaseNode):
         """One metrics line for the setup (keys, structure, uploads)."""
         seconds = self.profiler.take()
         payload, messages, grpc_bytes = self.traffic_since_last()
-        self.append_metrics({
-            "epoch": -1,
-            "crypto_s": seconds.get("crypto", 0.0),
-            "compute_s": seconds.get("compute", 0.0),
-            "bytes_sent": payload,
-            "messages_sent": messages,
-            "grpc_bytes_sent": grpc_bytes,
-        })
+        self.append_metrics(
+            {
+                "epoch": -1,
+                "crypto_s": seconds.get("crypto", 0.0),
+                "compute_s": seconds.get("compute", 0.0),
+                "bytes_sent": payload,
+                "messages_sent": messages,
+                "grpc_bytes_sent": grpc_bytes,
+            }
+        )
         self._setup_reported = True
         self._epoch_started = time.perf_counter()
 

@@ -52,8 +52,9 @@ class HealthServicer:
 
     SERVICES = ("", SERVICE)
 
-    def __init__(self, guard: CallGuard | None = None,
-                 pool: futures.ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self, guard: CallGuard | None = None, pool: futures.ThreadPoolExecutor | None = None
+    ) -> None:
         self.guard = guard or CallGuard(None, DEFAULT_LIMITS, PROCESS_BUDGET)
         self.pool = pool or futures.ThreadPoolExecutor(
             max_workers=self.guard.limits.health_workers(), thread_name_prefix="health"
@@ -77,8 +78,14 @@ class HealthServicer:
             self._closed = True
         self.set_serving(False)
 
-    def _request(self, method: str, caller: Caller, call: Any, requests: Iterator[bytes],
-                 context: grpc.ServicerContext) -> health_pb.HealthCheckRequest | None:
+    def _request(
+        self,
+        method: str,
+        caller: Caller,
+        call: Any,
+        requests: Iterator[bytes],
+        context: grpc.ServicerContext,
+    ) -> health_pb.HealthCheckRequest | None:
         raw = next_request(requests)
         if call.cancelled or raw is None:
             return None
@@ -86,13 +93,20 @@ class HealthServicer:
         try:
             request.ParseFromString(raw)
         except Exception as exc:  # protobuf's DecodeError
-            self.guard.refuse(caller, method, context, RefusedError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"malformed HealthCheckRequest ({len(raw)} bytes): {exc}"))
+            self.guard.refuse(
+                caller,
+                method,
+                context,
+                RefusedError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"malformed HealthCheckRequest ({len(raw)} bytes): {exc}",
+                ),
+            )
         return request
 
-    def check(self, requests: Iterator[bytes],
-              context: grpc.ServicerContext) -> health_pb.HealthCheckResponse:
+    def check(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> health_pb.HealthCheckResponse:
         caller = Caller.of(context)
         call = self.guard.open("Check", CHECK, caller, context)
         try:
@@ -105,8 +119,9 @@ class HealthServicer:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb.HealthCheckResponse(status=self._status)
 
-    def watch(self, requests: Iterator[bytes],
-              context: grpc.ServicerContext) -> Iterator[health_pb.HealthCheckResponse]:
+    def watch(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[health_pb.HealthCheckResponse]:
         caller = Caller.of(context)
         call = self.guard.open("Watch", WATCH, caller, context)
         try:

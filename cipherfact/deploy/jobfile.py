@@ -120,8 +120,6 @@ class DeployJob:
         return resolve_path(self.path.parent, value)
 
 
-
-
 def party_count(scenario: Any) -> int:
     """How many agent processes a job has: ppdnmf's agents, or csr_fhe_mf's RS, CSP and
     one process per user (the users are read off the scenario's training ratings)."""
@@ -240,8 +238,9 @@ def check_out_dir(out: Path, where: str = "job.out") -> None:
         )
 
 
-def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
-           where: str) -> Any:
+def _typed(
+    table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str
+) -> Any:
     value = table.get(key, default)
     if isinstance(value, bool) and kind is not bool:
         raise JobFileError(f"{where}.{key} must be {kind}, got {value!r}")
@@ -352,8 +351,7 @@ def load_job(path: str | Path) -> DeployJob:
     if "edges" in graph:
         raw = graph["edges"]
         if not isinstance(raw, list) or not all(
-            isinstance(e, list) and len(e) == 2 and all(isinstance(v, int) for v in e)
-            for e in raw
+            isinstance(e, list) and len(e) == 2 and all(isinstance(v, int) for v in e) for e in raw
         ):
             raise JobFileError(f"graph.edges must be a list of [i, j] pairs, got {raw!r}")
         edges = tuple((int(a), int(b)) for a, b in raw)

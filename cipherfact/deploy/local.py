@@ -137,10 +137,20 @@ def write_local_job(
     return path
 
 
-def agent_command(job: Path, agent_id: int, *, resume_from: int | None = None,
-                  insecure: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "cipherfact.cli", "agent", "serve", "--job", str(job),
-           "--agent-id", str(agent_id)]
+def agent_command(
+    job: Path, agent_id: int, *, resume_from: int | None = None, insecure: bool = False
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cipherfact.cli",
+        "agent",
+        "serve",
+        "--job",
+        str(job),
+        "--agent-id",
+        str(agent_id),
+    ]
     if resume_from is not None:
         cmd += ["--resume-from", str(resume_from)]
     if insecure:
@@ -148,21 +158,35 @@ def agent_command(job: Path, agent_id: int, *, resume_from: int | None = None,
     return cmd
 
 
-def launch(job: Path, n_agents: int, *, resume_from: int | None = None,
-           insecure: bool = False, only: int | None = None) -> list[subprocess.Popen[bytes]]:
+def launch(
+    job: Path,
+    n_agents: int,
+    *,
+    resume_from: int | None = None,
+    insecure: bool = False,
+    only: int | None = None,
+) -> list[subprocess.Popen[bytes]]:
     """Start one process per agent (or just agent ``only``); each logs to
     ``agents/agent-<i>/agent.log``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     procs = []
     for i in range(n_agents) if only is None else [only]:
         folder = job.parent / "agents" / f"agent-{i}"
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / "agent.log").open("ab") as logf:
-            procs.append(subprocess.Popen(
-                agent_command(job, i, resume_from=resume_from, insecure=insecure),
-                stdout=logf, stderr=subprocess.STDOUT, env=env,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    agent_command(job, i, resume_from=resume_from, insecure=insecure),
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
     return procs
 
 
@@ -212,9 +236,13 @@ class Interrupt:
                 signal.signal(sig, handler)
 
 
-def wait_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float | None,
-             interrupt: Interrupt | None = None, grace_s: float = STOP_GRACE_S,
-             tick: Callable[[], None] | None = None) -> list[int]:
+def wait_all(
+    procs: Sequence[subprocess.Popen[bytes]],
+    timeout: float | None,
+    interrupt: Interrupt | None = None,
+    grace_s: float = STOP_GRACE_S,
+    tick: Callable[[], None] | None = None,
+) -> list[int]:
     """Exit codes. Processes still running at ``timeout`` are terminated (SIGTERM);
     once ``interrupt`` has fired, they get ``grace_s`` to stop, then are killed.
     ``tick`` is called at every poll (a progress bar)."""
@@ -260,8 +288,9 @@ def resume_point(job: Path, n_agents: int) -> int:
     return min(o for o in outs if o is not None)
 
 
-def check_resume(out: Path, scenario: str, overrides: Sequence[str], n_agents: int,
-                 outer: int) -> None:
+def check_resume(
+    out: Path, scenario: str, overrides: Sequence[str], n_agents: int, outer: int
+) -> None:
     """Refuse ``--resume`` when the job's configuration differs from the one its
     checkpoints were written with (names the changed fields), before any agent starts."""
     from cipherfact.deploy.node import check_resume_config, checkpoint_path, read_checkpoint_info
@@ -307,15 +336,20 @@ def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "messages_total": total("messages_sent"),
         "grpc_bytes_total": total("grpc_bytes_sent"),
         "wall_s_total": max(walls, default=0.0),
-        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0)
-                                  for r in results),
+        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0) for r in results),
         "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
     }
 
 
-def gather(job_path: Path, wall_s: float, codes: Sequence[int],
-           interrupted: str | None = None, *, results_dir: Path | None = None,
-           out_dir: Path | None = None) -> dict[str, Any]:
+def gather(
+    job_path: Path,
+    wall_s: float,
+    codes: Sequence[int],
+    interrupted: str | None = None,
+    *,
+    results_dir: Path | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
     """Merge the agents' folders into summary.json, metrics.jsonl and factors.npz.
 
     ``interrupted`` (a signal's name): ``deploy local`` was stopped; the summary
@@ -330,8 +364,14 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int],
     if deploy.scenario.protocol == "csr_fhe_mf":
         from cipherfact.deploy.csr_gather import gather_csr
 
-        return gather_csr(deploy, _results(deploy, len(deploy.agents)), codes, wall_s,
-                          out, interrupted=interrupted)
+        return gather_csr(
+            deploy,
+            _results(deploy, len(deploy.agents)),
+            codes,
+            wall_s,
+            out,
+            interrupted=interrupted,
+        )
     scenario = deploy.scenario
     job = prepare_job(scenario)
     n = job.n_agents
@@ -348,15 +388,24 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int],
         "machine": machine_info(),
         "versions": package_versions(),
         "exit_codes": list(codes),
-        "agents": {str(i): {k: r.get(k) for k in ("status", "round", "bytes_sent",
-                                                    "grpc_bytes_sent", "wall_s")}
-                   for i, r in enumerate(results)},
+        "agents": {
+            str(i): {
+                k: r.get(k) for k in ("status", "round", "bytes_sent", "grpc_bytes_sent", "wall_s")
+            }
+            for i, r in enumerate(results)
+        },
         "wall_s": wall_s,
     }
     ok = all(r.get("status") == "completed" for r in results) and not any(codes)
-    summary["status"] = "completed" if ok else "failed: " + "; ".join(
-        f"agent {i}: {r.get('status')}" for i, r in enumerate(results)
-        if r.get("status") != "completed"
+    summary["status"] = (
+        "completed"
+        if ok
+        else "failed: "
+        + "; ".join(
+            f"agent {i}: {r.get('status')}"
+            for i, r in enumerate(results)
+            if r.get("status") != "completed"
+        )
     )
     if interrupted is not None:
         summary["agent_statuses"] = summary["status"]
@@ -373,16 +422,18 @@ def gather(job_path: Path, wall_s: float, codes: Sequence[int],
     for t in common:
         rows = [per_agent[i][t] for i in range(n)]
         sq = sum(r["local_sq_error"] for r in rows)
-        writer.append_metrics({
-            "outer": t,
-            "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
-            "bytes": sum(r["bytes_sent"] for r in rows),
-            "messages": sum(r["messages_sent"] for r in rows),
-            "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
-            "crypto_s": sum(r["crypto_s"] for r in rows),
-            "compute_s": sum(r["compute_s"] for r in rows),
-            "wall_s": max(r["wall_s"] for r in rows),
-        })
+        writer.append_metrics(
+            {
+                "outer": t,
+                "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
+                "bytes": sum(r["bytes_sent"] for r in rows),
+                "messages": sum(r["messages_sent"] for r in rows),
+                "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
+                "crypto_s": sum(r["crypto_s"] for r in rows),
+                "compute_s": sum(r["compute_s"] for r in rows),
+                "wall_s": max(r["wall_s"] for r in rows),
+            }
+        )
     if ok:
         Ws, Hs = [], []
         for i in range(n):
@@ -433,9 +484,15 @@ def deploy_local(
             raise FileNotFoundError(f"cannot resume: {job_path} does not exist")
         resume_from = resume_point(job_path, n_agents)
         check_resume(out, scenario, overrides, n_agents, resume_from)
-    job_path = write_local_job(scenario, overrides, n_agents, out,
-                               checkpoint_every=checkpoint_every, insecure=insecure,
-                               timeouts=timeouts)
+    job_path = write_local_job(
+        scenario,
+        overrides,
+        n_agents,
+        out,
+        checkpoint_every=checkpoint_every,
+        insecure=insecure,
+        timeouts=timeouts,
+    )
     started = time.perf_counter()
     interrupt = Interrupt()
     with interrupt.forwarding():
@@ -444,8 +501,7 @@ def deploy_local(
         for i in range(n_agents):
             if interrupt.signal is not None:
                 break
-            procs += launch(job_path, n_agents, resume_from=resume_from, insecure=insecure,
-                            only=i)
+            procs += launch(job_path, n_agents, resume_from=resume_from, insecure=insecure, only=i)
         total = int(parsed.outer_iters if protocol == "ppdnmf" else parsed.epochs)
         unit = "outer" if protocol == "ppdnmf" else "epoch"
         # agent 0 (a ppdnmf agent, or csr_fhe_mf's RS) writes one metrics line per
@@ -460,5 +516,4 @@ def deploy_local(
 
             codes = wait_all(procs, timeout_s, interrupt, tick=tick)
         codes += [-1] * (n_agents - len(codes))  # agents never started
-        return gather(job_path, time.perf_counter() - started, codes,
-                      interrupted=interrupt.signal)
+        return gather(job_path, time.perf_counter() - started, codes, interrupted=interrupt.signal)

@@ -230,8 +230,14 @@ class Node(BaseNode):
     stages = STAGES["pairwise"] | STAGES["secagg"]  # the role refuses the other exchange's
     supports_resume = True
 
-    def __init__(self, deploy: DeployJob, agent_id: AgentId, *, resume_from: int | None = None,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        deploy: DeployJob,
+        agent_id: AgentId,
+        *,
+        resume_from: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         super().__init__(deploy, agent_id, stop=stop)
         self.resume_from = resume_from
         self.plan: NodePlan | None = None
@@ -262,8 +268,9 @@ class Node(BaseNode):
         role = self.role = node_role(plan, self.scheme)
         if state is not None:
             role.restore_state(state)
-            log.info("agent %s resuming at outer %d (round %d)", self.agent_id, role.outer,
-                     role.round)
+            log.info(
+                "agent %s resuming at outer %d (round %d)", self.agent_id, role.outer, role.round
+            )
         if self.resume_from is None or not self.metrics_path.exists():
             self.metrics_path.write_text("", encoding="utf-8")
         else:
@@ -311,18 +318,21 @@ class Node(BaseNode):
         while len(role.records) > self._reported:
             record = role.records[self._reported]
             payload, messages, grpc_bytes = self.traffic_since_last()
-            self.append_metrics({
-                "outer": record.outer,
-                "local_sq_error": record.local_sq_error,
-                "crypto_s": record.seconds.get("crypto", 0.0),
-                "compute_s": record.seconds.get("compute", 0.0),
-                "wall_s": time.perf_counter() - self._outer_started,
-                "bytes_sent": payload,
-                "messages_sent": messages,
-                "grpc_bytes_sent": grpc_bytes,
-            })
-            log.info("agent %s finished outer %d (round %d)", self.agent_id, record.outer,
-                     role.round)
+            self.append_metrics(
+                {
+                    "outer": record.outer,
+                    "local_sq_error": record.local_sq_error,
+                    "crypto_s": record.seconds.get("crypto", 0.0),
+                    "compute_s": record.seconds.get("compute", 0.0),
+                    "wall_s": time.perf_counter() - self._outer_started,
+                    "bytes_sent": payload,
+                    "messages_sent": messages,
+                    "grpc_bytes_sent": grpc_bytes,
+                }
+            )
+            log.info(
+                "agent %s finished outer %d (round %d)", self.agent_id, record.outer, role.round
+            )
             self._outer_started = time.perf_counter()
             self._reported += 1
 

@@ -86,8 +86,9 @@ class NodeTransport(GrpcTransport):
     refuses to start a send once the node has been asked to stop or a peer has
     aborted."""
 
-    def __init__(self, *args: Any, before_send: Callable[[], None] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, before_send: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.grpc_bytes_by_round: dict[int, int] = defaultdict(int)
         #: envelopes each peer has accepted from this one (abort notices follow them)
@@ -117,8 +118,9 @@ class BaseNode(ABC):
     #: whether the constructor takes ``resume_from`` (the party keeps checkpoints)
     supports_resume: bool = False
 
-    def __init__(self, deploy: DeployJob, agent_id: AgentId, *,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
+    ) -> None:
         self.deploy = deploy
         self.agent_id = agent_id
         self.stop = stop or threading.Event()
@@ -215,9 +217,7 @@ class BaseNode(ABC):
 
     def _stopped(self) -> NodeStoppedError:
         why = f": stopped by {self.stop_signal}" if self.stop_signal else ""
-        return NodeStoppedError(
-            f"agent {self.agent_id} stopped by signal at {self._where()}{why}"
-        )
+        return NodeStoppedError(f"agent {self.agent_id} stopped by signal at {self._where()}{why}")
 
     def _peer_aborted(self) -> PeerAbortedError:
         return PeerAbortedError(self._peer_abort or f"agent {self.agent_id}: a peer aborted")
@@ -308,8 +308,11 @@ class BaseNode(ABC):
             raise NodeError(reason) from exc
         except (NodeError, AgentError, ProtocolError) as exc:
             reason = one_line(str(exc))
-            status = (f"failed: {reason}" if running
-                      else f"failed before start: {type(exc).__name__}: {reason}")
+            status = (
+                f"failed: {reason}"
+                if running
+                else f"failed before start: {type(exc).__name__}: {reason}"
+            )
             self._abort(reason)
             if isinstance(exc, NodeError):
                 raise
@@ -331,8 +334,9 @@ class BaseNode(ABC):
         try:
             self.write_outputs()
         except OSError as exc:  # the protocol is done, the peers need not hear of it
-            reason = one_line(f"agent {self.agent_id}: cannot write its results into "
-                              f"{str(self.out)!r}: {exc}")
+            reason = one_line(
+                f"agent {self.agent_id}: cannot write its results into {str(self.out)!r}: {exc}"
+            )
             result["status"] = f"failed: {reason}"
             self._write_result(result)
             raise NodeError(reason) from exc
@@ -394,8 +398,10 @@ class BaseNode(ABC):
 
     def _describe_abort(self, env: Envelope) -> str:
         reason = bytes(env.payload).decode("utf-8", "replace")
-        return (f"agent {self.agent_id}: agent {env.sender} aborted the job at round "
-                f"{env.round}: {reason}")
+        return (
+            f"agent {self.agent_id}: agent {env.sender} aborted the job at round "
+            f"{env.round}: {reason}"
+        )
 
     def _abort_notice(self, wait_s: float = 0.5) -> str | None:
         """A peer's abort notice, described (None if there is none): one already seen
@@ -424,8 +430,9 @@ class BaseNode(ABC):
             else:
                 heard.append(f"agent {j} never")
         stalest = min(waiting, key=lambda j: self._heard.get(j, (-2, 0.0)))
-        health = check_health(self.deploy.agent(stalest).address, stalest,
-                              self.deploy.tls_files(self.agent_id))
+        health = check_health(
+            self.deploy.agent(stalest).address, stalest, self.deploy.tls_files(self.agent_id)
+        )
         raise NodeError(
             f"agent {self.agent_id}: no message from any peer for {silent:.1f} s "
             f"(limit {limit:g} s) at {self.position()}; last heard: {', '.join(heard)}; "
@@ -448,8 +455,12 @@ class BaseNode(ABC):
         text = one_line(reason).encode("utf-8")[: MAX_ABORT_BYTES - 100]
         deadline = time.monotonic() + ABORT_BUDGET_S
         threads = [
-            threading.Thread(target=self._send_abort, args=(j, round_index, text, deadline),
-                             name=f"abort-{j}", daemon=True)
+            threading.Thread(
+                target=self._send_abort,
+                args=(j, round_index, text, deadline),
+                name=f"abort-{j}",
+                daemon=True,
+            )
             for j in peers
         ]
         for t in threads:
@@ -457,8 +468,7 @@ class BaseNode(ABC):
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def _send_abort(self, peer: AgentId, round_index: int, text: bytes,
-                    deadline: float) -> None:
+    def _send_abort(self, peer: AgentId, round_index: int, text: bytes, deadline: float) -> None:
         """One abort notice over a channel of its own (works whether or not this
         party's server ever started). Its sequence number follows the envelopes
         this party delivered to ``peer``; a send cut short by a stop request may
@@ -473,13 +483,15 @@ class BaseNode(ABC):
         delivered = getattr(self.transport, "delivered", {})
         seq = int(delivered.get(peer, 0))
         # a send cut short by a stop request has usually arrived: try its successor first
-        order = (seq + 1, seq) if peer in getattr(self.transport, "in_doubt", ()) else (
-            seq, seq + 1)
+        order = (
+            (seq + 1, seq) if peer in getattr(self.transport, "in_doubt", ()) else (seq, seq + 1)
+        )
         retry = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
         env = Envelope(self.job_id, round_index, STAGE_ABORT, self.agent_id, peer, text)
         try:
-            channel = open_channel(self.deploy.agent(peer).address, peer,
-                                   self.deploy.tls_files(self.agent_id))
+            channel = open_channel(
+                self.deploy.agent(peer).address, peer, self.deploy.tls_files(self.agent_id)
+            )
         except Exception as exc:  # unreadable certificate files, ...
             log.debug("no abort notice to agent %s: %s", peer, exc)
             return
@@ -531,7 +543,8 @@ class BaseNode(ABC):
 
         def total(by_round: Any) -> int:
             return sum(
-                int(v) for r, v in dict(by_round).items()
+                int(v)
+                for r, v in dict(by_round).items()
                 if (before_round is None or r < before_round) and not (base is not None and r == -1)
             )
 
@@ -547,8 +560,7 @@ class BaseNode(ABC):
             }
             setup = int(stats.bytes_by_round.get(-1, 0))
         if base is None:
-            return {**sent, "setup_bytes_sent": setup, "wall_s": wall,
-                    "resume_setup_bytes_sent": 0}
+            return {**sent, "setup_bytes_sent": setup, "wall_s": wall, "resume_setup_bytes_sent": 0}
         out: dict[str, float] = {k: int(base.get(k, 0)) + v for k, v in sent.items()}
         out.update(
             setup_bytes_sent=int(base.get("setup_bytes_sent", 0)),
@@ -560,11 +572,14 @@ class BaseNode(ABC):
     def _write_result(self, result: dict[str, Any]) -> None:
         """Never raises: a full disk must not hide the failure being reported."""
         try:
-            write_atomic(self.out / "result.json",
-                         (json.dumps(result, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+            write_atomic(
+                self.out / "result.json",
+                (json.dumps(result, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+            )
         except OSError as exc:
-            log.error("agent %s could not write %s: %s", self.agent_id,
-                      self.out / "result.json", exc)
+            log.error(
+                "agent %s could not write %s: %s", self.agent_id, self.out / "result.json", exc
+            )
 
     def _result(self, status: str, wall: float) -> dict[str, Any]:
         transport = self.transport

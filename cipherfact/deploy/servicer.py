@@ -172,8 +172,11 @@ class Caller:
 
     @classmethod
     def of(cls, context: grpc.ServicerContext) -> Caller:
-        names = tuple(sorted(_printable(b.decode("utf-8", "replace"))
-                             for b in (context.peer_identities() or ())))
+        names = tuple(
+            sorted(
+                _printable(b.decode("utf-8", "replace")) for b in (context.peer_identities() or ())
+            )
+        )
         auth = context.auth_context() or {}
         cns = auth.get("x509_common_name") or []
         cn = _printable(cns[0].decode("utf-8", "replace")) if cns else None
@@ -206,14 +209,14 @@ class CallerLog:
                 if entry is not None and entry[2]:
                     summary = int(entry[2])
                 if len(self._windows) > 1024:  # forget quiet callers
-                    self._windows = {k: v for k, v in self._windows.items()
-                                     if now - v[0] < window}
+                    self._windows = {k: v for k, v in self._windows.items() if now - v[0] < window}
                 entry = self._windows[caller.key] = [now, 0, 0]
             emit = entry[1] < burst
             entry[1 if emit else 2] += 1
         if summary:
-            log.warning("%d more refusals or timeouts of %s were not logged", summary,
-                        caller.describe())
+            log.warning(
+                "%d more refusals or timeouts of %s were not logged", summary, caller.describe()
+            )
         if emit:
             log.warning("%s", message)
 
@@ -233,11 +236,21 @@ class RefusedError(Exception):
 
 
 class _Call:
-    __slots__ = ("caller", "cancelled", "context", "group", "last", "method", "opened",
-                 "phase", "reserved")
+    __slots__ = (
+        "caller",
+        "cancelled",
+        "context",
+        "group",
+        "last",
+        "method",
+        "opened",
+        "phase",
+        "reserved",
+    )
 
-    def __init__(self, method: str, group: str, caller: Caller,
-                 context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, method: str, group: str, caller: Caller, context: grpc.ServicerContext
+    ) -> None:
         self.method = method
         self.group = group
         self.caller = caller
@@ -255,8 +268,13 @@ class CallGuard:
     handler thread blocked on the cancelled call's requests then returns.
     """
 
-    def __init__(self, agent_id: AgentId | None, limits: ServerLimits,
-                 budget: ReassemblyBudget, calllog: CallerLog | None = None) -> None:
+    def __init__(
+        self,
+        agent_id: AgentId | None,
+        limits: ServerLimits,
+        budget: ReassemblyBudget,
+        calllog: CallerLog | None = None,
+    ) -> None:
         self.agent_id = agent_id
         self.limits = limits
         self.budget = budget
@@ -270,8 +288,9 @@ class CallGuard:
 
     def start(self) -> None:
         if self._reaper is None:
-            self._reaper = threading.Thread(target=self._reap, daemon=True,
-                                            name=f"call-reaper-{self.agent_id}")
+            self._reaper = threading.Thread(
+                target=self._reap, daemon=True, name=f"call-reaper-{self.agent_id}"
+            )
             self._reaper.start()
 
     def stop(self) -> None:
@@ -287,38 +306,55 @@ class CallGuard:
 
     def _limit(self, group: str) -> int:
         lim = self.limits
-        return {LINK: lim.streams_per_caller, CHECK: lim.checks_per_caller,
-                WATCH: lim.watches_per_caller}[group]
+        return {
+            LINK: lim.streams_per_caller,
+            CHECK: lim.checks_per_caller,
+            WATCH: lim.watches_per_caller,
+        }[group]
 
-    def refuse(self, caller: Caller, method: str, context: grpc.ServicerContext,
-               exc: RefusedError) -> NoReturn:
+    def refuse(
+        self, caller: Caller, method: str, context: grpc.ServicerContext, exc: RefusedError
+    ) -> NoReturn:
         """Log (rate-limited, naming the caller) and end the call with ``exc``'s status."""
-        self.log.warn(caller, f"agent {self.agent_id} refused {method} from "
-                              f"{caller.describe()}: {exc.detail}")
+        self.log.warn(
+            caller, f"agent {self.agent_id} refused {method} from {caller.describe()}: {exc.detail}"
+        )
         context.abort(exc.code, exc.reason)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
-    def open(self, method: str, group: str, caller: Caller,
-             context: grpc.ServicerContext) -> _Call:
+    def open(self, method: str, group: str, caller: Caller, context: grpc.ServicerContext) -> _Call:
         """Register a call, or refuse it (logged) when its caller has no slot left."""
         now = time.monotonic()
         victim = None
         refusal = None
         with self._lock:
-            mine = [c for c in self._calls if c.group == group and c.caller.key == caller.key
-                    and not c.cancelled]
+            mine = [
+                c
+                for c in self._calls
+                if c.group == group and c.caller.key == caller.key and not c.cancelled
+            ]
             if len(mine) >= self._limit(group):
-                idle = [c for c in mine if c.phase in (FIRST, BODY)
-                        and now - c.last >= self.limits.evict_idle_s]
+                idle = [
+                    c
+                    for c in mine
+                    if c.phase in (FIRST, BODY) and now - c.last >= self.limits.evict_idle_s
+                ]
                 if idle:
                     victim = max(idle, key=lambda c: now - c.last)
-                    victim.cancelled = (f"idle for {now - victim.last:.1f} s; its slot went to a "
-                                        "newer call of the same caller")
+                    victim.cancelled = (
+                        f"idle for {now - victim.last:.1f} s; its slot went to a "
+                        "newer call of the same caller"
+                    )
                 else:
-                    refusal = (f"{len(mine)} {group} calls of this caller already in progress "
-                               f"(limit {self._limit(group)})")
-            if (refusal is None and group == WATCH
-                    and sum(1 for c in self._calls if c.group == WATCH) >= self.limits.max_watches):
+                    refusal = (
+                        f"{len(mine)} {group} calls of this caller already in progress "
+                        f"(limit {self._limit(group)})"
+                    )
+            if (
+                refusal is None
+                and group == WATCH
+                and sum(1 for c in self._calls if c.group == WATCH) >= self.limits.max_watches
+            ):
                 refusal = f"{self.limits.max_watches} Watch streams already open (limit)"
             if refusal is None:
                 call = _Call(method, group, caller, context)
@@ -326,8 +362,14 @@ class CallGuard:
         if victim is not None:
             self._cancel(victim)
         if refusal is not None:
-            self.refuse(caller, method, context, RefusedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many calls: {refusal}; try again"))
+            self.refuse(
+                caller,
+                method,
+                context,
+                RefusedError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many calls: {refusal}; try again"
+                ),
+            )
         return call
 
     def set_phase(self, call: _Call, phase: str) -> None:
@@ -368,14 +410,24 @@ class CallGuard:
         need = nbytes - (self.budget.capacity - self.budget.used)
         victims = []
         with self._lock:
-            idle = sorted((c for c in self._calls if c.reserved and c.phase == BODY
-                           and not c.cancelled and now - c.last >= self.limits.evict_idle_s),
-                          key=lambda c: c.last)
+            idle = sorted(
+                (
+                    c
+                    for c in self._calls
+                    if c.reserved
+                    and c.phase == BODY
+                    and not c.cancelled
+                    and now - c.last >= self.limits.evict_idle_s
+                ),
+                key=lambda c: c.last,
+            )
             for c in idle:
                 if need <= 0:
                     break
-                c.cancelled = (f"idle for {now - c.last:.1f} s while holding {c.reserved} bytes "
-                               "of reassembly budget another stream needed")
+                c.cancelled = (
+                    f"idle for {now - c.last:.1f} s while holding {c.reserved} bytes "
+                    "of reassembly budget another stream needed"
+                )
                 need -= c.reserved
                 victims.append(c)
         for c in victims:
@@ -414,8 +466,11 @@ class CallGuard:
                 self._cancel(call)
 
     def _cancel(self, call: _Call) -> None:
-        self.log.warn(call.caller, f"agent {self.agent_id} cancelled {call.method} from "
-                                   f"{call.caller.describe()}: {call.cancelled}")
+        self.log.warn(
+            call.caller,
+            f"agent {self.agent_id} cancelled {call.method} from "
+            f"{call.caller.describe()}: {call.cancelled}",
+        )
         call.context.cancel()
 
 
@@ -443,8 +498,12 @@ class GatePolicy:
 class Gate:
     """Admission checks and per-sender ordering state (thread-safe)."""
 
-    def __init__(self, policy: GatePolicy, deliver: Callable[[Envelope], None],
-                 check_payload: PayloadCheck | None = None) -> None:
+    def __init__(
+        self,
+        policy: GatePolicy,
+        deliver: Callable[[Envelope], None],
+        check_payload: PayloadCheck | None = None,
+    ) -> None:
         self.policy = policy
         self._deliver = deliver
         self._check_payload = check_payload
@@ -460,8 +519,10 @@ class Gate:
             return
         names = set(identities or ())
         if not names:
-            raise RefusedError(grpc.StatusCode.UNAUTHENTICATED,
-                               f"no client certificate; agent {p.agent_id} refuses the call")
+            raise RefusedError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"no client certificate; agent {p.agent_id} refuses the call",
+            )
         if not names & self._peer_names:
             raise RefusedError(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -477,37 +538,48 @@ class Gate:
         if p.require_identity:
             names = set(identities or ())
             if not names:
-                raise RefusedError(grpc.StatusCode.UNAUTHENTICATED,
-                                   f"no client certificate; refused envelope claiming {who}")
+                raise RefusedError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"no client certificate; refused envelope claiming {who}",
+                )
             if agent_identity(env.sender) not in names:
                 raise RefusedError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"certificate identity {sorted(names)} may not send as {who}",
                 )
         if env.job_id != p.job_id:
-            raise RefusedError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"envelope from {who} is for job {env.job_id!r}; this agent serves "
-                               f"job {p.job_id!r}")
+            raise RefusedError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"envelope from {who} is for job {env.job_id!r}; this agent serves "
+                f"job {p.job_id!r}",
+            )
         if env.receiver != p.agent_id:
-            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"envelope from {who} is addressed to agent {env.receiver}, this is "
-                               f"agent {p.agent_id}")
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"envelope from {who} is addressed to agent {env.receiver}, this is "
+                f"agent {p.agent_id}",
+            )
         if env.sender not in p.peers:
-            raise RefusedError(grpc.StatusCode.PERMISSION_DENIED,
-                               f"{who} is not a neighbour of agent {p.agent_id}",
-                               f"{who} is not a neighbour of agent {p.agent_id} "
-                               f"(neighbours {sorted(p.peers)})")
+            raise RefusedError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} is not a neighbour of agent {p.agent_id}",
+                f"{who} is not a neighbour of agent {p.agent_id} (neighbours {sorted(p.peers)})",
+            )
         if env.stage not in p.stages:
-            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"unknown stage {env.stage!r} from {who} (known "
-                               f"{sorted(p.stages)})")
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown stage {env.stage!r} from {who} (known {sorted(p.stages)})",
+            )
         if not -1 <= env.round <= p.max_round:
-            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"round {env.round} from {who} is outside -1..{p.max_round}")
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"round {env.round} from {who} is outside -1..{p.max_round}",
+            )
         if nbytes > p.max_payload_bytes:
-            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"payload of {nbytes} bytes from {who} exceeds "
-                               f"{p.max_payload_bytes}")
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"payload of {nbytes} bytes from {who} exceeds {p.max_payload_bytes}",
+            )
 
     def _check_order(self, env: Envelope, seq: int) -> tuple[int, int]:
         """(expected seq, last round) for the sender, or ``RefusedError`` (call under the lock).
@@ -522,19 +594,22 @@ class Gate:
         if seq != expected:
             replay = seq < expected
             kind = "replayed" if replay else "out-of-order"
-            code = (grpc.StatusCode.ALREADY_EXISTS if replay
-                    else grpc.StatusCode.FAILED_PRECONDITION)
+            code = grpc.StatusCode.ALREADY_EXISTS if replay else grpc.StatusCode.FAILED_PRECONDITION
             detail = f"{kind} envelope seq {seq} from {who}; expected seq {expected}"
             public = detail if verified else f"{kind} envelope seq {seq} from {who}"
             raise RefusedError(code, public, detail)
         if env.round < last - 1:
             detail = f"out-of-order envelope from {who}: already had round {last}"
-            raise RefusedError(grpc.StatusCode.FAILED_PRECONDITION,
-                               detail if verified else f"out-of-order envelope from {who}", detail)
+            raise RefusedError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                detail if verified else f"out-of-order envelope from {who}",
+                detail,
+            )
         return expected, last
 
-    def precheck(self, env: Envelope, seq: int, identities: Iterable[str] | None,
-                 nbytes: int) -> None:
+    def precheck(
+        self, env: Envelope, seq: int, identities: Iterable[str] | None, nbytes: int
+    ) -> None:
         """Everything ``admit`` checks except the payload, on a chunked envelope's header."""
         self._check_route(env, identities, nbytes)
         with self._lock:
@@ -550,8 +625,9 @@ class Gate:
                     self._check_payload(env)
                 except (ValueError, TypeError) as exc:
                     who = f"agent {env.sender} (round {env.round}, stage {env.stage!r})"
-                    raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"malformed payload from {who}: {exc}") from exc
+                    raise RefusedError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"malformed payload from {who}: {exc}"
+                    ) from exc
             self._next_seq[env.sender] = expected + 1
             self._last_round[env.sender] = max(last, env.round)
             self._deliver(env)
@@ -573,8 +649,14 @@ class EnvelopeServicer:
             self.guard.refuse(caller, method, context, exc)
         return caller, self.guard.open(method, LINK, caller, context)
 
-    def _finish(self, method: str, caller: Caller, call: _Call, context: grpc.ServicerContext,
-                received: Callable[[], tuple[Envelope, int] | None]) -> pb.Ack:
+    def _finish(
+        self,
+        method: str,
+        caller: Caller,
+        call: _Call,
+        context: grpc.ServicerContext,
+        received: Callable[[], tuple[Envelope, int] | None],
+    ) -> pb.Ack:
         try:
             try:
                 got = received()

@@ -61,8 +61,14 @@ log = logging.getLogger("cipherfact.deploy")
 
 # Transient: the peer is down or slow, busy (no free slot or reassembly budget), or
 # cancelled a stream of ours that it took for stalled.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 # What a chunk may carry besides its data (the header of the first one).
 CHUNK_OVERHEAD = 64 << 10
 
@@ -126,11 +132,13 @@ def check_listen_address(listen: str) -> None:
         return
     host, port = split_address(listen)
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
-        raise StartupError(f"cannot listen on {listen!r}: cannot resolve host {host!r} "
-                           f"({exc.strerror})") from exc
+        raise StartupError(
+            f"cannot listen on {listen!r}: cannot resolve host {host!r} ({exc.strerror})"
+        ) from exc
     if port == 0:
         return
     errors: list[OSError] = []
@@ -146,8 +154,10 @@ def check_listen_address(listen: str) -> None:
         except OSError as exc:
             errors.append(exc)
     if any(e.errno == errno.EADDRINUSE for e in errors):
-        raise StartupError(f"cannot listen on {listen!r}: port {port} is already in use "
-                           "(another process, or this agent started twice?)")
+        raise StartupError(
+            f"cannot listen on {listen!r}: port {port} is already in use "
+            "(another process, or this agent started twice?)"
+        )
     if errors and len(errors) == len(seen):
         first = errors[0]
         if first.errno == errno.EADDRNOTAVAIL:
@@ -173,7 +183,9 @@ def _channel_credentials(pem: tuple[bytes, bytes, bytes]) -> grpc.ChannelCredent
 
 
 def open_channel(
-    address: str, peer: AgentId, tls: TlsFiles | None,
+    address: str,
+    peer: AgentId,
+    tls: TlsFiles | None,
     pem: tuple[bytes, bytes, bytes] | None = None,
 ) -> grpc.Channel:
     """A channel to ``peer`` that checks the server presents ``agent-<peer>``'s certificate.
@@ -214,8 +226,10 @@ class GrpcTransport(Transport):
         if agent_id in peers:
             raise ValueError(f"agent {agent_id} lists itself among its peers")
         if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES - CHUNK_OVERHEAD:
-            raise ValueError(f"chunk_bytes must be in 1..{MAX_MESSAGE_BYTES - CHUNK_OVERHEAD} "
-                             f"(peers refuse larger messages), got {chunk_bytes!r}")
+            raise ValueError(
+                f"chunk_bytes must be in 1..{MAX_MESSAGE_BYTES - CHUNK_OVERHEAD} "
+                f"(peers refuse larger messages), got {chunk_bytes!r}"
+            )
         self.agent_id = agent_id
         self.job_id = job_id
         self.listen = listen
@@ -287,13 +301,16 @@ class GrpcTransport(Transport):
             if self._tls_pem is None:
                 port = self._server.add_insecure_port(self.listen)
             else:
-                port = self._server.add_secure_port(self.listen,
-                                                    _server_credentials(*self._tls_pem))
+                port = self._server.add_secure_port(
+                    self.listen, _server_credentials(*self._tls_pem)
+                )
         except RuntimeError:  # grpc >= 1.55 raises "Failed to bind" instead of returning 0
             port = 0
         if port == 0:
-            raise StartupError(f"{where}: cannot listen on {self.listen!r}: gRPC could not bind "
-                               "it (taken by another process since it was checked?)")
+            raise StartupError(
+                f"{where}: cannot listen on {self.listen!r}: gRPC could not bind "
+                "it (taken by another process since it was checked?)"
+            )
         self._server.start()
         self.guard.start()
         self.port = port
@@ -301,8 +318,12 @@ class GrpcTransport(Transport):
             channel = open_channel(address, j, self.tls, self._tls_pem)
             self._channels[j] = channel
             self._stubs[j] = pb_grpc.AgentLinkStub(channel)
-        log.info("agent %s listening on %s (%s)", self.agent_id, self.listen,
-                 "mTLS" if self.tls else "INSECURE plaintext")
+        log.info(
+            "agent %s listening on %s (%s)",
+            self.agent_id,
+            self.listen,
+            "mTLS" if self.tls else "INSECURE plaintext",
+        )
         return port
 
     def close(self, grace: float = 1.0) -> None:
@@ -395,11 +416,14 @@ class GrpcTransport(Transport):
                     self.grpc_bytes_sent += self._request_bytes(env, seq)
                     self._reached.add(j)
                     return
-                where = (f"agent {self.agent_id} -> agent {j} at {self.peers[j]}, "
-                         f"round {env.round} stage {env.stage!r}")
+                where = (
+                    f"agent {self.agent_id} -> agent {j} at {self.peers[j]}, "
+                    f"round {env.round} stage {env.stage!r}"
+                )
                 if code not in RETRYABLE:
-                    raise PeerError(f"{where}: refused with {code.name}: {details}",
-                                    j, env.round) from exc
+                    raise PeerError(
+                        f"{where}: refused with {code.name}: {details}", j, env.round
+                    ) from exc
                 elapsed = time.monotonic() - started
                 out_of_budget = (
                     elapsed + pause > r.startup_s if not reached else attempt >= r.retries

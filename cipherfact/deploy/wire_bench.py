@@ -99,8 +99,15 @@ def run(scenario: str, overrides: list[str], n_agents: int | None, out: Path) ->
 
     ports = free_ports(2 * n_agents)
     listen, dial = ports[:n_agents], ports[n_agents:]
-    job_path = write_local_job(scenario, overrides, n_agents, out, dial_ports=dial,
-                               listen_ports=listen, timeouts={"peer_s": 60})
+    job_path = write_local_job(
+        scenario,
+        overrides,
+        n_agents,
+        out,
+        dial_ports=dial,
+        listen_ports=listen,
+        timeouts={"peer_s": 60},
+    )
     relays = [CountingRelay(d, ll) for d, ll in zip(dial, listen, strict=True)]
     started = time.perf_counter()
     codes = wait_all(launch(job_path, n_agents), timeout=600)
@@ -112,8 +119,9 @@ def run(scenario: str, overrides: list[str], n_agents: int | None, out: Path) ->
         "simulation_payload_bytes": sim_bytes,
         "simulation_messages": sim_msgs,
         "grpc_payload_bytes": summary["bytes_total"],
-        "grpc_messages": summary.get("messages_total", summary.get("traffic", {}).get(
-            "messages_total")),
+        "grpc_messages": summary.get(
+            "messages_total", summary.get("traffic", {}).get("messages_total")
+        ),
         "grpc_message_bytes": summary["grpc_bytes_total"],
         "tcp_bytes_to_server": sum(r.to_server for r in relays),
         "tcp_bytes_to_client": sum(r.to_client for r in relays),
@@ -124,8 +132,12 @@ def run(scenario: str, overrides: list[str], n_agents: int | None, out: Path) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", default="ppdnmf-synthetic")
-    p.add_argument("--agents", type=int, default=None,
-                   help="ppdnmf agents (default the scenario's); csr_fhe_mf: fixed by the data")
+    p.add_argument(
+        "--agents",
+        type=int,
+        default=None,
+        help="ppdnmf agents (default the scenario's); csr_fhe_mf: fixed by the data",
+    )
     p.add_argument("--out", default="runs/wire-bench")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)

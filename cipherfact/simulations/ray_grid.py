@@ -25,6 +25,7 @@ from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.simulations.grid import Grid, Outbox, RoleFactory, RoleHost
 from cipherfact.simulations.network import NetworkModel
+from cipherfact.simulations.ray_local import start_local_ray
 
 
 @contextlib.contextmanager
@@ -45,7 +46,7 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
         # A Ray started here, for this run: its start-up notices (the token
         # authentication it enables by default, "Started a local Ray instance")
         # are about a cluster nobody else joins; warnings after start-up still show.
-        ray.init(
+        start_local_ray(
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,

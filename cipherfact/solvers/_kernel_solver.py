@@ -119,4 +119,3 @@ class KernelSolver(LocalSolver):
         """Loss plus the L1/L2 penalty: the quantity the updates decrease."""
         P, Wb, Hb = self._inputs(X, W, H)
         return kern.loss(self.ops, P, Wb, Hb) + kern.penalty(self.ops, Wb, Hb, self.reg)
-

@@ -35,9 +35,7 @@ def _mean(X: Matrix) -> float:
     return total / (m * n)
 
 
-def random_init(
-    X: Matrix, n_components: int, seed: Any = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def random_init(X: Matrix, n_components: int, seed: Any = 0) -> tuple[np.ndarray, np.ndarray]:
     """|N(0, s^2)| entries, s = sqrt(mean(X) / r): W H starts at X's scale (scikit-learn's rule)."""
     m, n = X.shape
     rng = as_generator(seed)

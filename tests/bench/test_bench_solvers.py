@@ -45,8 +45,13 @@ def test_csr_matrix_has_the_requested_density():
     assert 0.015 < density < 0.025 and mats["dense"].min() > 0
 
 
-@pytest.mark.parametrize("flag,match", [("--threads=0", "--threads must be >= 1, got 0"),
-                                        ("--iters=0", "--iters must be >= 1, got 0")])
+@pytest.mark.parametrize(
+    "flag,match",
+    [
+        ("--threads=0", "--threads must be >= 1, got 0"),
+        ("--iters=0", "--iters must be >= 1, got 0"),
+    ],
+)
 def test_bad_arguments(tmp_path, flag, match):
     with pytest.raises(ValueError, match=match):
         bench.main(_args(tmp_path, flag))

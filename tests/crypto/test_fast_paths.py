@@ -55,8 +55,9 @@ def test_fast_path_matches_slow_path(
         assert np.array_equal(got, reference)
         # ciphertexts made on the fast path are ordinary Paillier ciphertexts
         slow_same_layout = PaillierScheme(
-            key_a, codec=CODEC, options=PaillierOptions(
-                packing=options.packing, use_gmpy2=False, crt=False, djn=False)
+            key_a,
+            codec=CODEC,
+            options=PaillierOptions(packing=options.packing, use_gmpy2=False, crt=False, djn=False),
         )
         c = owner.rerandomize(owner.encrypt(X))
         np.testing.assert_array_equal(
@@ -74,8 +75,12 @@ def is_nth_residue(math: PaillierMath, r: object) -> bool:
 
 @pytest.mark.parametrize(
     "options",
-    [PaillierOptions(), PaillierOptions(crt=False), PaillierOptions(djn=False),
-     PaillierOptions(djn=False, crt=False)],
+    [
+        PaillierOptions(),
+        PaillierOptions(crt=False),
+        PaillierOptions(djn=False),
+        PaillierOptions(djn=False, crt=False),
+    ],
 )
 def test_randomness_is_fresh_nth_residues(
     key_a: PaillierKeyMaterial, options: PaillierOptions

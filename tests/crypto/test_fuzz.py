@@ -89,15 +89,29 @@ def test_damaged_ciphertexts(
 @FUZZ
 @given(data=st.data())
 def test_damaged_keys(paillier: PaillierScheme, plain: PlainScheme, data: st.DataObject) -> None:
-    for blob in (paillier.public_bytes(), paillier.export_secret_key_bytes(),
-                 plain.public_bytes(), plain.export_secret_key_bytes()):
+    for blob in (
+        paillier.public_bytes(),
+        paillier.export_secret_key_bytes(),
+        plain.public_bytes(),
+        plain.export_secret_key_bytes(),
+    ):
         feed(paillier, plain, data.draw(damaged(blob)))
 
 
 @FUZZ
-@given(prefix=st.sampled_from([b"CFCT\x01\x01", b"CFCT\x01\x02", b"CFPK\x01\x01", b"CFSK\x01\x01",
-                               b"CFPK\x01\x02", b"CFSK\x01\x02"]),
-       rest=st.binary(max_size=400))
+@given(
+    prefix=st.sampled_from(
+        [
+            b"CFCT\x01\x01",
+            b"CFCT\x01\x02",
+            b"CFPK\x01\x01",
+            b"CFSK\x01\x01",
+            b"CFPK\x01\x02",
+            b"CFSK\x01\x02",
+        ]
+    ),
+    rest=st.binary(max_size=400),
+)
 def test_valid_prefixes_then_garbage(
     paillier: PaillierScheme, plain: PlainScheme, prefix: bytes, rest: bytes
 ) -> None:

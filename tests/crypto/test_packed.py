@@ -122,8 +122,12 @@ def test_worst_case_budget_fills_slots_without_wrapping(plain: PlainScheme) -> N
 
 
 def ppdnmf_exchange(
-    own: Any, neighbour_pubs: list[Any], w_i: np.ndarray, w_js: list[np.ndarray],
-    a_ij: list[int], a_ji: list[int],
+    own: Any,
+    neighbour_pubs: list[Any],
+    w_i: np.ndarray,
+    w_js: list[np.ndarray],
+    a_ij: list[int],
+    a_ji: list[int],
 ) -> np.ndarray:
     """The ppdnmf round: Enc_i(-W_i) -> j: +W_j, *a_ji, rerandomize -> i: *a_ij, sum."""
     c = own.encrypt(-w_i)
@@ -136,9 +140,7 @@ def ppdnmf_exchange(
     return own.decrypt(own.sum(weighted))
 
 
-def test_twin_gives_identical_ppdnmf_round(
-    paillier: PaillierScheme, plain: PlainScheme
-) -> None:
+def test_twin_gives_identical_ppdnmf_round(paillier: PaillierScheme, plain: PlainScheme) -> None:
     rng = np.random.default_rng(7)
     deg = 8
     w_i = rng.uniform(-EDGE, EDGE, 23)

@@ -13,8 +13,10 @@ CODEC = FixedPointCodec(frac_bits=15, int_bits=6, scalar_bits=12, max_terms=16)
 
 def test_pool_decrypts_exactly_like_the_serial_path_for_several_keys():
     rng = np.random.default_rng(0)
-    schemes = [generate_scheme("paillier", codec=CODEC, key_bits=512, insecure_test_keys=True)
-               for _ in range(2)]
+    schemes = [
+        generate_scheme("paillier", codec=CODEC, key_bits=512, insecure_test_keys=True)
+        for _ in range(2)
+    ]
     cts = [(s, s.encrypt(rng.uniform(-5, 5, 90))) for s in schemes]
     serial = [s.decrypt(c) for s, c in cts]
     with SharedDecryptPool(2) as pool:

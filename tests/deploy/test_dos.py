@@ -55,8 +55,16 @@ SCENARIO = "ppdnmf-synthetic"
 # The pairwise exchange: secagg's setup fails when a share overtakes a peer list on another
 # edge ("share for round 0 before the setup finished"), which any delayed message can cause,
 # attack or not, so it cannot tell an attack's harm from that race.
-OVERRIDES = [f"n_agents={N}", "outer_iters=30", "inner_iters=3", "data.rows=12",
-             "data.cols=40", "crypto.scheme=none", "topology.kind=ring", "exchange=pairwise"]
+OVERRIDES = [
+    f"n_agents={N}",
+    "outer_iters=30",
+    "inner_iters=3",
+    "data.rows=12",
+    "data.cols=40",
+    "crypto.scheme=none",
+    "topology.kind=ring",
+    "exchange=pairwise",
+]
 VICTIM = 0  # on the ring, agent 0's neighbours are 1 and 3
 MiB = 1 << 20
 RSS_BOUND = 100 * MiB  # growth of this process's RSS while attacked (unbounded: > 800 MB)
@@ -75,17 +83,23 @@ def rss() -> int:
 
 
 def dial(port: int, tls: TlsFiles, server: int = VICTIM) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.key.read_bytes(),
-                                         tls.cert.read_bytes())
-    return grpc.secure_channel(f"127.0.0.1:{port}", creds,
-                               options=[("grpc.ssl_target_name_override", agent_identity(server))])
+    creds = grpc.ssl_channel_credentials(
+        tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes()
+    )
+    return grpc.secure_channel(
+        f"127.0.0.1:{port}",
+        creds,
+        options=[("grpc.ssl_target_name_override", agent_identity(server))],
+    )
 
 
-def header_chunk(job_id: str, sender: int, total: int, *, seq: int = 0,
-                 receiver: int = VICTIM) -> bytes:
+def header_chunk(
+    job_id: str, sender: int, total: int, *, seq: int = 0, receiver: int = VICTIM
+) -> bytes:
     env = Envelope(job_id, -1, "key", sender, receiver, b"")
-    return pb.EnvelopeChunk(header=to_proto(env, seq, with_payload=False),
-                            total_size=total).SerializeToString()
+    return pb.EnvelopeChunk(
+        header=to_proto(env, seq, with_payload=False), total_size=total
+    ).SerializeToString()
 
 
 def issue_cert(certs_dir: Path, agent_id: int, out: Path) -> TlsFiles:
@@ -94,12 +108,17 @@ def issue_cert(certs_dir: Path, agent_id: int, out: Path) -> TlsFiles:
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
     key, cert = make_agent_cert(agent_id, ca_key, ca_cert, 1)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(certs_dir / "ca.pem", out / f"agent-{agent_id}.pem",
-                     out / f"agent-{agent_id}-key.pem")
+    files = TlsFiles(
+        certs_dir / "ca.pem", out / f"agent-{agent_id}.pem", out / f"agent-{agent_id}-key.pem"
+    )
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return files
 
 
@@ -132,8 +151,9 @@ class Outcome:
     wall_s: float
 
 
-def run_job(tmp_path: Path, attack: Callable[[Attack], None] | None,
-            timeout: float = 45.0) -> Outcome:
+def run_job(
+    tmp_path: Path, attack: Callable[[Attack], None] | None, timeout: float = 45.0
+) -> Outcome:
     """The job's nodes in threads; ``attack`` runs in its own thread from when agent 0 listens."""
     job_path = write_local_job(SCENARIO, OVERRIDES, N, tmp_path, timeouts={"peer_s": 30})
     deploy = load_job(job_path)
@@ -159,8 +179,14 @@ def run_job(tmp_path: Path, attack: Callable[[Attack], None] | None,
     victim = nodes[VICTIM].transport
     assert victim is not None and victim.port, results
     certs = tmp_path / "certs"
-    ctx = Attack(victim.port, nodes[VICTIM].job_id, issue_cert(certs, 7, tmp_path / "attacker"),
-                 cert_paths(certs, 3), cert_paths(certs, 2), threading.Event())
+    ctx = Attack(
+        victim.port,
+        nodes[VICTIM].job_id,
+        issue_cert(certs, 7, tmp_path / "attacker"),
+        cert_paths(certs, 3),
+        cert_paths(certs, 2),
+        threading.Event(),
+    )
     address = f"127.0.0.1:{victim.port}"
     baseline = rss()
     peak = [baseline]
@@ -213,8 +239,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.ndarray
 
 
 def check_outcome(out: Outcome, reference: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    statuses = {i: (r if isinstance(r, Exception) else r["status"])
-                for i, r in out.results.items()}
+    statuses = {i: (r if isinstance(r, Exception) else r["status"]) for i, r in out.results.items()}
     assert all(s == "completed" for s in statuses.values()), statuses
     for i, ((W, H), (W0, H0)) in enumerate(zip(out.factors, reference, strict=True)):
         assert np.array_equal(W, W0) and np.array_equal(H, H0), f"agent {i}'s factors differ"
@@ -243,7 +268,8 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
 
 
 def test_big_streams_from_a_certificate_that_may_not_send_are_never_buffered(
-    tmp_path: Path, reference: list[tuple[np.ndarray, np.ndarray]],
+    tmp_path: Path,
+    reference: list[tuple[np.ndarray, np.ndarray]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(a) 4 x 200 MB SendChunks streams: agent-3 claiming agent 1, agent-7 (not in the job)."""
@@ -290,8 +316,10 @@ def test_big_streams_from_a_certificate_that_may_not_send_are_never_buffered(
 
 
 def test_stalled_streams_do_not_stall_the_job(
-    tmp_path: Path, reference: list[tuple[np.ndarray, np.ndarray]],
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    reference: list[tuple[np.ndarray, np.ndarray]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """(b) 4 SendChunks streams that send a header and stall, reopened when cancelled: two
     on agent 3's own certificate with a header that passes every check (cancelled when
@@ -333,12 +361,14 @@ def test_stalled_streams_do_not_stall_the_job(
     assert logged(caplog, "refused SendChunks", r"CN=agent-7", "not a neighbour")
     # agent 3's header passes until agent 3 itself has sent seq 0; its stall is then
     # cancelled after idle_s, or refused at the header as a replay.
-    assert logged(caplog, r"(cancelled|refused) SendChunks", r"CN=agent-3",
-                  "stalled|replayed envelope")
+    assert logged(
+        caplog, r"(cancelled|refused) SendChunks", r"CN=agent-3", "stalled|replayed envelope"
+    )
 
 
 def test_many_watch_streams_leave_health_check_answering(
-    tmp_path: Path, reference: list[tuple[np.ndarray, np.ndarray]],
+    tmp_path: Path,
+    reference: list[tuple[np.ndarray, np.ndarray]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(c) 12 open Health.Watch streams from two certificates: capped, Check still answers."""
@@ -350,8 +380,10 @@ def test_many_watch_streams_leave_health_check_answering(
         first: list[Any] = []
         for k in range(12):
             watch = channels[k % 2].unary_stream(
-                WATCH, request_serializer=health_pb.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb.HealthCheckResponse.FromString)
+                WATCH,
+                request_serializer=health_pb.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb.HealthCheckResponse.FromString,
+            )
             calls.append(watch(health_pb.HealthCheckRequest(service=""), timeout=30))
 
         def consume(k: int) -> None:
@@ -385,7 +417,8 @@ def test_many_watch_streams_leave_health_check_answering(
 
 
 def test_flood_of_junk_envelopes_from_valid_certificates(
-    tmp_path: Path, reference: list[tuple[np.ndarray, np.ndarray]],
+    tmp_path: Path,
+    reference: list[tuple[np.ndarray, np.ndarray]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(d) Garbage, forged and out-of-sequence envelopes from agent-2 (not a neighbour),
@@ -400,10 +433,12 @@ def test_flood_of_junk_envelopes_from_valid_certificates(
             send = channel.unary_unary(SEND)
             junk = [
                 b"\xff\xfe garbage",
-                to_proto(Envelope(ctx.job_id, 0, "offer", 1, VICTIM, b"x" * 1000), 0)
-                .SerializeToString(),  # forged sender
-                to_proto(Envelope(ctx.job_id, 5, "offer", 3, VICTIM, b"x"), 10_000)
-                .SerializeToString(),  # out of sequence
+                to_proto(
+                    Envelope(ctx.job_id, 0, "offer", 1, VICTIM, b"x" * 1000), 0
+                ).SerializeToString(),  # forged sender
+                to_proto(
+                    Envelope(ctx.job_id, 5, "offer", 3, VICTIM, b"x"), 10_000
+                ).SerializeToString(),  # out of sequence
             ]
             try:
                 for n in range(per_thread):
@@ -433,7 +468,8 @@ def test_flood_of_junk_envelopes_from_valid_certificates(
 
 
 def test_reassembly_budget_is_per_process_and_refuses_before_buffering(
-    make_transport: Callable[..., GrpcTransport], certs: list[TlsFiles],
+    make_transport: Callable[..., GrpcTransport],
+    certs: list[TlsFiles],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two agents share one 3 MiB budget: a 2 MiB stream held open on agent 0 leaves no
@@ -467,8 +503,9 @@ def test_reassembly_budget_is_per_process_and_refuses_before_buffering(
         with pytest.raises(grpc.RpcError) as info:
             call(iter([header_chunk(JOB, sender=2, total=2 * MiB, receiver=1)]), timeout=5)
         errors.append(info.value)
-        fits = call(iter([header_chunk(JOB, sender=2, total=MiB, receiver=1), DATA_CHUNK]),
-                    timeout=5)
+        fits = call(
+            iter([header_chunk(JOB, sender=2, total=MiB, receiver=1), DATA_CHUNK]), timeout=5
+        )
     assert pb.Ack.FromString(fits).seq == 0
     assert errors[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "no room to reassemble" in (errors[0].details() or "")
@@ -479,7 +516,8 @@ def test_reassembly_budget_is_per_process_and_refuses_before_buffering(
 
 
 def test_a_legitimate_peer_gets_through_while_its_certificate_is_abused(
-    make_transport: Callable[..., GrpcTransport], certs: list[TlsFiles],
+    make_transport: Callable[..., GrpcTransport],
+    certs: list[TlsFiles],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(b), worst case: four streams stalled on agent 2's own certificate hold all its
@@ -506,22 +544,24 @@ def test_a_legitimate_peer_gets_through_while_its_certificate_is_abused(
     [env] = server.recv(0, timeout=5)
     assert env.payload == payload
     stop.set()
-    assert any(c.exception() is not None and c.exception().code() == grpc.StatusCode.CANCELLED
-               for c in calls)
+    assert any(
+        c.exception() is not None and c.exception().code() == grpc.StatusCode.CANCELLED
+        for c in calls
+    )
     channel.close()
     assert logged(caplog, "cancelled SendChunks", "CN=agent-2", "its slot went to")
 
 
 def test_stalled_streams_are_cancelled_and_their_budget_returned(
-    make_transport: Callable[..., GrpcTransport], certs: list[TlsFiles],
+    make_transport: Callable[..., GrpcTransport],
+    certs: list[TlsFiles],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A stream that stops between chunks is cancelled after ``idle_s``, one that never sends
     its header after ``first_message_s``; both callers are logged; the budget is returned."""
     caplog.set_level(logging.WARNING, logger="cipherfact.deploy")
     budget = ReassemblyBudget(64 * MiB)
-    server = make_transport(0, budget=budget,
-                            limits=ServerLimits(idle_s=0.5, first_message_s=0.5))
+    server = make_transport(0, budget=budget, limits=ServerLimits(idle_s=0.5, first_message_s=0.5))
     stop = threading.Event()
 
     def after_header() -> Iterator[bytes]:
@@ -535,8 +575,10 @@ def test_stalled_streams_are_cancelled_and_their_budget_returned(
 
     started = time.monotonic()
     with dial(server.port, certs[1]) as ch1, dial(server.port, certs[2]) as ch2:
-        calls = [ch1.stream_unary(SEND_CHUNKS).future(after_header(), timeout=10),
-                 ch2.stream_unary(SEND_CHUNKS).future(nothing(), timeout=10)]
+        calls = [
+            ch1.stream_unary(SEND_CHUNKS).future(after_header(), timeout=10),
+            ch2.stream_unary(SEND_CHUNKS).future(nothing(), timeout=10),
+        ]
         codes = [c.exception().code() for c in calls]
     stop.set()
     assert codes == [grpc.StatusCode.CANCELLED] * 2
@@ -553,7 +595,8 @@ def test_stalled_streams_are_cancelled_and_their_budget_returned(
 
 
 def test_sequence_state_is_not_told_to_another_certificate(
-    make_transport: Callable[..., GrpcTransport], certs: list[TlsFiles],
+    make_transport: Callable[..., GrpcTransport],
+    certs: list[TlsFiles],
 ) -> None:
     server = make_transport(0)
     forged = to_proto(Envelope(JOB, -1, "key", 1, 0, b"pk"), 5).SerializeToString()
@@ -567,13 +610,16 @@ def test_sequence_state_is_not_told_to_another_certificate(
 
 
 def test_without_tls_sequence_state_stays_in_the_log(
-    make_transport: Callable[..., GrpcTransport], caplog: pytest.LogCaptureFixture,
+    make_transport: Callable[..., GrpcTransport],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="cipherfact.deploy")
     server = make_transport(0, tls=False)
     forged = to_proto(Envelope(JOB, -1, "key", 1, 0, b"pk"), 5).SerializeToString()
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
-            pytest.raises(grpc.RpcError) as info:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         ch.unary_unary(SEND)(forged, timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "out-of-order envelope seq 5" in (info.value.details() or "")
@@ -586,8 +632,16 @@ def test_without_tls_sequence_state_stays_in_the_log(
 
 def transport(listen: str, tls: TlsFiles | None, agent_id: int = 0) -> GrpcTransport:
     peers = {j: f"127.0.0.1:{p}" for j, p in zip((1, 2), free_ports(2), strict=True)}
-    return GrpcTransport(agent_id, JOB, listen, {j: a for j, a in peers.items() if j != agent_id},
-                         tls, stages=STAGES, max_round=10, retry=FAST_RETRY)
+    return GrpcTransport(
+        agent_id,
+        JOB,
+        listen,
+        {j: a for j, a in peers.items() if j != agent_id},
+        tls,
+        stages=STAGES,
+        max_round=10,
+        retry=FAST_RETRY,
+    )
 
 
 def start_error(t: GrpcTransport) -> str:
@@ -607,13 +661,17 @@ def test_port_in_use_is_named(certs: list[TlsFiles]) -> None:
         s.listen()
         port = s.getsockname()[1]
         message = start_error(transport(f"127.0.0.1:{port}", certs[0]))
-    assert re.fullmatch(rf"agent 0 cannot start: cannot listen on '127\.0\.0\.1:{port}': port "
-                        rf"{port} is already in use \(another process, or this agent started "
-                        r"twice\?\)", message), message
+    assert re.fullmatch(
+        rf"agent 0 cannot start: cannot listen on '127\.0\.0\.1:{port}': port "
+        rf"{port} is already in use \(another process, or this agent started "
+        r"twice\?\)",
+        message,
+    ), message
 
 
 def test_the_same_agent_started_twice_fails_instead_of_sharing_the_port(
-    certs: list[TlsFiles], monkeypatch: pytest.MonkeyPatch,
+    certs: list[TlsFiles],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_ports(1)[0]
     first = transport(f"127.0.0.1:{port}", certs[0])
@@ -627,36 +685,55 @@ def test_the_same_agent_started_twice_fails_instead_of_sharing_the_port(
         first.close(grace=0)
 
 
-@pytest.mark.parametrize("case", ["garbage certificate", "garbage key", "cert/key mismatch",
-                                  "missing CA", "another agent's certificate",
-                                  "certificate of another CA"])
-def test_bad_tls_files_are_named(case: str, certs: list[TlsFiles],
-                                 other_ca_certs: list[TlsFiles], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage certificate",
+        "garbage key",
+        "cert/key mismatch",
+        "missing CA",
+        "another agent's certificate",
+        "certificate of another CA",
+    ],
+)
+def test_bad_tls_files_are_named(
+    case: str, certs: list[TlsFiles], other_ca_certs: list[TlsFiles], tmp_path: Path
+) -> None:
     own = certs[0]
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
     files, expected = {
-        "garbage certificate": (TlsFiles(own.ca, garbage, own.key),
-                                rf"TLS certificate file '{garbage}' is not a PEM certificate"),
-        "garbage key": (TlsFiles(own.ca, own.cert, garbage),
-                        rf"TLS key file '{garbage}' is not a PEM private key"),
-        "cert/key mismatch": (TlsFiles(own.ca, own.cert, certs[1].key),
-                              rf"TLS certificate '{own.cert}' and key '{certs[1].key}' do not "
-                              r"match"),
-        "missing CA": (TlsFiles(tmp_path / "nope.pem", own.cert, own.key),
-                       rf"TLS CA certificate file '{tmp_path / 'nope.pem'}' does not exist"),
+        "garbage certificate": (
+            TlsFiles(own.ca, garbage, own.key),
+            rf"TLS certificate file '{garbage}' is not a PEM certificate",
+        ),
+        "garbage key": (
+            TlsFiles(own.ca, own.cert, garbage),
+            rf"TLS key file '{garbage}' is not a PEM private key",
+        ),
+        "cert/key mismatch": (
+            TlsFiles(own.ca, own.cert, certs[1].key),
+            rf"TLS certificate '{own.cert}' and key '{certs[1].key}' do not "
+            r"match",
+        ),
+        "missing CA": (
+            TlsFiles(tmp_path / "nope.pem", own.cert, own.key),
+            rf"TLS CA certificate file '{tmp_path / 'nope.pem'}' does not exist",
+        ),
         "another agent's certificate": (certs[1], r"names \['agent-1'\], not 'agent-0'"),
-        "certificate of another CA": (TlsFiles(own.ca, other_ca_certs[0].cert,
-                                               other_ca_certs[0].key),
-                                      r"is not issued by the CA in"),
+        "certificate of another CA": (
+            TlsFiles(own.ca, other_ca_certs[0].cert, other_ca_certs[0].key),
+            r"is not issued by the CA in",
+        ),
     }[case]
     message = start_error(transport(f"127.0.0.1:{free_ports(1)[0]}", files))
     assert message.startswith("agent 0 cannot start: ")
     assert re.search(expected, message), message
 
 
-def test_unresolvable_and_foreign_hosts_are_named(certs: list[TlsFiles],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unresolvable_and_foreign_hosts_are_named(
+    certs: list[TlsFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = socket.getaddrinfo
 
     def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
@@ -666,8 +743,10 @@ def test_unresolvable_and_foreign_hosts_are_named(certs: list[TlsFiles],
 
     monkeypatch.setattr("cipherfact.deploy.transport.socket.getaddrinfo", resolve)
     message = start_error(transport("agent-zero.invalid:50051", certs[0]))
-    assert message == ("agent 0 cannot start: cannot listen on 'agent-zero.invalid:50051': "
-                       "cannot resolve host 'agent-zero.invalid' (Name or service not known)")
+    assert message == (
+        "agent 0 cannot start: cannot listen on 'agent-zero.invalid:50051': "
+        "cannot resolve host 'agent-zero.invalid' (Name or service not known)"
+    )
     port = free_ports(1)[0]
     message = start_error(transport(f"192.0.2.1:{port}", certs[0]))  # TEST-NET: not ours
     assert message.endswith("'192.0.2.1' is not an address of this machine"), message
@@ -686,8 +765,20 @@ def test_agent_serve_says_port_in_use_in_one_line(tmp_path: Path) -> None:
             assert exc.errno == errno.EADDRINUSE
         s.listen()
         proc = subprocess.run(
-            [sys.executable, "-m", "cipherfact.cli", "agent", "serve", "--job", str(job),
-             "--agent-id", "0"], capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "cipherfact.cli",
+                "agent",
+                "serve",
+                "--job",
+                str(job),
+                "--agent-id",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "Failed to bind" not in proc.stderr

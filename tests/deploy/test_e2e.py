@@ -32,8 +32,7 @@ def reference(overrides: list[str]) -> tuple[list[np.ndarray], list[np.ndarray],
 @pytest.mark.parametrize("exchange", ["secagg", "pairwise"])
 def test_four_processes_with_mtls_match_inmemory_bit_for_bit(tmp_path: Path, exchange: str) -> None:
     overrides = [*SMALL, f"exchange={exchange}"]
-    summary = deploy_local(SCENARIO, N, tmp_path, overrides, timeouts={"peer_s": 30},
-                           timeout_s=150)
+    summary = deploy_local(SCENARIO, N, tmp_path, overrides, timeouts={"peer_s": 30}, timeout_s=150)
     assert summary["status"] == "completed", summary["status"]
     assert summary["transport"] == "mTLS"
     Ws, Hs, sim_bytes = reference(overrides)
@@ -53,8 +52,7 @@ FAULT_TIMEOUTS = {"peer_s": 6, "retries": 2, "backoff_s": 0.1, "backoff_max_s": 
 
 
 def test_killed_agent_stops_the_others_and_resume_gives_same_factors(tmp_path: Path) -> None:
-    job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1,
-                          timeouts=FAULT_TIMEOUTS)
+    job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1, timeouts=FAULT_TIMEOUTS)
     procs = launch(job, N)
     victim = 2
     deadline = time.monotonic() + 120
@@ -77,19 +75,28 @@ def test_killed_agent_stops_the_others_and_resume_gives_same_factors(tmp_path: P
         assert result["status"].startswith("failed: ")
         assert "agent 2" in result["status"] and "round" in result["status"]
 
-    summary = deploy_local(SCENARIO, N, tmp_path, FAULT, checkpoint_every=1, resume=True,
-                           timeouts={"peer_s": 30}, timeout_s=150)
+    summary = deploy_local(
+        SCENARIO,
+        N,
+        tmp_path,
+        FAULT,
+        checkpoint_every=1,
+        resume=True,
+        timeouts={"peer_s": 30},
+        timeout_s=150,
+    )
     assert summary["status"] == "completed", summary["status"]
     Ws, Hs, _ = reference(FAULT)
     assert same_factors(tmp_path / "factors.npz", Ws, Hs) == []
-    resumed = {json.loads((tmp_path / "agents" / f"agent-{i}" / "result.json").read_text())[
-        "resumed_from"] for i in range(N)}
+    resumed = {
+        json.loads((tmp_path / "agents" / f"agent-{i}" / "result.json").read_text())["resumed_from"]
+        for i in range(N)
+    }
     assert len(resumed) == 1 and resumed.pop() >= 1
 
 
 def test_sigterm_stops_an_agent_cleanly_and_tells_its_neighbours(tmp_path: Path) -> None:
-    job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1,
-                          timeouts=FAULT_TIMEOUTS)
+    job = write_local_job(SCENARIO, FAULT, N, tmp_path, checkpoint_every=1, timeouts=FAULT_TIMEOUTS)
     procs = launch(job, N)
     target = checkpoint_path(tmp_path / "agents" / "agent-1", 1)
     deadline = time.monotonic() + 120
@@ -123,12 +130,14 @@ CKKS_TOL = 1e-4
 def test_csr_fhe_mf_parties_as_processes_match_inmemory(tmp_path: Path) -> None:
     from cipherfact.simulations.simulate import SimOptions, simulate
 
-    summary = deploy_local(CSR, None, tmp_path / "grpc", CSR_SMALL, timeouts={"peer_s": 30},
-                           timeout_s=150)
+    summary = deploy_local(
+        CSR, None, tmp_path / "grpc", CSR_SMALL, timeouts={"peer_s": 30}, timeout_s=150
+    )
     assert summary["status"] == "completed", summary["status"]
     assert summary["transport"] == "mTLS" and summary["processes"] == 5
-    mem = simulate(load_scenario(CSR, CSR_SMALL), tmp_path / "mem",
-                   options=SimOptions(progress=False))
+    mem = simulate(
+        load_scenario(CSR, CSR_SMALL), tmp_path / "mem", options=SimOptions(progress=False)
+    )
     for key in ("train_rmse", "test_rmse"):
         assert abs(summary[key] - mem[key]) < CKKS_TOL, key
     assert summary["plain_test_rmse"] == mem["plain_test_rmse"]
@@ -156,8 +165,10 @@ def test_csr_fhe_mf_parties_as_processes_match_inmemory(tmp_path: Path) -> None:
     assert np.array_equal(model.item_ids, mem_model.item_ids)
     # Each party keeps its own files: RS its masks, the CSP its masked factors, users nothing.
     agents = tmp_path / "grpc" / "agents"
-    with np.load(agents / "agent-0" / "share.npz") as rs, \
-            np.load(agents / "agent-1" / "share.npz") as csp:
+    with (
+        np.load(agents / "agent-0" / "share.npz") as rs,
+        np.load(agents / "agent-1" / "share.npz") as csp,
+    ):
         assert str(rs["kind"]) == "masks" and str(csp["kind"]) == "masked_factors"
         assert np.allclose(csp["U_1"] - rs["U_1"], U)
         assert not np.allclose(csp["U_1"], U, atol=1.0)  # the CSP's share hides the model
@@ -203,10 +214,11 @@ def test_csr_fhe_mf_users_with_their_own_rating_files(tmp_path: Path) -> None:
     text = job.read_text()
     for u in range(train.n_users):
         rows = train.users == u
-        lines = [f"{i},{float(r)!r}" for i, r in zip(train.items[rows], train.values[rows],
-                                                     strict=True)]
+        lines = [
+            f"{i},{float(r)!r}" for i, r in zip(train.items[rows], train.values[rows], strict=True)
+        ]
         (tmp_path / f"user-{u}.csv").write_text("item,rating\n" + "\n".join(lines) + "\n")
-        text = text.replace(f"id = {u + 2}\n", f"id = {u + 2}\ndata_path = \"user-{u}.csv\"\n")
+        text = text.replace(f"id = {u + 2}\n", f'id = {u + 2}\ndata_path = "user-{u}.csv"\n')
     job.write_text(text)
     started = time.monotonic()
     codes = wait_all(launch(job, train.n_users + 2), timeout=150)

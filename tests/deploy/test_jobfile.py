@@ -48,16 +48,20 @@ def test_rendered_job_loads(tmp_path: Path) -> None:
     [
         (lambda t: t + "\n[extra]\n", "unknown key 'extra'"),
         (lambda t: t.replace("[job]", "[job]\nbogus = 1"), r"unknown key 'bogus' in \[job\]"),
-        (lambda t: t.replace('address = "127.0.0.1:50002"', 'address = "nohost"'),
-         r"agents\[1\].address must be 'host:port'"),
+        (
+            lambda t: t.replace('address = "127.0.0.1:50002"', 'address = "nohost"'),
+            r"agents\[1\].address must be 'host:port'",
+        ),
         (lambda t: t.replace("id = 3", "id = 2"), "duplicate agent id 2"),
         (lambda t: t.replace("id = 3", "id = 7"), r"ids must be 0..3"),
         (lambda t: t.replace("[tls]", "[tlsx]"), r"unknown key 'tlsx'"),
         (lambda t: t + "\n[timeouts]\npeer_s = -1\n", "timeouts.peer_s must be a positive"),
         (lambda t: t + "\n[timeouts]\nretries = -1\n", "timeouts.retries must be an integer"),
         (lambda t: t + "\n[graph]\nedges = [[0, 1, 2]]\n", "graph.edges must be a list"),
-        (lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = -2"),
-         "job.checkpoint_every must be >= 0"),
+        (
+            lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = -2"),
+            "job.checkpoint_every must be >= 0",
+        ),
         (lambda t: t.replace('scenario = "ppdnmf-synthetic"', ""), "give exactly one of"),
     ],
 )
@@ -89,8 +93,9 @@ def test_per_agent_data_path_and_explicit_graph(tmp_path: Path) -> None:
 
     block = np.abs(np.random.default_rng(0).normal(size=(12, 9)))
     np.save(tmp_path / "mine.npy", block)
-    text = good().replace('address = "127.0.0.1:50002"',
-                          'address = "127.0.0.1:50002"\ndata_path = "mine.npy"')
+    text = good().replace(
+        'address = "127.0.0.1:50002"', 'address = "127.0.0.1:50002"\ndata_path = "mine.npy"'
+    )
     path_graph = text + "\n[graph]\nedges = [[0, 1], [1, 2], [2, 3]]\n"
     with pytest.raises(ValueError, match=r"secagg exchange needs .* agent\(s\) \[0, 3\]"):
         plan_node(load_job(write(tmp_path, path_graph)), 1)  # ends of a path: one neighbour
@@ -130,15 +135,23 @@ def test_csr_job_with_the_wrong_number_of_parties_is_refused(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = 1"),
-         "job.checkpoint_every cannot be used with csr_fhe_mf"),
+        (
+            lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = 1"),
+            "job.checkpoint_every cannot be used with csr_fhe_mf",
+        ),
         (lambda t: t + "\n[graph]\nedges = [[0, 1]]\n", r"\[graph\] edges cannot be used"),
-        (lambda t: t.replace('address = "127.0.0.1:50100"',
-                             'address = "127.0.0.1:50100"\ndata_path = "x.csv"'),
-         r"RS \(0\) and the CSP \(1\) hold no ratings"),
-        (lambda t: t.replace('address = "127.0.0.1:50102"',
-                             'address = "127.0.0.1:50102"\ndata_path = "x.csv"'),
-         r"users \[3, 4\] have no data_path"),
+        (
+            lambda t: t.replace(
+                'address = "127.0.0.1:50100"', 'address = "127.0.0.1:50100"\ndata_path = "x.csv"'
+            ),
+            r"RS \(0\) and the CSP \(1\) hold no ratings",
+        ),
+        (
+            lambda t: t.replace(
+                'address = "127.0.0.1:50102"', 'address = "127.0.0.1:50102"\ndata_path = "x.csv"'
+            ),
+            r"users \[3, 4\] have no data_path",
+        ),
     ],
 )
 def test_csr_job_refuses_ppdnmf_only_settings(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -164,8 +177,10 @@ def test_local_csr_job_counts_its_parties_and_checks_agents() -> None:
 
 def _with_user_files(text: str, ids: list[int]) -> str:
     for i in ids:
-        text = text.replace(f'address = "127.0.0.1:{50100 + i}"',
-                            f'address = "127.0.0.1:{50100 + i}"\ndata_path = "user-{i}.csv"')
+        text = text.replace(
+            f'address = "127.0.0.1:{50100 + i}"',
+            f'address = "127.0.0.1:{50100 + i}"\ndata_path = "user-{i}.csv"',
+        )
     return text
 
 
@@ -174,13 +189,13 @@ def test_csr_users_with_their_own_rating_files_set_the_party_count(tmp_path: Pat
     job = load_job(write(tmp_path, _with_user_files(csr_job(4), [2, 3])))
     assert job.users_own_ratings and sorted(job.agents) == [0, 1, 2, 3]
     assert job.agent(3).data_path == tmp_path / "user-3.csv"
-    hidden = csr_job(4).replace('set = [', 'set = ["crypto.hide_pattern=true", ')
+    hidden = csr_job(4).replace("set = [", 'set = ["crypto.hide_pattern=true", ')
     with pytest.raises(JobFileError, match=r"set crypto\.pad_to"):
         load_job(write(tmp_path, _with_user_files(hidden, [2, 3])))
-    padded = csr_job(4).replace('set = [', 'set = ["crypto.hide_pattern=true", "crypto.pad_to=5", ')
+    padded = csr_job(4).replace("set = [", 'set = ["crypto.hide_pattern=true", "crypto.pad_to=5", ')
     with pytest.raises(JobFileError, match=r"set item_norm > 0"):
         load_job(write(tmp_path, _with_user_files(padded, [2, 3])))
-    fixed = padded.replace('set = [', 'set = ["item_norm=4.0", ')
+    fixed = padded.replace("set = [", 'set = ["item_norm=4.0", ')
     assert load_job(write(tmp_path, _with_user_files(fixed, [2, 3]))).users_own_ratings
 
 

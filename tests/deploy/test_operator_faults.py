@@ -30,8 +30,14 @@ SCENARIO = "ppdnmf-synthetic"
 # 3 agents, each the other two's neighbour, no encryption: seconds. The pairwise
 # exchange, because secagg's setup has a race across edges (a share can overtake
 # the hub's peer list on another edge: "share for round 0 before the setup finished").
-TINY = ["topology.degree=2", "exchange=pairwise", "crypto.scheme=none", "inner_iters=3",
-        "data.rows=12", "data.cols=30"]
+TINY = [
+    "topology.degree=2",
+    "exchange=pairwise",
+    "crypto.scheme=none",
+    "inner_iters=3",
+    "data.rows=12",
+    "data.cols=30",
+]
 FAST = {"peer_s": 20, "startup_s": 30, "retries": 2, "backoff_s": 0.1, "backoff_max_s": 0.5}
 
 
@@ -79,14 +85,22 @@ def _timeout(line: str) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (('(id = 1\naddress = "127.0.0.1:)\\d+', "\\g<1>0"),
-         r"agents\[1\]\.address: port 0 is outside 1\.\.65535"),
-        (('(id = 0\naddress = "127.0.0.1:\\d+"\nlisten = "127.0.0.1:)\\d+', "\\g<1>70000"),
-         r"agents\[0\]\.listen: port 70000 is outside 1\.\.65535"),
-        (_timeout("startup_s = nan"),
-         r"timeouts\.startup_s must be a positive, finite number of seconds, got nan"),
-        (_timeout("peer_s = inf"),
-         r"timeouts\.peer_s must be a positive, finite number of seconds, got inf"),
+        (
+            ('(id = 1\naddress = "127.0.0.1:)\\d+', "\\g<1>0"),
+            r"agents\[1\]\.address: port 0 is outside 1\.\.65535",
+        ),
+        (
+            ('(id = 0\naddress = "127.0.0.1:\\d+"\nlisten = "127.0.0.1:)\\d+', "\\g<1>70000"),
+            r"agents\[0\]\.listen: port 70000 is outside 1\.\.65535",
+        ),
+        (
+            _timeout("startup_s = nan"),
+            r"timeouts\.startup_s must be a positive, finite number of seconds, got nan",
+        ),
+        (
+            _timeout("peer_s = inf"),
+            r"timeouts\.peer_s must be a positive, finite number of seconds, got inf",
+        ),
         (_timeout("backoff_s = -nan"), r"timeouts\.backoff_s must be a positive"),
         (_timeout("rpc_s = 0"), r"timeouts\.rpc_s must be a positive"),
         (_timeout("retries = 1.5"), r"timeouts\.retries must be an integer"),
@@ -105,8 +119,11 @@ def test_job_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(JobFileError, match=r"job\.out: '.*taken' exists and is not a directory"):
         load_job(path)
     path = _job(tmp_path, ('out = "agents"', 'out = "taken/sub"'))
-    with pytest.raises(JobFileError, match=r"job\.out: '.*sub' cannot be created: '.*taken' is "
-                       "not a directory"):
+    with pytest.raises(
+        JobFileError,
+        match=r"job\.out: '.*sub' cannot be created: '.*taken' is "
+        "not a directory",
+    ):
         load_job(path)
 
 
@@ -140,8 +157,19 @@ def test_deploy_local_out_that_is_a_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "taken").write_text("not a folder")
-    code = main(["deploy", "local", SCENARIO, "--agents", "3", "--out", str(tmp_path / "taken"),
-                 "--insecure", *[a for item in TINY for a in ("--set", item)]])
+    code = main(
+        [
+            "deploy",
+            "local",
+            SCENARIO,
+            "--agents",
+            "3",
+            "--out",
+            str(tmp_path / "taken"),
+            "--insecure",
+            *[a for item in TINY for a in ("--set", item)],
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "error: --out: " in err and "is not a directory" in err, err
     _no_traceback(err)
@@ -163,8 +191,11 @@ def test_port_in_use_fails_with_result_json_and_aborts_the_peers(tmp_path: Path)
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
         procs = launch(job, 3, only=0) + launch(job, 3, only=2)
-        _wait_for(lambda: _listening(tmp_path, 0) and _listening(tmp_path, 2), 30,
-                  "agents 0 and 2 to listen")
+        _wait_for(
+            lambda: _listening(tmp_path, 0) and _listening(tmp_path, 2),
+            30,
+            "agents 0 and 2 to listen",
+        )
         started = time.monotonic()
         procs.insert(1, launch(job, 3, only=1)[0])
         codes = wait_all(procs, timeout=FAST["startup_s"] + 10)
@@ -213,16 +244,37 @@ def test_sigterm_to_deploy_local_stops_its_agents_and_writes_a_partial_summary(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cipherfact.cli", "deploy", "local", SCENARIO, "--agents", "3",
-           "--out", str(out), "--insecure", "--peer-timeout", "20"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cipherfact.cli",
+        "deploy",
+        "local",
+        SCENARIO,
+        "--agents",
+        "3",
+        "--out",
+        str(out),
+        "--insecure",
+        "--peer-timeout",
+        "20",
+    ]
     for item in [*TINY, "outer_iters=100000"]:
         cmd += ["--set", item]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         metrics = [out / "agents" / f"agent-{i}" / "metrics.jsonl" for i in range(3)]
-        _wait_for(lambda: all(m.exists() and m.stat().st_size > 0 for m in metrics), 60,
-                  "every agent to finish an outer iteration")
+        _wait_for(
+            lambda: all(m.exists() and m.stat().st_size > 0 for m in metrics),
+            60,
+            "every agent to finish an outer iteration",
+        )
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         stdout, stderr = proc.communicate(timeout=30)
@@ -255,8 +307,16 @@ def test_resume_refuses_a_changed_configuration_and_counts_both_parts(tmp_path: 
     from cipherfact.deploy.nodes import make_node
 
     overrides = [*TINY, "outer_iters=4"]
-    full = deploy_local(SCENARIO, 3, tmp_path, overrides, checkpoint_every=1, insecure=True,
-                        timeouts={"peer_s": 20}, timeout_s=120)
+    full = deploy_local(
+        SCENARIO,
+        3,
+        tmp_path,
+        overrides,
+        checkpoint_every=1,
+        insecure=True,
+        timeouts={"peer_s": 20},
+        timeout_s=120,
+    )
     assert full["status"] == "completed", full["status"]
     # As if the job had been interrupted after outer iteration 2: the newer checkpoints go.
     for i in range(3):
@@ -265,8 +325,16 @@ def test_resume_refuses_a_changed_configuration_and_counts_both_parts(tmp_path: 
 
     changed = [x.replace("inner_iters=3", "inner_iters=5") for x in overrides]
     with pytest.raises(ValueError, match=r"inner_iters: 3 in the checkpoint, 5 now") as refused:
-        deploy_local(SCENARIO, 3, tmp_path, changed, checkpoint_every=1, resume=True,
-                     insecure=True, timeout_s=60)
+        deploy_local(
+            SCENARIO,
+            3,
+            tmp_path,
+            changed,
+            checkpoint_every=1,
+            resume=True,
+            insecure=True,
+            timeout_s=60,
+        )
     assert "\n" not in str(refused.value)
     # An agent started by hand with the changed job file refuses too, and says so.
     job = write_local_job(SCENARIO, changed, 3, tmp_path / "by-hand", insecure=True)
@@ -274,14 +342,26 @@ def test_resume_refuses_a_changed_configuration_and_counts_both_parts(tmp_path: 
     (by_hand.agent_out(0) / "checkpoints").mkdir(parents=True)
     ckpt = checkpoint_path(tmp_path / "agents" / "agent-0", 2)
     checkpoint_path(by_hand.agent_out(0), 2).write_bytes(ckpt.read_bytes())
-    with pytest.raises(NodeError, match=r"agent 0: cannot resume .*inner_iters: 3 in the "
-                       "checkpoint, 5 now"):
+    with pytest.raises(
+        NodeError,
+        match=r"agent 0: cannot resume .*inner_iters: 3 in the "
+        "checkpoint, 5 now",
+    ):
         make_node(by_hand, 0, resume_from=2).run()
     status = json.loads((by_hand.agent_out(0) / "result.json").read_text())["status"]
     assert status.startswith("failed before start: NodeError: ") and "inner_iters" in status
 
-    resumed = deploy_local(SCENARIO, 3, tmp_path, overrides, checkpoint_every=1, resume=True,
-                           insecure=True, timeouts={"peer_s": 20}, timeout_s=120)
+    resumed = deploy_local(
+        SCENARIO,
+        3,
+        tmp_path,
+        overrides,
+        checkpoint_every=1,
+        resume=True,
+        insecure=True,
+        timeouts={"peer_s": 20},
+        timeout_s=120,
+    )
     assert resumed["status"] == "completed", resumed["status"]
     assert resumed["resumed_from"] == 2
     for key in ("bytes_total", "bytes_setup", "messages_total", "grpc_bytes_total"):

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.grpc
 SEND = "/cipherfact.deploy.v1.AgentLink/Send"
 
 
-def raw_send(port: int, tls: TlsFiles | None, data: bytes, *, server: int = 0,
-             client_cert: bool = True) -> pb.Ack:
+def raw_send(
+    port: int, tls: TlsFiles | None, data: bytes, *, server: int = 0, client_cert: bool = True
+) -> pb.Ack:
     """Send raw request bytes to agent ``server``'s Send method."""
     address = f"127.0.0.1:{port}"
     if tls is None:
@@ -42,13 +43,21 @@ def raw_send(port: int, tls: TlsFiles | None, data: bytes, *, server: int = 0,
         channel.close()
 
 
-def envelope_bytes(sender: int = 1, seq: int = 0, *, round_: int = -1, stage: str = "key",
-                   job: str = JOB, payload: bytes = b"pk") -> bytes:
+def envelope_bytes(
+    sender: int = 1,
+    seq: int = 0,
+    *,
+    round_: int = -1,
+    stage: str = "key",
+    job: str = JOB,
+    payload: bytes = b"pk",
+) -> bytes:
     return to_proto(Envelope(job, round_, stage, sender, 0, payload), seq).SerializeToString()
 
 
-def test_valid_peer_is_accepted_and_delivered(make_transport: TransportFactory,
-                                              certs: list[TlsFiles]) -> None:
+def test_valid_peer_is_accepted_and_delivered(
+    make_transport: TransportFactory, certs: list[TlsFiles]
+) -> None:
     server = make_transport(0)
     ack = raw_send(server.port, certs[1], envelope_bytes())
     assert ack.seq == 0
@@ -56,10 +65,13 @@ def test_valid_peer_is_accepted_and_delivered(make_transport: TransportFactory,
     assert (env.sender, env.stage, env.payload) == (1, "key", b"pk")
 
 
-@pytest.mark.parametrize("case", ["no client certificate", "certificate from another CA",
-                                  "plaintext client"])
+@pytest.mark.parametrize(
+    "case", ["no client certificate", "certificate from another CA", "plaintext client"]
+)
 def test_unauthenticated_clients_are_refused(
-    case: str, make_transport: TransportFactory, certs: list[TlsFiles],
+    case: str,
+    make_transport: TransportFactory,
+    certs: list[TlsFiles],
     other_ca_certs: list[TlsFiles],
 ) -> None:
     server = make_transport(0)
@@ -87,8 +99,9 @@ def test_client_refuses_a_server_with_the_wrong_identity(
     assert server.recv(0, timeout=0.2) == []
 
 
-def test_claiming_another_agents_id_is_refused(make_transport: TransportFactory,
-                                               certs: list[TlsFiles]) -> None:
+def test_claiming_another_agents_id_is_refused(
+    make_transport: TransportFactory, certs: list[TlsFiles]
+) -> None:
     server = make_transport(0)
     with pytest.raises(grpc.RpcError, match=r"\['agent-2'\] may not send as agent 1") as info:
         raw_send(server.port, certs[2], envelope_bytes(sender=1))
@@ -119,13 +132,19 @@ def test_replayed_and_out_of_order_envelopes_are_refused(
     [
         ({"job": "other-job"}, grpc.StatusCode.FAILED_PRECONDITION, "is for job 'other-job'"),
         ({"stage": "bogus"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown stage 'bogus'"),
-        ({"round_": 99, "stage": "offer"}, grpc.StatusCode.INVALID_ARGUMENT,
-         "round 99 from agent 1"),
+        (
+            {"round_": 99, "stage": "offer"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "round 99 from agent 1",
+        ),
     ],
 )
 def test_envelopes_outside_the_job_are_refused(
-    kwargs: dict[str, object], code: grpc.StatusCode, message: str,
-    make_transport: TransportFactory, certs: list[TlsFiles],
+    kwargs: dict[str, object],
+    code: grpc.StatusCode,
+    message: str,
+    make_transport: TransportFactory,
+    certs: list[TlsFiles],
 ) -> None:
     server = make_transport(0)
     with pytest.raises(grpc.RpcError, match=message) as info:
@@ -175,14 +194,18 @@ def test_unreachable_peer_fails_with_peer_and_round(make_transport: TransportFac
     client = make_transport(1)  # agent 0 never starts
     client.send_best_effort(Envelope(JOB, 0, "offer", 1, 0, b"x"), timeout=0.2)
     started = time.monotonic()
-    with pytest.raises(PeerError, match=r"agent 1 -> agent 0 at 127\.0\.0\.1:\d+, round 3 "
-                                        r"stage 'offer': peer unreachable after \d+ tries"):
+    with pytest.raises(
+        PeerError,
+        match=r"agent 1 -> agent 0 at 127\.0\.0\.1:\d+, round 3 "
+        r"stage 'offer': peer unreachable after \d+ tries",
+    ):
         client.send(Envelope(JOB, 3, "offer", 1, 0, b"x"))
     assert time.monotonic() - started < 5
 
 
-def test_health_reports_not_serving_after_close(make_transport: TransportFactory,
-                                                certs: list[TlsFiles]) -> None:
+def test_health_reports_not_serving_after_close(
+    make_transport: TransportFactory, certs: list[TlsFiles]
+) -> None:
     server = make_transport(0)
     address = f"127.0.0.1:{server.port}"
     assert check_health(address, 0, certs[1]) == "SERVING"

@@ -39,8 +39,9 @@ def test_chunks_reassemble_to_the_same_envelope(chunk_bytes: int) -> None:
 
 
 def _header_chunk(total: int, data: bytes) -> pb.EnvelopeChunk:
-    return pb.EnvelopeChunk(header=to_proto(ENV, 0, with_payload=False), total_size=total,
-                            data=data)
+    return pb.EnvelopeChunk(
+        header=to_proto(ENV, 0, with_payload=False), total_size=total, data=data
+    )
 
 
 @pytest.mark.parametrize(

@@ -47,8 +47,9 @@ def replies(t: Transcript) -> list[Reply]:
         own = t.schemes[i]
         v = np.ldexp(own.decrypt(own.from_bytes(env.payload)), frac)  # exact integers
         a = round_weights(job.weight_seeds[j], r, job.graph.neighbors(j), cfg.weight_bits)[i]
-        out.append(Reply(np.rint(v).astype(np.int64), t.W_at[(i, r)].ravel(),
-                         a, t.W_at[(j, r)].ravel()))
+        out.append(
+            Reply(np.rint(v).astype(np.int64), t.W_at[(i, r)].ravel(), a, t.W_at[(j, r)].ravel())
+        )
     return out
 
 

@@ -45,9 +45,7 @@ def hub_sees_single_share(W_j: np.ndarray, rng: np.random.Generator, masked: boo
     """One hub with members j, k, l (fresh keys per trial): the uint64 words of j's share."""
     members = [MaskAgreement() for _ in range(3)]
     pub = [m.public_bytes() for m in members]
-    seeds = [
-        (k, members[0].shared_seed(pub[k], pair_context("job", 9, 0, k))) for k in (1, 2)
-    ]
+    seeds = [(k, members[0].shared_seed(pub[k], pair_context("job", 9, 0, k))) for k in (1, 2)]
     ring = ClearMaskedSum(CODEC)
     mask = combined_mask(0, seeds, 0, W_j.size, ring.modulus) if masked else [0] * W_j.size
     payload = ring.seal(W_j, mask)
@@ -123,7 +121,8 @@ def test_paillier_single_share_decrypts_to_a_uniform_residue(secagg_transcript):
 def unmask_with(t: Transcript, hub: int, sender: int, coalition: set[int], r: int):
     """What the coalition computes for ``sender``'s share to ``hub`` with the secrets it holds."""
     env = next(
-        e for e in t.envelopes
+        e
+        for e in t.envelopes
         if e.stage == STAGE_SHARE and e.receiver == hub and e.sender == sender and e.round == r
     )
     ring = t.roles[hub]._own_sum
@@ -199,9 +198,7 @@ def test_clear_variant_eavesdropper_on_all_hub_links_learns_the_hub_sum(
     t = secagg_clear_transcript
     frac = t.job.codec.frac_bits
     hub, r = 0, 3
-    envs = [
-        e for e in t.envelopes if e.stage == STAGE_SHARE and e.receiver == hub and e.round == r
-    ]
+    envs = [e for e in t.envelopes if e.stage == STAGE_SHARE and e.receiver == hub and e.round == r]
     ring = ClearMaskedSum(t.job.codec)  # the public format: all a wiretap needs
     total = ring.words(envs[0].payload)
     for e in envs[1:]:

@@ -76,11 +76,25 @@ def test_twin_paillier_and_plain_give_bit_identical_factors(exchange):
     "overrides",
     [
         # the paper's synthetic setup at reduced size (plain twin: same numbers as paillier)
-        ["n_agents=6", "data.rows=20", "data.cols=90", "rank=4", "outer_iters=60",
-         "inner_iters=15", "crypto.scheme=plain"],
+        [
+            "n_agents=6",
+            "data.rows=20",
+            "data.cols=90",
+            "rank=4",
+            "outer_iters=60",
+            "inner_iters=15",
+            "crypto.scheme=plain",
+        ],
         # the digits data set, first 240 images, rank 6
-        ["data.kind='digits'", "data.max_cols=240", "n_agents=6", "rank=6", "outer_iters=40",
-         "inner_iters=15", "crypto.scheme=plain"],
+        [
+            "data.kind='digits'",
+            "data.max_cols=240",
+            "n_agents=6",
+            "rank=6",
+            "outer_iters=40",
+            "inner_iters=15",
+            "crypto.scheme=plain",
+        ],
     ],
     ids=["synthetic", "digits"],
 )

@@ -56,8 +56,11 @@ def hub_seeds(members: list[int], hub: int = 7) -> dict[int, list[tuple[int, byt
     keys = {m: MaskAgreement() for m in members}
     pubs = {m: k.public_bytes() for m, k in keys.items()}
     return {
-        m: [(k, keys[m].shared_seed(pubs[k], pair_context("job", hub, m, k)))
-            for k in members if k != m]
+        m: [
+            (k, keys[m].shared_seed(pubs[k], pair_context("job", hub, m, k)))
+            for k in members
+            if k != m
+        ]
         for m in members
     }
 
@@ -150,8 +153,10 @@ def test_a_graph_with_a_degree_one_agent_is_refused_before_any_key():
         prepare_job(scenario)
     with pytest.raises(ScenarioError, match=r"agent\(s\) \[0, 2\]"):
         check_graph(scenario, Graph.from_edges(3, [(0, 1), (1, 2)]))
-    check_graph(load_scenario("ppdnmf-synthetic", ["exchange=pairwise"]),
-                Graph.from_edges(3, [(0, 1), (1, 2)]))  # pairwise needs one neighbour
+    check_graph(
+        load_scenario("ppdnmf-synthetic", ["exchange=pairwise"]),
+        Graph.from_edges(3, [(0, 1), (1, 2)]),
+    )  # pairwise needs one neighbour
 
 
 def test_bundled_scenarios_meet_the_degree_requirement():
@@ -215,8 +220,13 @@ def test_shares_whose_masks_do_not_cancel_are_refused_not_summed():
     (with Paillier the slot bounds catch it) rather than using wrong numbers."""
     scenario = load_scenario(
         "ppdnmf-synthetic",
-        [*SMALL[:-2], "topology.min_degree=2", "crypto.key_bits=512",
-         "crypto.insecure_test_keys=true", "crypto.scheme=paillier"],
+        [
+            *SMALL[:-2],
+            "topology.min_degree=2",
+            "crypto.key_bits=512",
+            "crypto.insecure_test_keys=true",
+            "crypto.scheme=paillier",
+        ],
     )
     job = prepare_job(scenario)
     roles = build_roles(job, generate_keys(job))

@@ -18,8 +18,9 @@ def test_cbcl_size_shapes_and_a_reduced_run(tmp_path: Path) -> None:
     assert job.X.shape == (361, 2429) and job.config.rank == 49
     assert job.config.rank * job.X.shape[0] == 17_689  # values of W per message
     assert min(job.graph.degree(i) for i in range(job.n_agents)) >= 2
-    summary = sim.simulate(load_scenario("ppdnmf-cbcl-size", REDUCED), tmp_path,
-                           options=sim.SimOptions(progress=False))
+    summary = sim.simulate(
+        load_scenario("ppdnmf-cbcl-size", REDUCED), tmp_path, options=sim.SimOptions(progress=False)
+    )
     assert summary["status"] == "completed"
     assert summary["outer_iters_completed"] == 2
     # two outer iterations already move far below the starting point's error

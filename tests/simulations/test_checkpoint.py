@@ -89,8 +89,9 @@ def _config(*overrides: str) -> dict:
     from cipherfact.simulations.ppdnmf_job import prepare_job
     from cipherfact.simulations.scenario import load_scenario
 
-    job = prepare_job(load_scenario("ppdnmf-synthetic", ["n_agents=4", "crypto.scheme=none",
-                                                         *overrides]))
+    job = prepare_job(
+        load_scenario("ppdnmf-synthetic", ["n_agents=4", "crypto.scheme=none", *overrides])
+    )
     return public_config(job.scenario, job.graph.edges, job.codec)
 
 

@@ -23,6 +23,7 @@ from cipherfact.simulations import simulate as sim  # noqa: E402
 from cipherfact.simulations.network import NetworkModel  # noqa: E402
 from cipherfact.simulations.ppdnmf_run import PPDNMFApp  # noqa: E402
 from cipherfact.simulations.ray_grid import RayEngineError, ray_session  # noqa: E402
+from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
 from cipherfact.simulations.scenario import load_scenario  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -41,7 +42,7 @@ PAILLIER = [*SMALL, "outer_iters=2", "crypto.key_bits=512", "crypto.insecure_tes
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -15,6 +15,7 @@ from cipherfact.protocols import csr_fhe_mf as csr  # noqa: E402
 from cipherfact.protocols import fedmf  # noqa: E402
 from cipherfact.simulations import simulate as sim  # noqa: E402
 from cipherfact.simulations.grid import LocalRoles, RoleHost  # noqa: E402
+from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
 from cipherfact.simulations.recsys_run import (  # noqa: E402
     CsrKeyHolder,
     CsrPublicRoles,
@@ -35,7 +36,7 @@ CKKS_RMSE_TOL = 1e-4
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -24,8 +24,10 @@ def test_bundled_scenarios_load_with_the_papers_setup():
 
 
 def test_overrides_reach_nested_fields_and_are_typed():
-    s = load_scenario("ppdnmf-synthetic", ["crypto.key_bits=3072", "outer_iters=20",
-                                           "topology.kind=ring", "data.snr_db=10"])
+    s = load_scenario(
+        "ppdnmf-synthetic",
+        ["crypto.key_bits=3072", "outer_iters=20", "topology.kind=ring", "data.snr_db=10"],
+    )
     assert s.crypto.key_bits == 3072 and s.outer_iters == 20
     assert s.topology.kind == "ring" and s.data.snr_db == 10.0
 

@@ -30,8 +30,17 @@ def test_simulate_writes_every_output(tmp_path):
     rc = run_cli(*TINY, "--set", "crypto.scheme=plain", "--out", str(out))
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("protocol", "scheme", "n_agents", "rel_error", "centralized_rel_error",
-                "consensus_spread", "wall_s", "bytes_total", "messages_total"):
+    for key in (
+        "protocol",
+        "scheme",
+        "n_agents",
+        "rel_error",
+        "centralized_rel_error",
+        "consensus_spread",
+        "wall_s",
+        "bytes_total",
+        "messages_total",
+    ):
         assert key in summary, key
     assert summary["status"] == "completed"
     assert summary["protocol"] == "ppdnmf" and summary["scheme"] == "plain"
@@ -39,8 +48,14 @@ def test_simulate_writes_every_output(tmp_path):
     metrics = read_metrics(out / "metrics.jsonl")
     assert [m["outer"] for m in metrics] == [0, 1, 2]
     for m in metrics:
-        assert {"rel_error", "consensus_spread", "bytes", "crypto_s", "compute_s",
-                "transport_s"} <= set(m)
+        assert {
+            "rel_error",
+            "consensus_spread",
+            "bytes",
+            "crypto_s",
+            "compute_s",
+            "transport_s",
+        } <= set(m)
         assert m["bytes"] > 0
     assert summary["bytes_total"] == sum(m["bytes"] for m in metrics) + summary["bytes_setup"]
     factors = np.load(out / "factors.npz")
@@ -73,8 +88,9 @@ def test_twin_runs_write_bit_identical_factor_files(tmp_path):
         (["crypto.scheme='rot13'"], "crypto.scheme must be"),
     ],
 )
-def test_bad_input_fails_before_any_key_is_generated(monkeypatch, tmp_path, capsys,
-                                                     overrides, message):
+def test_bad_input_fails_before_any_key_is_generated(
+    monkeypatch, tmp_path, capsys, overrides, message
+):
     def forbidden(*_a, **_k):
         raise AssertionError("keys generated before the input was checked")
 
@@ -99,8 +115,16 @@ def test_bad_input_fails_before_any_key_is_generated(monkeypatch, tmp_path, caps
 def test_bad_data_file_is_refused(tmp_path, capsys, matrix, message):
     path = tmp_path / "x.npy"
     np.save(path, np.tile(matrix, (3, 4)))
-    rc = run_cli("--set", f"data.path='{path}'", "--set", "n_agents=2", "--set", "rank=1",
-                 "--out", str(tmp_path / "o"))
+    rc = run_cli(
+        "--set",
+        f"data.path='{path}'",
+        "--set",
+        "n_agents=2",
+        "--set",
+        "rank=1",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert rc == 2
     assert message in capsys.readouterr().err
 
@@ -111,10 +135,24 @@ def test_user_matrix_from_csv(tmp_path):
     path = tmp_path / "x.csv"
     np.savetxt(path, X, delimiter=",")
     out = tmp_path / "o"
-    rc = run_cli("--set", f"data.path='{path}'", "--set", "n_agents=3", "--set", "rank=3",
-                 "--set", "topology.degree=2.0",
-                 "--set", "outer_iters=2", "--set", "inner_iters=2",
-                 "--set", "crypto.scheme=plain", "--out", str(out))
+    rc = run_cli(
+        "--set",
+        f"data.path='{path}'",
+        "--set",
+        "n_agents=3",
+        "--set",
+        "rank=3",
+        "--set",
+        "topology.degree=2.0",
+        "--set",
+        "outer_iters=2",
+        "--set",
+        "inner_iters=2",
+        "--set",
+        "crypto.scheme=plain",
+        "--out",
+        str(out),
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data_shape"] == [8, 30]

@@ -85,8 +85,9 @@ def test_numpy_path_works_without_torch():
             print(type(exc).__name__, exc)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.startswith("BackendUnavailableError")
     assert "pip install torch" in out.stdout
 

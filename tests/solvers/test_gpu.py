@@ -31,19 +31,42 @@ def test_cuda_matches_cpu(problem, sparse_x, rule, kind):
     gpu = make_solver("torch", "cuda", rule=rule, l1=0.1, l2=0.2)
     W, H, C = problem["W"], problem["H"], problem["C"]
     for name in ("update_h", "update_w"):
-        np.testing.assert_allclose(getattr(gpu, name)(X, W, H, n_sweeps=2),
-                                   getattr(cpu, name)(X, W, H, n_sweeps=2), rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(gpu.linearized_w_step(X, W, H, C, 0.01),
-                               cpu.linearized_w_step(X, W, H, C, 0.01), rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(
+            getattr(gpu, name)(X, W, H, n_sweeps=2),
+            getattr(cpu, name)(X, W, H, n_sweeps=2),
+            rtol=1e-9,
+            atol=1e-11,
+        )
+    np.testing.assert_allclose(
+        gpu.linearized_w_step(X, W, H, C, 0.01),
+        cpu.linearized_w_step(X, W, H, C, 0.01),
+        rtol=1e-9,
+        atol=1e-11,
+    )
     assert gpu.loss(X, W, H) == pytest.approx(cpu.loss(X, W, H), rel=1e-10)
     assert gpu.w_lipschitz(H) == pytest.approx(cpu.w_lipschitz(H), rel=1e-10)
 
 
 @requires_cuda
 def test_cuda_is_deterministic_and_converges(problem):
-    runs = [nmf(problem["X"], 4, solver=make_solver("torch", "cuda", rule="hals"),
-                max_iter=50, tol=0.0, seed=0) for _ in range(2)]
+    runs = [
+        nmf(
+            problem["X"],
+            4,
+            solver=make_solver("torch", "cuda", rule="hals"),
+            max_iter=50,
+            tol=0.0,
+            seed=0,
+        )
+        for _ in range(2)
+    ]
     assert np.array_equal(runs[0].W, runs[1].W)
-    cpu = nmf(problem["X"], 4, solver=make_solver("torch", "cpu", rule="hals"),
-              max_iter=50, tol=0.0, seed=0)
+    cpu = nmf(
+        problem["X"],
+        4,
+        solver=make_solver("torch", "cpu", rule="hals"),
+        max_iter=50,
+        tol=0.0,
+        seed=0,
+    )
     assert runs[0].rel_error == pytest.approx(cpu.rel_error, rel=1e-8)

@@ -54,17 +54,22 @@ def test_csr_stored_entries_are_the_mask(data):
     b = masked_update_h(X, W, H, mask)
     np.testing.assert_allclose(a, b, rtol=1e-12)
     # The same CSR with an explicit mask gives the same answer.
-    np.testing.assert_allclose(masked_update_w(R, W, H, mask), masked_update_w(X, W, H, mask),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        masked_update_w(R, W, H, mask), masked_update_w(X, W, H, mask), rtol=1e-12
+    )
 
 
 def test_full_mask_equals_unmasked_hals(data):
     X, _, W, H = data
     full = np.ones(X.shape, dtype=bool)
-    np.testing.assert_allclose(masked_update_h(X, W, H, full, l2=0.2),
-                               make_solver(rule="hals", l2=0.2).update_h(X, W, H), rtol=1e-10)
-    np.testing.assert_allclose(masked_update_w(X, W, H),
-                               make_solver(rule="hals").update_w(X, W, H), rtol=1e-10)
+    np.testing.assert_allclose(
+        masked_update_h(X, W, H, full, l2=0.2),
+        make_solver(rule="hals", l2=0.2).update_h(X, W, H),
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        masked_update_w(X, W, H), make_solver(rule="hals").update_w(X, W, H), rtol=1e-10
+    )
     assert masked_loss(X, W, H) == pytest.approx(make_solver().loss(X, W, H), rel=1e-12)
 
 
@@ -98,16 +103,36 @@ def test_masked_nmf_recovers_missing_entries():
 @pytest.mark.parametrize(
     "args,kwargs,exc,match",
     [
-        ((np.ones((3, 3)),), {"mask": np.ones((3, 3))}, TypeError,
-         r"mask must be a boolean array, got dtype float64"),
-        ((np.ones((3, 3)),), {"mask": np.ones((2, 3), bool)}, ValueError,
-         r"mask has shape \(2, 3\); expected X's shape \(3, 3\)"),
-        ((np.ones((3, 3)),), {"mask": np.zeros((3, 3), bool)}, ValueError,
-         r"X has no observed entries \(shape \(3, 3\)\)"),
-        ((-np.ones((3, 3)),), {}, ValueError,
-         r"Negative values in observed entries of X \(min -1\)"),
-        ((np.full((3, 3), np.nan),), {}, ValueError,
-         r"NaN or infinite values in observed entries of X \(first nan\)"),
+        (
+            (np.ones((3, 3)),),
+            {"mask": np.ones((3, 3))},
+            TypeError,
+            r"mask must be a boolean array, got dtype float64",
+        ),
+        (
+            (np.ones((3, 3)),),
+            {"mask": np.ones((2, 3), bool)},
+            ValueError,
+            r"mask has shape \(2, 3\); expected X's shape \(3, 3\)",
+        ),
+        (
+            (np.ones((3, 3)),),
+            {"mask": np.zeros((3, 3), bool)},
+            ValueError,
+            r"X has no observed entries \(shape \(3, 3\)\)",
+        ),
+        (
+            (-np.ones((3, 3)),),
+            {},
+            ValueError,
+            r"Negative values in observed entries of X \(min -1\)",
+        ),
+        (
+            (np.full((3, 3), np.nan),),
+            {},
+            ValueError,
+            r"NaN or infinite values in observed entries of X \(first nan\)",
+        ),
         ((np.ones(3),), {}, ValueError, r"X must be 2-D, got 1-D"),
         ((np.ones((0, 3)),), {}, ValueError, r"X is empty \(shape \(0, 3\)\)"),
         ((sp.csc_matrix(np.ones((3, 3))),), {}, TypeError, r"got sparse format 'csc'"),

@@ -39,12 +39,20 @@ def _sklearn_rel_error(X: np.ndarray, solver: str) -> float:
 @pytest.mark.parametrize("rule,sk", [("hals", "cd"), ("mu", "mu")])
 @pytest.mark.parametrize("init", ["nndsvda", "random"])
 def test_error_within_one_percent_of_sklearn(seeded_x, backend, rule, sk, init):
-    ours = nmf(seeded_x, 5, init=init, solver=make_solver(backend, rule=rule),
-               max_iter=1000, tol=1e-6, seed=0)
+    ours = nmf(
+        seeded_x,
+        5,
+        init=init,
+        solver=make_solver(backend, rule=rule),
+        max_iter=1000,
+        tol=1e-6,
+        seed=0,
+    )
     ref = _sklearn_rel_error(seeded_x, sk)
     assert ours.rel_error <= 1.01 * ref
-    assert ours.rel_error == pytest.approx(np.linalg.norm(seeded_x - ours.W @ ours.H)
-                                           / np.linalg.norm(seeded_x), rel=1e-9)
+    assert ours.rel_error == pytest.approx(
+        np.linalg.norm(seeded_x - ours.W @ ours.H) / np.linalg.norm(seeded_x), rel=1e-9
+    )
 
 
 def test_mu_from_nndsvda_reproduces_sklearn_exactly(seeded_x):

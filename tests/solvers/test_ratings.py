@@ -31,8 +31,7 @@ def ratings():
 @pytest.mark.parametrize("biases", [False, True])
 def test_training_reduces_rmse(ratings, method, lr, epochs, biases):
     R = ratings[0]
-    res = fit_ratings_mf(R, 3, method=method, reg=0.05, lr=lr, epochs=epochs, seed=0,
-                         biases=biases)
+    res = fit_ratings_mf(R, 3, method=method, reg=0.05, lr=lr, epochs=epochs, seed=0, biases=biases)
     assert len(res.history) == epochs + 1
     assert res.history[-1] < 0.5 * res.history[0]
     assert rmse(res, R) == pytest.approx(res.history[-1], rel=1e-12)
@@ -75,10 +74,20 @@ def test_als_matches_dense_reference():
     U, V = 0.1 * rng.standard_normal((6, 2)), 0.1 * rng.standard_normal((5, 2))
     for _ in range(2):
         # Per-row ridge through the dense mask: diag(M_u) selects the rated items.
-        U = np.stack([np.linalg.solve(V.T @ np.diag(M[u]) @ V + reg * np.eye(2),
-                                      V.T @ (M[u] * Rd[u])) for u in range(6)])
-        V = np.stack([np.linalg.solve(U.T @ np.diag(M[:, i]) @ U + reg * np.eye(2),
-                                      U.T @ (M[:, i] * Rd[:, i])) for i in range(5)])
+        U = np.stack(
+            [
+                np.linalg.solve(V.T @ np.diag(M[u]) @ V + reg * np.eye(2), V.T @ (M[u] * Rd[u]))
+                for u in range(6)
+            ]
+        )
+        V = np.stack(
+            [
+                np.linalg.solve(
+                    U.T @ np.diag(M[:, i]) @ U + reg * np.eye(2), U.T @ (M[:, i] * Rd[:, i])
+                )
+                for i in range(5)
+            ]
+        )
     np.testing.assert_allclose(res.U, U, rtol=1e-10)
     np.testing.assert_allclose(res.V, V, rtol=1e-10)
 
@@ -93,8 +102,12 @@ def test_gd_with_biases_matches_dense_reference():
     b, c = np.zeros(5), np.zeros(4)
     for _ in range(2):
         E = M * (Rd - mu - b[:, None] - c[None, :] - U @ V.T)
-        U, V, b, c = (U + 0.05 * (E @ V - 0.1 * U), V + 0.05 * (E.T @ U - 0.1 * V),
-                      b + 0.05 * (E.sum(1) - 0.1 * b), c + 0.05 * (E.sum(0) - 0.1 * c))
+        U, V, b, c = (
+            U + 0.05 * (E @ V - 0.1 * U),
+            V + 0.05 * (E.T @ U - 0.1 * V),
+            b + 0.05 * (E.sum(1) - 0.1 * b),
+            c + 0.05 * (E.sum(0) - 0.1 * c),
+        )
     np.testing.assert_allclose(res.user_bias, b, rtol=1e-9)
     np.testing.assert_allclose(res.item_bias, c, rtol=1e-9)
     np.testing.assert_allclose(res.U, U, rtol=1e-9)
@@ -115,12 +128,24 @@ def test_seeded_runs_are_identical(ratings):
         (sp.coo_matrix(np.ones((3, 3))), {}, TypeError, r"got sparse format 'coo'"),
         (sp.csr_matrix((3, 3)), {}, ValueError, r"R has no stored ratings \(shape \(3, 3\)\)"),
         (sp.csr_matrix((0, 3)), {}, ValueError, r"R is empty \(shape \(0, 3\)\)"),
-        (sp.csr_matrix(np.array([[np.nan, 1.0]])), {"n_factors": 1}, ValueError,
-         r"NaN or infinite values in R \(first nan\)"),
-        (sp.csr_matrix(np.ones((3, 3))), {"n_factors": 4}, ValueError,
-         r"n_factors must be in \[1, min\(m, n\) = 3\], got 4"),
-        (sp.csr_matrix(np.ones((3, 3))), {"method": "svd"}, ValueError,
-         r"method must be one of \('als', 'gd', 'sgd'\), got 'svd'"),
+        (
+            sp.csr_matrix(np.array([[np.nan, 1.0]])),
+            {"n_factors": 1},
+            ValueError,
+            r"NaN or infinite values in R \(first nan\)",
+        ),
+        (
+            sp.csr_matrix(np.ones((3, 3))),
+            {"n_factors": 4},
+            ValueError,
+            r"n_factors must be in \[1, min\(m, n\) = 3\], got 4",
+        ),
+        (
+            sp.csr_matrix(np.ones((3, 3))),
+            {"method": "svd"},
+            ValueError,
+            r"method must be one of \('als', 'gd', 'sgd'\), got 'svd'",
+        ),
         (sp.csr_matrix(np.ones((3, 3))), {"lr": 0.0}, ValueError, r"lr must be finite and > 0"),
         (sp.csr_matrix(np.ones((3, 3))), {"reg": -1.0}, ValueError, r"reg must be finite and >= 0"),
         (sp.csr_matrix(np.ones((3, 3))), {"epochs": 0}, ValueError, r"epochs must be >= 1, got 0"),

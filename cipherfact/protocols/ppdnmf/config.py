@@ -117,9 +117,7 @@ def reply_noise(
     key = struct.pack(">QqQ", private_seed & (2**64 - 1), round_index, receiver)
     stream = hashlib.shake_256(b"cipherfact-reply-noise|" + key).digest(width * size)
     mod = 1 << (amplitude_bits + 1)
-    values = [
-        int.from_bytes(stream[i * width : (i + 1) * width], "big") % mod for i in range(size)
-    ]
+    values = [int.from_bytes(stream[i * width : (i + 1) * width], "big") % mod for i in range(size)]
     return np.array(values, dtype=np.int64) - (1 << amplitude_bits)
 
 

@@ -166,7 +166,10 @@ class PairwiseAgent(PPDNMFAgent):
         """eta as floats that the codec encodes back to exactly the drawn integers."""
         frac_bits = peer.codec.frac_bits  # type: ignore[attr-defined]
         ints = reply_noise(
-            self._private_seed, round_index, receiver, self.W.size,
+            self._private_seed,
+            round_index,
+            receiver,
+            self.W.size,
             self.config.noise_amplitude_bits,
         )
         return np.ldexp(ints.astype(np.float64), -frac_bits)

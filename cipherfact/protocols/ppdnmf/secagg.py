@@ -235,8 +235,11 @@ class SecAggAgent(PPDNMFAgent):
             for hub in self.neighbors:
                 sealer = self._sealers[hub]
                 mask = combined_mask(
-                    self.agent_id, self._pair_seeds[hub], self.round,
-                    sealer.mask_count(flat.size), sealer.modulus,
+                    self.agent_id,
+                    self._pair_seeds[hub],
+                    self.round,
+                    sealer.mask_count(flat.size),
+                    sealer.modulus,
                 )
                 out.append(self._envelope(self.round, STAGE_SHARE, hub, sealer.seal(flat, mask)))
         self._sent_round = self.round
@@ -263,4 +266,3 @@ class SecAggAgent(PPDNMFAgent):
     def restore_state(self, state: Any) -> None:
         super().restore_state(state)
         self._sent_round = self.round - 1
-
