@@ -21,8 +21,8 @@ otherwise), with the exact command above its table. Ratios are measured in
 the same run. This file is assembled from `benchmarks/results/*.md` by
 `python benchmarks/assemble.py`; edit those files, not this one.
 
-No GPU was available to these runs: the torch-cuda solver rows and `gpu`
-tests are still to be measured on a CUDA machine.
+The development machine has no GPU; the torch-cuda solver rows and the `gpu`
+tests were run once on a lent NVIDIA H200 (see "On an NVIDIA H200").
 """
 
 

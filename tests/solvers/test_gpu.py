@@ -70,3 +70,36 @@ def test_cuda_is_deterministic_and_converges(problem):
         seed=0,
     )
     assert runs[0].rel_error == pytest.approx(cpu.rel_error, rel=1e-8)
+
+
+@requires_cuda
+@pytest.mark.parametrize("rule", ["hals", "mu"])
+def test_ppdnmf_with_cuda_solvers_matches_cpu(tmp_path, rule):
+    """The whole protocol (every agent's local solver on the GPU) ends where the CPU
+    torch run ends. Not bit for bit: cuBLAS and the CPU BLAS round float64 sums
+    differently, and a last-bit difference can move a fixed-point rounding of an
+    exchanged value by one step (2^-15), so the factors agree to 1e-3, the error to
+    1e-5 relative; a wrong GPU path is off by far more."""
+    from cipherfact.simulations import simulate as sim
+    from cipherfact.simulations.scenario import load_scenario
+
+    def run(device: str) -> tuple[dict, dict]:
+        scenario = load_scenario(
+            "ppdnmf-synthetic",
+            [
+                "outer_iters=5",
+                "crypto.scheme=none",
+                "solver.backend=torch",
+                f"solver.device={device}",
+                f"solver.rule={rule}",
+            ],
+        )
+        out = tmp_path / device
+        summary = sim.simulate(scenario, out, options=sim.SimOptions(progress=False))
+        return summary, dict(np.load(out / "factors.npz"))
+
+    (gpu, gpu_factors), (cpu, cpu_factors) = run("cuda"), run("cpu")
+    assert gpu["rel_error"] == pytest.approx(cpu["rel_error"], rel=1e-5)
+    assert gpu_factors.keys() == cpu_factors.keys()
+    for name in gpu_factors:
+        np.testing.assert_allclose(gpu_factors[name], cpu_factors[name], rtol=0, atol=1e-3)
