@@ -12,7 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["crypto", "solvers", "ppdnmf", "ray", "recsys", "grpc"]
+ORDER = [
+    "crypto",
+    "solvers",
+    "ppdnmf",
+    "quickstart",
+    "soak",
+    "ray",
+    "recsys",
+    "grpc",
+    "bench_protocols",
+    "csr_bytes",
+]
 HEADER = """# Benchmarks
 
 Every figure below comes from a run on this project's development machine (a
@@ -36,7 +47,8 @@ def demote_headings(text: str) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def assemble() -> str:
+    """BENCHMARKS.md's text from the results files, in ``ORDER`` then by name."""
     parts = [HEADER]
     results = ROOT / "benchmarks" / "results"
     names = ORDER + sorted(p.stem for p in results.glob("*.md") if p.stem not in ORDER)
@@ -45,7 +57,11 @@ def main() -> None:
         if path.exists():
             text = path.read_text(encoding="utf-8").strip()
             parts.append(demote_headings(text))
-    (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return "\n\n".join(parts) + "\n"
+
+
+def main() -> None:
+    (ROOT / "BENCHMARKS.md").write_text(assemble(), encoding="utf-8")
 
 
 if __name__ == "__main__":

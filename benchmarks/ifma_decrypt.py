@@ -31,8 +31,10 @@ def main(rounds: int, budget: float = 0.5) -> None:
     slots = schemes["gmpy2"].layout.slots
     rng = np.random.default_rng(0)
     print(f"{slots} values per ciphertext; {rounds} interleaved rounds x {budget}s per cell")
-    print("| ciphertexts per call | gmpy2 values/s | ifma values/s | auto values/s "
-          "| ifma/gmpy2 median (min-max) |")
+    print(
+        "| ciphertexts per call | gmpy2 values/s | ifma values/s | auto values/s "
+        "| ifma/gmpy2 median (min-max) |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for batch in (1, 2, 3, 4, 8, 24):
         x = rng.uniform(-1, 1, slots * batch)
@@ -56,8 +58,10 @@ def main(rounds: int, budget: float = 0.5) -> None:
                 per[m] = n * x.size / dt
             ratios.append(per["ifma"] / per["gmpy2"])
         rate = {m: values[m] / seconds[m] for m in PATHS}
-        print(f"| {batch} | {rate['gmpy2']:,.0f} | {rate['ifma']:,.0f} | {rate['auto']:,.0f} "
-              f"| {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+        print(
+            f"| {batch} | {rate['gmpy2']:,.0f} | {rate['ifma']:,.0f} | {rate['auto']:,.0f} "
+            f"| {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
 
 
 if __name__ == "__main__":

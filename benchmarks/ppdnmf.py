@@ -24,11 +24,21 @@ RUNS = {
     "synthetic-plain": ["ppdnmf-synthetic", "--set", "crypto.scheme=plain"],
     # the exchanges side by side on the paper's setup (same graph: min degree 2)
     "synthetic-secagg-paillier": ["ppdnmf-synthetic", "--set", "exchange=secagg"],
-    "synthetic-secagg-none": ["ppdnmf-synthetic", "--set", "exchange=secagg",
-                              "--set", "crypto.scheme=none"],
+    "synthetic-secagg-none": [
+        "ppdnmf-synthetic",
+        "--set",
+        "exchange=secagg",
+        "--set",
+        "crypto.scheme=none",
+    ],
     "synthetic-pairwise-paillier": ["ppdnmf-synthetic", "--set", "exchange=pairwise"],
-    "synthetic-pairwise-none": ["ppdnmf-synthetic", "--set", "exchange=pairwise",
-                                "--set", "crypto.scheme=none"],
+    "synthetic-pairwise-none": [
+        "ppdnmf-synthetic",
+        "--set",
+        "exchange=pairwise",
+        "--set",
+        "crypto.scheme=none",
+    ],
     "digits-plain": ["ppdnmf-digits", "--set", "crypto.scheme=plain"],
     # digits with Paillier costs ~4x synthetic per iteration (640 vs 150 values
     # of W): timed on 5 outer iterations, accuracy from the bit-identical twin
@@ -38,8 +48,16 @@ RUNS = {
 
 def run(out: Path, names: list[str], quick: bool) -> None:
     for name in names:
-        args = [sys.executable, "-m", "cipherfact.cli", "simulate", *RUNS[name], "--quiet",
-                "--out", str(out / name)]
+        args = [
+            sys.executable,
+            "-m",
+            "cipherfact.cli",
+            "simulate",
+            *RUNS[name],
+            "--quiet",
+            "--out",
+            str(out / name),
+        ]
         if quick:
             args += ["--set", "outer_iters=5"]
         print("$", " ".join(args[2:]), file=sys.stderr, flush=True)
@@ -71,8 +89,9 @@ def table(out: Path, names: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ppdnmf"))
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), default=None)
     parser.add_argument("--quick", action="store_true")

@@ -43,17 +43,23 @@ def one_agent_round(values: int, degree: int, key_bits: int, seed: int = 0) -> d
     t_reply = time.perf_counter() - t0
     t0 = time.perf_counter()
     weights = [int(rng.integers(32, 64)) for _ in range(degree)]
-    total = [sum(rep[k] * w for rep, w in zip(replies, weights, strict=True))
-             for k in range(values)]
+    total = [
+        sum(rep[k] * w for rep, w in zip(replies, weights, strict=True)) for k in range(values)
+    ]
     _ = [priv.decrypt(c) for c in total]
     t_decrypt = time.perf_counter() - t0
-    return {"encrypt_s": t_encrypt, "replies_s": t_reply, "combine_decrypt_s": t_decrypt,
-            "agent_round_s": t_encrypt + t_reply + t_decrypt}
+    return {
+        "encrypt_s": t_encrypt,
+        "replies_s": t_reply,
+        "combine_decrypt_s": t_decrypt,
+        "agent_round_s": t_encrypt + t_reply + t_decrypt,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--values", type=int, default=150, help="entries of W (m x r)")
     parser.add_argument("--degree", type=float, default=3.0, help="average graph degree")
     parser.add_argument("--agents", type=int, default=10)
@@ -63,8 +69,17 @@ def main() -> None:
     degree = max(1, round(args.degree))
     measured = one_agent_round(args.values, degree, args.key_bits)
     total = measured["agent_round_s"] * args.agents * args.rounds
-    print(json.dumps({**vars(args), **measured, "estimated_total_s": total,
-                      "estimated_total_h": total / 3600}, indent=2))
+    print(
+        json.dumps(
+            {
+                **vars(args),
+                **measured,
+                "estimated_total_s": total,
+                "estimated_total_h": total / 3600,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

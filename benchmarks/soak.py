@@ -91,10 +91,25 @@ STALLS_PER_PAIR = 2  # stalled streams at once per (victim, certificate): of the
 SAMPLE_S = 1.0  # memory sampling period
 HEALTH_S = 2.0  # one health Check every this many seconds
 CALIBRATE_OUTER = 3
-REFUSALS = {"PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS",
-            "RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "OUT_OF_RANGE"}
-UNARY_KINDS = ("junk", "forged-sender", "replay", "wrong-stage", "wrong-round", "wrong-job",
-               "future-seq", "oversized")
+REFUSALS = {
+    "PERMISSION_DENIED",
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "ALREADY_EXISTS",
+    "RESOURCE_EXHAUSTED",
+    "UNAUTHENTICATED",
+    "OUT_OF_RANGE",
+}
+UNARY_KINDS = (
+    "junk",
+    "forged-sender",
+    "replay",
+    "wrong-stage",
+    "wrong-round",
+    "wrong-job",
+    "future-seq",
+    "oversized",
+)
 STALL_KINDS = ("stall-silent", "stall-after-header")
 
 
@@ -107,27 +122,43 @@ def issue_cert(certs_dir: Path, agent_id: int, out: Path) -> TlsFiles:
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
     key, cert = make_agent_cert(agent_id, ca_key, ca_cert, 1)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(certs_dir / "ca.pem", out / f"agent-{agent_id}.pem",
-                     out / f"agent-{agent_id}-key.pem")
+    files = TlsFiles(
+        certs_dir / "ca.pem", out / f"agent-{agent_id}.pem", out / f"agent-{agent_id}-key.pem"
+    )
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(files.key, 0o600)
     return files
 
 
-def envelope(job_id: str, rnd: int, stage: str, sender: int, receiver: int, payload: bytes,
-             seq: int) -> bytes:
-    return to_proto(Envelope(job_id, rnd, stage, sender, receiver, payload), seq) \
-        .SerializeToString()
+def envelope(
+    job_id: str, rnd: int, stage: str, sender: int, receiver: int, payload: bytes, seq: int
+) -> bytes:
+    return to_proto(
+        Envelope(job_id, rnd, stage, sender, receiver, payload), seq
+    ).SerializeToString()
 
 
-def header_chunk(job_id: str, sender: int, receiver: int, total: int, seq: int,
-                 data: bytes = b"", rnd: int = -1, stage: str = "key") -> bytes:
+def header_chunk(
+    job_id: str,
+    sender: int,
+    receiver: int,
+    total: int,
+    seq: int,
+    data: bytes = b"",
+    rnd: int = -1,
+    stage: str = "key",
+) -> bytes:
     env = Envelope(job_id, rnd, stage, sender, receiver, b"")
-    return pb.EnvelopeChunk(header=to_proto(env, seq, with_payload=False), total_size=total,
-                            data=data).SerializeToString()
+    return pb.EnvelopeChunk(
+        header=to_proto(env, seq, with_payload=False), total_size=total, data=data
+    ).SerializeToString()
 
 
 DATA_CHUNK = pb.EnvelopeChunk(data=bytes(MiB)).SerializeToString()
@@ -174,8 +205,10 @@ class Watcher(threading.Thread):
                     t.gone = True
                     continue
                 if not t.up:
-                    with contextlib.suppress(OSError), \
-                            socket.create_connection((LOOPBACK, t.port), timeout=0.2):
+                    with (
+                        contextlib.suppress(OSError),
+                        socket.create_connection((LOOPBACK, t.port), timeout=0.2),
+                    ):
                         t.up = True
                 if not t.progressed:
                     with contextlib.suppress(OSError):
@@ -226,14 +259,18 @@ class FloodStats:
             "accepted": total.get("OK", 0),  # must be 0
             "unavailable": total.get("UNAVAILABLE", 0),  # agent not up yet, or already done
             "unanswered": total.get("DEADLINE_EXCEEDED", 0),  # the client's deadline ran out
-            "other": sum(v for k, v in total.items()
-                         if k not in REFUSALS and k not in {"CANCELLED", "OK", "UNAVAILABLE",
-                                                            "DEADLINE_EXCEEDED"}),
+            "other": sum(
+                v
+                for k, v in total.items()
+                if k not in REFUSALS
+                and k not in {"CANCELLED", "OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+            ),
             "codes": dict(sorted(total.items())),
             "by_kind": {k: dict(sorted(self.codes[k].items())) for k in sorted(self.codes)},
             "stall_held_s_max": max(self.stall_held_s, default=0.0),
-            "stall_held_s_median": (statistics.median(self.stall_held_s)
-                                    if self.stall_held_s else 0.0),
+            "stall_held_s_median": (
+                statistics.median(self.stall_held_s) if self.stall_held_s else 0.0
+            ),
         }
 
 
@@ -259,9 +296,18 @@ class RateLimit:
 class Flood:
     """Rate-bounded bad calls against every live target until ``stop`` (or the call cap)."""
 
-    def __init__(self, targets: list[Target], job_id: str, max_round: int, certs_dir: Path,
-                 outsider: TlsFiles, rate: float, workers: int, stalls: int,
-                 limit_s: float) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        job_id: str,
+        max_round: int,
+        certs_dir: Path,
+        outsider: TlsFiles,
+        rate: float,
+        workers: int,
+        stalls: int,
+        limit_s: float,
+    ) -> None:
         self.targets = targets
         self.job_id = job_id
         self.max_round = max_round
@@ -284,8 +330,7 @@ class Flood:
     # -- channels ------------------------------------------------------------------------
 
     def _tls(self, cert_id: int) -> TlsFiles:
-        return self.outsider if cert_id == self.outsider_id else cert_paths(self.certs_dir,
-                                                                            cert_id)
+        return self.outsider if cert_id == self.outsider_id else cert_paths(self.certs_dir, cert_id)
 
     def channel(self, victim: int, port: int, cert_id: int) -> grpc.Channel:
         with self._lock:
@@ -295,20 +340,27 @@ class Flood:
                 if creds is None:
                     tls = self._tls(cert_id)
                     creds = self._creds[cert_id] = grpc.ssl_channel_credentials(
-                        tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+                        tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes()
+                    )
                 ch = self._channels[(victim, cert_id)] = grpc.secure_channel(
-                    f"{LOOPBACK}:{port}", creds,
-                    options=[("grpc.ssl_target_name_override", agent_identity(victim))])
+                    f"{LOOPBACK}:{port}",
+                    creds,
+                    options=[("grpc.ssl_target_name_override", agent_identity(victim))],
+                )
             return ch
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         self.stats.started = time.monotonic()
-        self._threads = [threading.Thread(target=self._worker, args=(k,), daemon=True,
-                                           name=f"flood-{k}") for k in range(self.n_workers)]
-        self._threads += [threading.Thread(target=self._staller, args=(k,), daemon=True,
-                                           name=f"stall-{k}") for k in range(self.n_stalls)]
+        self._threads = [
+            threading.Thread(target=self._worker, args=(k,), daemon=True, name=f"flood-{k}")
+            for k in range(self.n_workers)
+        ]
+        self._threads += [
+            threading.Thread(target=self._staller, args=(k,), daemon=True, name=f"stall-{k}")
+            for k in range(self.n_stalls)
+        ]
         for t in self._threads:
             t.start()
 
@@ -330,8 +382,9 @@ class Flood:
     # -- short calls ----------------------------------------------------------------------
 
     def _worker(self, k: int) -> None:
-        kinds = itertools.cycle(UNARY_KINDS[k % len(UNARY_KINDS):] + UNARY_KINDS[:k % len(
-            UNARY_KINDS)])
+        kinds = itertools.cycle(
+            UNARY_KINDS[k % len(UNARY_KINDS) :] + UNARY_KINDS[: k % len(UNARY_KINDS)]
+        )
         for n in range(self.max_calls):
             if not self.limiter.wait(self.stop):
                 return
@@ -381,8 +434,7 @@ class Flood:
         elif kind == "wrong-stage":
             cert, raw = nb, envelope(job, 0, "bogus", nb, v, b"x", FAR_SEQ)
         elif kind == "wrong-round":
-            cert, raw = nb, envelope(job, self.max_round + 1000 + n, "share", nb, v, b"x",
-                                     FAR_SEQ)
+            cert, raw = nb, envelope(job, self.max_round + 1000 + n, "share", nb, v, b"x", FAR_SEQ)
         elif kind == "wrong-job":
             cert, raw = nb, envelope("another-job", 0, "share", nb, v, b"x", FAR_SEQ)
         elif kind == "future-seq":
@@ -394,7 +446,7 @@ class Flood:
     # -- stalled streams -------------------------------------------------------------------
 
     def _staller(self, k: int) -> None:
-        kinds = itertools.cycle(STALL_KINDS[k % 2:] + STALL_KINDS[:k % 2])
+        kinds = itertools.cycle(STALL_KINDS[k % 2 :] + STALL_KINDS[: k % 2])
         for _ in range(self.max_calls):
             if not self.limiter.wait(self.stop):
                 return
@@ -425,7 +477,8 @@ class Flood:
         try:
             self.channel(t.victim, t.port, t.neighbour).unary_unary(SEND)(
                 envelope(self.job_id, -1, "key", t.neighbour, t.victim, b"replayed", 0),
-                timeout=CALL_S)
+                timeout=CALL_S,
+            )
         except grpc.RpcError as exc:
             code = exc.code().name
             found = re.search(r"expected seq (\d+)", exc.details() or "")
@@ -445,12 +498,18 @@ class Flood:
             self._headers += 1
             seq = self._expected_seq(t)
             if t.progressed:
-                head = header_chunk(self.job_id, t.neighbour, t.victim, 8 * MiB,
-                                    seq + self._headers % 2, data=bytes(MiB),
-                                    rnd=self.max_round, stage="share")
+                head = header_chunk(
+                    self.job_id,
+                    t.neighbour,
+                    t.victim,
+                    8 * MiB,
+                    seq + self._headers % 2,
+                    data=bytes(MiB),
+                    rnd=self.max_round,
+                    stage="share",
+                )
             else:
-                head = header_chunk(self.job_id, t.neighbour, t.victim, 8 * MiB, 0,
-                                    data=bytes(MiB))
+                head = header_chunk(self.job_id, t.neighbour, t.victim, 8 * MiB, 0, data=bytes(MiB))
 
         def requests() -> Iterator[bytes]:
             if kind == "stall-after-header":
@@ -462,7 +521,8 @@ class Flood:
         opened = time.monotonic()
         try:
             self.channel(t.victim, t.port, t.neighbour).stream_unary(SEND_CHUNKS)(
-                requests(), timeout=STALL_S)
+                requests(), timeout=STALL_S
+            )
             code = "OK"
         except grpc.RpcError as exc:
             code = exc.code().name
@@ -554,8 +614,12 @@ class HealthProbe(threading.Thread):
                 continue
             t = live[n % len(live)]
             started = time.monotonic()
-            status = check_health(f"{LOOPBACK}:{t.port}", t.victim,
-                                  cert_paths(self.certs_dir, t.neighbour), timeout=5.0)
+            status = check_health(
+                f"{LOOPBACK}:{t.port}",
+                t.victim,
+                cert_paths(self.certs_dir, t.neighbour),
+                timeout=5.0,
+            )
             if not t.gone and not t.result.exists():  # from an agent that is still running
                 self.results.append((t.victim, status, time.monotonic() - started))
 
@@ -584,8 +648,9 @@ def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-def rounds_per_s(per_agent: list[dict[int, dict[str, Any]]], outers: Sequence[int],
-                 inner: int) -> float | None:
+def rounds_per_s(
+    per_agent: list[dict[int, dict[str, Any]]], outers: Sequence[int], inner: int
+) -> float | None:
     """Rounds over the slowest agent's summed outer wall time, over ``outers``."""
     if not outers or any(any(t not in m for t in outers) for m in per_agent):
         return None
@@ -609,8 +674,12 @@ def log_facts(path: Path) -> dict[str, int]:
                             suppressed += int(line.split(" WARNING ", 1)[1].split()[0])
                     else:
                         warned += 1
-    return {"retried_sends": retried, "warning_lines": warned,
-            "unlogged_refusals": suppressed, "log_bytes": size}
+    return {
+        "retried_sends": retried,
+        "warning_lines": warned,
+        "unlogged_refusals": suppressed,
+        "log_bytes": size,
+    }
 
 
 def rss_quarters(series: list[tuple[float, int]], start: float, end: float) -> list[float]:
@@ -648,18 +717,29 @@ def rss_growth_kb(series: list[tuple[float, int]], since: float) -> int | None:
 # --- one job -------------------------------------------------------------------------------
 
 
-def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: float,
-            inner: int, flood_args: dict[str, Any] | None, victims: list[int] | None) -> \
-        dict[str, Any]:
+def run_job(
+    name: str,
+    out: Path,
+    overrides: list[str],
+    n_agents: int,
+    limit_s: float,
+    inner: int,
+    flood_args: dict[str, Any] | None,
+    victims: list[int] | None,
+) -> dict[str, Any]:
     folder = out / name
     job_path = write_local_job(SCENARIO, overrides, n_agents, folder)
     deploy = load_job(job_path)
     job = prepare_job(deploy.scenario)
     graph = job.graph
     certs_dir = folder / "certs"
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {n_agents} agents, "
-          f"{deploy.scenario.outer_iters} x {inner} rounds, limit {limit_s:.0f} s"
-          + (" (under flood)" if flood_args else ""), file=sys.stderr, flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: {n_agents} agents, "
+        f"{deploy.scenario.outer_iters} x {inner} rounds, limit {limit_s:.0f} s"
+        + (" (under flood)" if flood_args else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     load_before = os.getloadavg()
     cpu_self = resource.getrusage(resource.RUSAGE_SELF)
     cpu_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -671,10 +751,18 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
         nbrs = sorted(graph.neighbors(i))
         others = [j for j in range(n_agents) if j != i and j not in nbrs]
         port = int(deploy.agent(i).address.rsplit(":", 1)[1])
-        targets.append(Target(i, port, nbrs[0], nbrs[1] if len(nbrs) > 1 else nbrs[0],
-                              others[0] if others else nbrs[0], procs[i],
-                              deploy.agent_out(i) / "metrics.jsonl",
-                              deploy.agent_out(i) / "result.json"))
+        targets.append(
+            Target(
+                i,
+                port,
+                nbrs[0],
+                nbrs[1] if len(nbrs) > 1 else nbrs[0],
+                others[0] if others else nbrs[0],
+                procs[i],
+                deploy.agent_out(i) / "metrics.jsonl",
+                deploy.agent_out(i) / "result.json",
+            )
+        )
     attacked = targets if victims is None else [targets[i] for i in victims]
     sampler = Sampler(procs, t0)
     watcher = Watcher(targets, t0)
@@ -682,8 +770,15 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
     flood = None
     if flood_args is not None:
         outsider = issue_cert(certs_dir, n_agents + 7, folder / "attacker")
-        flood = Flood(attacked, job.config.job_id, job.config.total_rounds, certs_dir,
-                      outsider, limit_s=limit_s, **flood_args)
+        flood = Flood(
+            attacked,
+            job.config.job_id,
+            job.config.total_rounds,
+            certs_dir,
+            outsider,
+            limit_s=limit_s,
+            **flood_args,
+        )
     try:
         sampler.start()
         watcher.start()
@@ -691,12 +786,14 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
         if flood is not None:
             flood.start()
         waiter: dict[str, list[int]] = {}
-        th = threading.Thread(target=lambda: waiter.setdefault("codes", wait_all(procs, limit_s)),
-                              daemon=True)
+        th = threading.Thread(
+            target=lambda: waiter.setdefault("codes", wait_all(procs, limit_s)), daemon=True
+        )
         th.start()
         th.join(timeout=limit_s + 120)  # wait_all stops the job at limit_s
-        codes = waiter.get("codes") or [p.returncode if p.returncode is not None else -1
-                                        for p in procs]
+        codes = waiter.get("codes") or [
+            p.returncode if p.returncode is not None else -1 for p in procs
+        ]
     finally:
         attack = flood.finish() if flood is not None else None
         probe.stop()
@@ -714,11 +811,14 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
     wall = time.monotonic() - t0
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     busy = machine_busy_s() - busy_before
-    script_cpu = (cpu_after.ru_utime + cpu_after.ru_stime - cpu_self.ru_utime
-                  - cpu_self.ru_stime)
+    script_cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_self.ru_utime - cpu_self.ru_stime
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    agents_cpu = (children_after.ru_utime + children_after.ru_stime - cpu_children.ru_utime
-                  - cpu_children.ru_stime)
+    agents_cpu = (
+        children_after.ru_utime
+        + children_after.ru_stime
+        - cpu_children.ru_utime
+        - cpu_children.ru_stime
+    )
     summary: dict[str, Any] = {}
     with contextlib.suppress(Exception):
         summary = gather(job_path, wall, codes)
@@ -732,7 +832,7 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
     per_agent = [read_metrics(deploy.agent_out(i) / "metrics.jsonl") for i in range(n_agents)]
     outer = deploy.scenario.outer_iters
     steady = list(range(1, outer))
-    quarters = [steady[q * len(steady) // 4:(q + 1) * len(steady) // 4] for q in range(4)]
+    quarters = [steady[q * len(steady) // 4 : (q + 1) * len(steady) // 4] for q in range(4)]
     progressed = [t.progressed_at for t in targets]
     started_all = None if None in progressed else max(p for p in progressed if p is not None)
     ends = [max((t for t, _ in sampler.series[i]), default=0.0) for i in range(n_agents)]
@@ -740,20 +840,23 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
     for i in range(n_agents):
         first = progressed[i] or 0.0
         growth = rss_growth_kb(sampler.series[i], first)
-        agents.append({
-            "agent": i,
-            "degree": len(graph.neighbors(i)),
-            "attacked": flood is not None and any(t.victim == i for t in attacked),
-            "status": results[i].get("status"),
-            "exit_code": codes[i],
-            "peak_rss_mib": sampler.peak_hwm_kb[i] / 1024,
-            "rss_growth_mib": None if growth is None else growth / 1024,
-            "cpu_s": sampler.cpu_s[i],
-            "rss_quarters_mib": rss_quarters(sampler.series[i], first, ends[i]),
-            **log_facts(deploy.agent_out(i) / "agent.log"),
-            "rss_series_mib": [(round(t, 1), round(r / 1024, 1))
-                               for t, r in sampler.series[i][::10]],
-        })
+        agents.append(
+            {
+                "agent": i,
+                "degree": len(graph.neighbors(i)),
+                "attacked": flood is not None and any(t.victim == i for t in attacked),
+                "status": results[i].get("status"),
+                "exit_code": codes[i],
+                "peak_rss_mib": sampler.peak_hwm_kb[i] / 1024,
+                "rss_growth_mib": None if growth is None else growth / 1024,
+                "cpu_s": sampler.cpu_s[i],
+                "rss_quarters_mib": rss_quarters(sampler.series[i], first, ends[i]),
+                **log_facts(deploy.agent_out(i) / "agent.log"),
+                "rss_series_mib": [
+                    (round(t, 1), round(r / 1024, 1)) for t, r in sampler.series[i][::10]
+                ],
+            }
+        )
     return {
         "name": name,
         "folder": str(folder),
@@ -763,8 +866,8 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
         "rounds": outer * inner,
         "graph_edges": len(graph.edges),
         "min_degree": min(len(graph.neighbors(i)) for i in range(n_agents)),
-        "status": summary.get("status") or ("completed" if all(
-            r.get("status") == "completed" for r in results) else "failed"),
+        "status": summary.get("status")
+        or ("completed" if all(r.get("status") == "completed" for r in results) else "failed"),
         "completed_agents": sum(1 for r in results if r.get("status") == "completed"),
         "statuses": {str(i): r.get("status") for i, r in enumerate(results)},
         "exit_codes": codes,
@@ -772,8 +875,9 @@ def run_job(name: str, out: Path, overrides: list[str], n_agents: int, limit_s: 
         "wall_s": wall,
         "startup_s": started_all,  # launch -> every agent has finished outer 0
         "rounds_per_s": rounds_per_s(per_agent, steady, inner),
-        "rounds_per_s_quarters": [rounds_per_s(per_agent, q, inner) for q in quarters
-                                  if len(steady) >= 4],
+        "rounds_per_s_quarters": [
+            rounds_per_s(per_agent, q, inner) for q in quarters if len(steady) >= 4
+        ],
         "rel_error": summary.get("rel_error"),
         "health": probe.summary(),
         "script_cpu_s": script_cpu,
@@ -803,9 +907,14 @@ def factors(folder: Path, n_agents: int) -> list[tuple[np.ndarray, np.ndarray] |
 def same_factors(a: Path, b: Path, n_agents: int) -> list[int]:
     """Agents whose W_i and H_i are bit-identical in both jobs."""
     fa, fb = factors(a, n_agents), factors(b, n_agents)
-    return [i for i, (x, y) in enumerate(zip(fa, fb, strict=True))
-            if x is not None and y is not None
-            and np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])]
+    return [
+        i
+        for i, (x, y) in enumerate(zip(fa, fb, strict=True))
+        if x is not None
+        and y is not None
+        and np.array_equal(x[0], y[0])
+        and np.array_equal(x[1], y[1])
+    ]
 
 
 # --- report --------------------------------------------------------------------------------
@@ -819,8 +928,7 @@ def _spread(values: list[float], fmt: str = ".0f") -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    return (f"{min(values):{fmt}} / {statistics.median(values):{fmt}} / "
-            f"{max(values):{fmt}}")
+    return f"{min(values):{fmt}} / {statistics.median(values):{fmt}} / {max(values):{fmt}}"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -839,8 +947,7 @@ def table(report: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['platform']}; load average "
         f"{report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after. "
-        f"Python {m['python']}, "
-        + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        f"Python {m['python']}, " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         f"Job: `{SCENARIO}` with {', '.join('`' + o + '`' for o in base['overrides'])}; "
         f"{base['outer_iters']} outer x {base['inner_iters']} inner = {base['rounds']} rounds "
@@ -901,12 +1008,16 @@ def table(report: dict[str, Any]) -> str:
     ]
     for kind, codes in (atk.get("by_kind") or {}).items():
         total = sum(codes.values())
-        lines.append(f"| {kind} | {total:,} | "
-                     + ", ".join(f"{c} {k:,}" for c, k in
-                                 sorted(codes.items(), key=lambda x: -x[1])) + " |")
+        lines.append(
+            f"| {kind} | {total:,} | "
+            + ", ".join(f"{c} {k:,}" for c, k in sorted(codes.items(), key=lambda x: -x[1]))
+            + " |"
+        )
     if atk:
-        lines.append(f"\nStalled streams were held {atk['stall_held_s_median']:.1f} s "
-                     f"(median), {atk['stall_held_s_max']:.1f} s at most.")
+        lines.append(
+            f"\nStalled streams were held {atk['stall_held_s_median']:.1f} s "
+            f"(median), {atk['stall_held_s_max']:.1f} s at most."
+        )
     lines += [
         "",
         "Per agent (without flood -> under flood):",
@@ -923,12 +1034,20 @@ def table(report: dict[str, Any]) -> str:
             f"| {a['cpu_s']:.0f} -> {b['cpu_s']:.0f} "
             f"| {a['retried_sends']} -> {b['retried_sends']} "
             f"| {b['warning_lines']} (+{b['unlogged_refusals']}) "
-            f"| {a['log_bytes'] / 1024:.0f} -> {b['log_bytes'] / 1024:.0f} |")
+            f"| {a['log_bytes'] / 1024:.0f} -> {b['log_bytes'] / 1024:.0f} |"
+        )
     bad = {k: s for k, s in flood["statuses"].items() if s != "completed"}
     if bad or base["status"] != "completed":
-        lines += ["", "Agents that did not complete: "
-                  + json.dumps({"baseline": {k: s for k, s in base["statuses"].items()
-                                             if s != "completed"}, "flood": bad})]
+        lines += [
+            "",
+            "Agents that did not complete: "
+            + json.dumps(
+                {
+                    "baseline": {k: s for k, s in base["statuses"].items() if s != "completed"},
+                    "flood": bad,
+                }
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -950,14 +1069,15 @@ def _rss_quarters(phase: dict[str, Any]) -> str:
 
 
 def _cpu(phase: dict[str, Any]) -> str:
-    return (f"{phase['agents_cpu_s']:.0f} / {phase['script_cpu_s']:.0f} / "
-            f"{phase['other_cpu_s']:.0f}")
+    return f"{phase['agents_cpu_s']:.0f} / {phase['script_cpu_s']:.0f} / {phase['other_cpu_s']:.0f}"
 
 
 def _health(phase: dict[str, Any]) -> str:
     h = phase["health"]
-    text = f"{_f(h['median_ms'], '.0f')} / {_f(h['max_ms'], '.0f')} ({h['not_serving']} " \
-           f"of {h['checks']})"
+    text = (
+        f"{_f(h['median_ms'], '.0f')} / {_f(h['max_ms'], '.0f')} ({h['not_serving']} "
+        f"of {h['checks']})"
+    )
     odd = {k: v for k, v in h.get("statuses", {}).items() if k != "SERVING"}
     return text + (" " + ", ".join(f"{k} x{v}" for k, v in odd.items()) if odd else "")
 
@@ -971,23 +1091,35 @@ def versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=30.0,
-                        help="how long each job runs (at the unattacked speed); default 30")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="how long each job runs (at the unattacked speed); default 30",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--agents", type=int, default=16)
     parser.add_argument("--inner", type=int, default=10, help="inner iterations per outer")
-    parser.add_argument("--rate", type=float, default=150.0,
-                        help="attack call starts per second at most (<= 500); default 150")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=150.0,
+        help="attack call starts per second at most (<= 500); default 150",
+    )
     parser.add_argument("--workers", type=int, default=12, help="short-call attacker threads")
     parser.add_argument("--stalls", type=int, default=4, help="stalled-stream threads")
-    parser.add_argument("--victims", default="all",
-                        help="agents to attack: 'all' or a comma list (default all)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="more scenario overrides")
-    parser.add_argument("--table-only", action="store_true",
-                        help="print the table of an earlier run in --out")
+    parser.add_argument(
+        "--victims", default="all", help="agents to attack: 'all' or a comma list (default all)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="more scenario overrides"
+    )
+    parser.add_argument(
+        "--table-only", action="store_true", help="print the table of an earlier run in --out"
+    )
     args = parser.parse_args(argv)
     if args.table_only:
         report = json.loads((args.out / "soak.json").read_text(encoding="utf-8"))
@@ -999,20 +1131,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--minutes in (0, 1440], --agents >= 3, --inner >= 1")
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty (each run needs a fresh folder)")
-    victims = (None if args.victims == "all"
-               else sorted({int(x) for x in args.victims.split(",") if x.strip()}))
+    victims = (
+        None
+        if args.victims == "all"
+        else sorted({int(x) for x in args.victims.split(",") if x.strip()})
+    )
     if victims is not None and (not victims or not all(0 <= i < args.agents for i in victims)):
         parser.error(f"--victims: agent ids in 0..{args.agents - 1}")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "benchmarks/soak.py", *(argv if argv is not None
-                                                           else sys.argv[1:])])
-    base = ["crypto.scheme=none", "topology.min_degree=2", "data.rows=30", "data.cols=320",
-            "rank=5", f"inner_iters={args.inner}", *args.set]
+    command = shlex.join(
+        ["python", "benchmarks/soak.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    base = [
+        "crypto.scheme=none",
+        "topology.min_degree=2",
+        "data.rows=30",
+        "data.cols=320",
+        "rank=5",
+        f"inner_iters={args.inner}",
+        *args.set,
+    ]
     load_before = os.getloadavg()
     started = time.monotonic()
 
-    cal = run_job("calibrate", args.out, [*base, f"outer_iters={CALIBRATE_OUTER}"],
-                  args.agents, limit_s=900, inner=args.inner, flood_args=None, victims=None)
+    cal = run_job(
+        "calibrate",
+        args.out,
+        [*base, f"outer_iters={CALIBRATE_OUTER}"],
+        args.agents,
+        limit_s=900,
+        inner=args.inner,
+        flood_args=None,
+        victims=None,
+    )
     rate = cal["rounds_per_s"]
     if cal["status"] != "completed" or not rate:
         print(f"calibration job failed: {cal['status']}", file=sys.stderr)
@@ -1023,37 +1174,54 @@ def main(argv: list[str] | None = None) -> int:
     limit = 2 * startup + 60 + max(4 * seconds, seconds + 300)
     overrides = [*base, f"outer_iters={outer}"]
     phases = {}
-    phases["baseline"] = run_job("baseline", args.out, overrides, args.agents, limit,
-                                 args.inner, None, victims)
+    phases["baseline"] = run_job(
+        "baseline", args.out, overrides, args.agents, limit, args.inner, None, victims
+    )
     flood_args = {"rate": args.rate, "workers": args.workers, "stalls": args.stalls}
-    phases["flood"] = run_job("flood", args.out, overrides, args.agents, limit, args.inner,
-                              flood_args, victims)
+    phases["flood"] = run_job(
+        "flood", args.out, overrides, args.agents, limit, args.inner, flood_args, victims
+    )
     identical = same_factors(args.out / "baseline", args.out / "flood", args.agents)
     report = {
         "command": command,
         "machine": {**machine_info(), "node": platform.node()},
         "versions": versions(),
-        "config": {"agents": args.agents, "minutes": args.minutes, "inner": args.inner,
-                   "outer": outer, "rate": args.rate, "workers": args.workers,
-                   "stalls": args.stalls, "victims": victims or "all",
-                   "scenario": SCENARIO, "overrides": overrides},
+        "config": {
+            "agents": args.agents,
+            "minutes": args.minutes,
+            "inner": args.inner,
+            "outer": outer,
+            "rate": args.rate,
+            "workers": args.workers,
+            "stalls": args.stalls,
+            "victims": victims or "all",
+            "scenario": SCENARIO,
+            "overrides": overrides,
+        },
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),
         "total_wall_s": time.monotonic() - started,
-        "calibrate": {k: cal[k] for k in ("status", "rounds_per_s", "startup_s", "wall_s",
-                                          "outer_iters")},
+        "calibrate": {
+            k: cal[k] for k in ("status", "rounds_per_s", "startup_s", "wall_s", "outer_iters")
+        },
         "phases": phases,
         "identical_agents": identical,
-        "all_completed_identical": (phases["baseline"]["status"] == "completed"
-                                    and phases["flood"]["status"] == "completed"
-                                    and len(identical) == args.agents),
+        "all_completed_identical": (
+            phases["baseline"]["status"] == "completed"
+            and phases["flood"]["status"] == "completed"
+            and len(identical) == args.agents
+        ),
     }
     (args.out / "soak.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = table(report)
     (args.out / "soak.md").write_text(text + "\n", encoding="utf-8")
     print(text)
-    return 0 if report["all_completed_identical"] and not (
-        phases["flood"]["attack"] or {}).get("accepted") else 1
+    return (
+        0
+        if report["all_completed_identical"]
+        and not (phases["flood"]["attack"] or {}).get("accepted")
+        else 1
+    )
 
 
 if __name__ == "__main__":
