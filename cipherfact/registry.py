@@ -56,6 +56,7 @@ PROTOCOLS: dict[str, ProtocolEntry] = {
     "fedmf": ProtocolEntry(
         scenario="cipherfact.simulations.recsys_scenario:FedMFScenario",
         simulate="cipherfact.simulations.recsys_run:simulate_recsys",
+        node="cipherfact.deploy.fedmf_node:FedMFNode",
         defaults="fedmf-synthetic",
     ),
 }

@@ -47,11 +47,13 @@ def test_unknown_protocol_is_one_line_naming_the_known_ones(tmp_path: Path) -> N
         sim.simulate(Fake(), tmp_path)
 
 
-def test_a_protocol_without_a_node_cannot_be_deployed() -> None:
-    assert "fedmf" not in registry.deployable()
-    assert {"ppdnmf", "csr_fhe_mf"} <= set(registry.deployable())
-    with pytest.raises(registry.UnknownProtocolError, match="protocol 'fedmf' has no node"):
-        registry.load("fedmf", "node")
+def test_a_protocol_without_a_node_cannot_be_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {"ppdnmf", "csr_fhe_mf", "fedmf"} <= set(registry.deployable())
+    nodeless = registry.ProtocolEntry(scenario="x:Y", simulate="x:run")
+    monkeypatch.setitem(registry.PROTOCOLS, "nodeless", nodeless)
+    assert "nodeless" not in registry.deployable()
+    with pytest.raises(registry.UnknownProtocolError, match="protocol 'nodeless' has no node"):
+        registry.load("nodeless", "node")
 
 
 def test_resume_only_where_the_node_keeps_checkpoints() -> None:

@@ -40,9 +40,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     serve = agent_sub.add_parser(
         "serve",
         help="serve one agent of JOB.toml until the job finishes",
-        description="Run agent ID of the job: generate its key, wait for its neighbours, run "
-        "ppdnmf, write its W_i, H_i and metrics into <job.out>/agent-ID/. Exit 0 when done, "
-        "1 on a failure (named peer and round), 143 on SIGTERM.",
+        description="Run agent ID of the job: build its party of the job's protocol "
+        "(ppdnmf, csr_fhe_mf, fedmf), wait for its peers, run, write its results and metrics "
+        "into <job.out>/agent-ID/. Exit 0 when done, 1 on a failure (named peer and round), "
+        "143 on SIGTERM.",
     )
     serve.add_argument("--job", required=True, help="path to JOB.toml (same file on every machine)")
     serve.add_argument("--agent-id", type=int, required=True, help="this agent's id in JOB.toml")
@@ -88,7 +89,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="number of agent processes (ppdnmf: default the scenario's "
-        "n_agents; csr_fhe_mf: RS + CSP + one per user, fixed by the data)",
+        "n_agents; csr_fhe_mf: RS + CSP + one per user, fedmf: server + one per user, "
+        "both fixed by the data)",
     )
     local.add_argument("--out", default=None, help="output folder (default runs/<scenario>-grpc)")
     local.add_argument(

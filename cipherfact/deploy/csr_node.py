@@ -94,6 +94,8 @@ class CsrPayloadFormat:
 class CsrNode(BaseNode):
     """One csr_fhe_mf party over gRPC; which one is fixed by its agent id."""
 
+    gatherer = "cipherfact.deploy.recsys_gather:gather_ratings"
+
     stages = frozenset(
         {
             csr.STAGE_CONTEXT,
@@ -104,6 +106,22 @@ class CsrNode(BaseNode):
             csr.STAGE_REFRESHED,
         }
     )
+
+    @classmethod
+    def party_count(cls, scenario: Any) -> int:
+        return load_split(scenario.data, scenario.seed).train.n_users + 2
+
+    @classmethod
+    def describe_parties(cls, n: int) -> str:
+        return f"{n - 2} users, so RS (0), CSP (1) and users (2..)"
+
+    @classmethod
+    def role_title(cls, agent_id: AgentId) -> str:
+        if agent_id == csr.RS_ID:
+            return "the recommender server (RS)"
+        if agent_id == csr.CSP_ID:
+            return "the crypto service provider (CSP, holds the CKKS secret key)"
+        return f"user {agent_id - csr.user_id(0)}"
 
     def __init__(
         self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None

@@ -5,8 +5,9 @@ plus ``--set``-style overrides, or an inline ``[scenario]`` table), every
 agent's address, the graph (explicit edges, or built from the scenario's
 topology and seed), the certificate paths and the timeouts. Relative paths
 are relative to the job file. Unknown keys are errors, like in scenarios.
-Deployable protocols: ppdnmf (agent ids 0..n_agents-1) and csr_fhe_mf (agent
-0 is the recommender server, 1 the CSP, 2 + u user u).
+Deployable protocols: ppdnmf (agent ids 0..n_agents-1), csr_fhe_mf (agent
+0 is the recommender server, 1 the CSP, 2 + u user u) and fedmf (0 is the
+server, 1 + u user u; user 0 generates the users' shared key).
 
 Example::
 
@@ -120,14 +121,26 @@ class DeployJob:
         return resolve_path(self.path.parent, value)
 
 
-def party_count(scenario: Any) -> int:
-    """How many agent processes a job has: ppdnmf's agents, or csr_fhe_mf's RS, CSP and
-    one process per user (the users are read off the scenario's training ratings)."""
-    if scenario.protocol == "ppdnmf":
-        return int(scenario.n_agents)
-    from cipherfact.simulations.recsys_sim import load_split
+def node_class(protocol: str) -> Any:
+    """The deployed party's class of ``protocol`` (``BaseNode`` subclass, registry)."""
+    try:
+        return registry.load(protocol, "node")
+    except registry.UnknownProtocolError as exc:
+        raise JobFileError(f"protocol {protocol!r} cannot be deployed: {exc}") from exc
 
-    return load_split(scenario.data, scenario.seed).train.n_users + 2
+
+def insecure_refusal(protocol: str) -> str:
+    """Why ``protocol`` refuses an insecure job (its key handover needs certificates)."""
+    return (
+        f"{protocol} hands the users' shared key over in boxes sealed to the job "
+        "certificates, so it cannot run insecure (drop job.insecure / --insecure)"
+    )
+
+
+def party_count(scenario: Any) -> int:
+    """How many agent processes a job has (ppdnmf's agents; csr_fhe_mf's RS, CSP and one
+    process per user; FedMF's server and one per user), as its node class says."""
+    return int(node_class(scenario.protocol).party_count(scenario))
 
 
 def _check_own_ratings(scenario: Any, agents: Mapping[AgentId, AgentSpec], path: Path) -> int:
@@ -316,11 +329,7 @@ def load_job(path: str | Path) -> DeployJob:
         agents[agent_id] = AgentSpec(agent_id, address, listen, **opt)
     n_parties = _check_own_ratings(scenario, agents, path)
     if sorted(agents) != list(range(n_parties)):
-        what = (
-            f"n_agents = {n_parties}"
-            if scenario.protocol == "ppdnmf"
-            else f"{n_parties - 2} users, so RS (0), CSP (1) and users (2..)"
-        )
+        what = node_class(scenario.protocol).describe_parties(n_parties)
         raise JobFileError(
             f"{path} lists agents {sorted(agents)}; the scenario has {what}, so ids must be "
             f"0..{n_parties - 1}"
@@ -329,6 +338,8 @@ def load_job(path: str | Path) -> DeployJob:
     tls = tree.get("tls", {})
     _check_keys(tls, {"ca", "cert", "key"}, "[tls]")
     insecure = _typed(job, "insecure", bool, False, "job")
+    if insecure and node_class(scenario.protocol).needs_certificates:
+        raise JobFileError(f"{path}: {insecure_refusal(scenario.protocol)}")
     if not insecure and "ca" not in tls:
         raise JobFileError(f"{path}: [tls] ca is required unless job.insecure = true")
 
@@ -365,13 +376,19 @@ def load_job(path: str | Path) -> DeployJob:
             for name, used in (
                 ("job.checkpoint_every", checkpoint_every > 0),
                 ("[graph] edges", edges is not None),
+                (
+                    "agents' data_path",
+                    scenario.protocol == "fedmf"
+                    and any(a.data_path is not None for a in agents.values()),
+                ),
             )
             if used
         ]
         if unsupported:
             raise JobFileError(
                 f"{path}: {', '.join(unsupported)} cannot be used with {scenario.protocol} "
-                "(its parties are fixed by the protocol; checkpoints are ppdnmf-only)"
+                "(its parties are fixed by the protocol; checkpoints are ppdnmf-only; "
+                "fedmf users take their ratings from the scenario's data)"
             )
     out = resolve_path(base, _typed(job, "out", str, "results", "job"))
     check_out_dir(out)

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cipherfact.agents.envelope import AgentId
-from cipherfact.deploy.jobfile import DeployJob, load_job
+from cipherfact.deploy.jobfile import DeployJob, load_job, node_class
 from cipherfact.deploy.tls import agent_identity, check_tls_files
 
 PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
@@ -75,13 +75,7 @@ def _inside(job: DeployJob, path: Path, what: str) -> PurePosixPath:
 
 
 def _role(job: DeployJob, agent_id: AgentId) -> str:
-    if job.scenario.protocol != "csr_fhe_mf":
-        return f"agent {agent_id}"
-    if agent_id == 0:
-        return "the recommender server (RS)"
-    if agent_id == 1:
-        return "the crypto service provider (CSP, holds the CKKS secret key)"
-    return f"user {agent_id - 2}"
+    return str(node_class(job.scenario.protocol).role_title(agent_id))
 
 
 def _start_script(agent_id: AgentId) -> str:

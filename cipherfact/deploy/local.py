@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -23,28 +24,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cipherfact import registry
 from cipherfact.deploy.jobfile import (
     DeployJob,
     check_out_dir,
+    insecure_refusal,
     load_job,
+    node_class,
     party_count,
     render_job,
 )
 from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
-from cipherfact.protocols.references import relative_error
-from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
+from cipherfact.simulations.ppdnmf_job import prepare_job
 from cipherfact.simulations.progress import progress_bar
-from cipherfact.simulations.results import (
-    RunWriter,
-    machine_info,
-    package_versions,
-    read_metrics_tolerant,
-)
-from cipherfact.simulations.scenario import load_scenario, scenario_to_dict
+from cipherfact.simulations.scenario import load_scenario
 
 LOOPBACK = "127.0.0.1"
 
@@ -69,8 +63,9 @@ def local_parties(
     """The overrides a local job runs with and its number of agent processes.
 
     ppdnmf: ``n_agents`` (default: the scenario's) becomes the scenario's
-    ``n_agents``. csr_fhe_mf: RS, CSP and one process per user, so the count
-    follows from the data; ``n_agents``, if given, must match it.
+    ``n_agents``. csr_fhe_mf (RS, CSP and one process per user) and fedmf (the
+    server and one per user): the count follows from the data; ``n_agents``, if
+    given, must match it.
     """
     if n_agents is not None and (
         isinstance(n_agents, bool) or not isinstance(n_agents, int) or n_agents < 2
@@ -90,9 +85,10 @@ def local_parties(
             f"(deployable: {', '.join(registry.deployable())})"
         )
     if n_agents is not None and n_agents != n:
+        layout = node_class(parsed.protocol).describe_parties(n)
         raise ValueError(
-            f"--agents {n_agents}: a {parsed.protocol} job with {n - 2} users runs {n} processes "
-            "(RS, CSP and one per user); leave --agents out or pass that number"
+            f"--agents {n_agents}: this {parsed.protocol} job runs {n} processes ({layout}); "
+            "leave --agents out or pass that number"
         )
     return list(overrides), n
 
@@ -322,25 +318,6 @@ def _results(deploy: DeployJob, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The job's traffic over all its parts (an interrupted part up to the checkpoint
-    it was resumed from, plus the resumed part), from the agents' ``job_*`` counters."""
-
-    def total(key: str) -> int:
-        return sum(int(r.get(f"job_{key}", r.get(key, 0)) or 0) for r in results)
-
-    walls = [float(r.get("job_wall_s", r.get("wall_s", 0.0)) or 0.0) for r in results]
-    return {
-        "bytes_total": total("bytes_sent"),
-        "bytes_setup": total("setup_bytes_sent"),
-        "messages_total": total("messages_sent"),
-        "grpc_bytes_total": total("grpc_bytes_sent"),
-        "wall_s_total": max(walls, default=0.0),
-        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0) for r in results),
-        "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
-    }
-
-
 def gather(
     job_path: Path,
     wall_s: float,
@@ -361,96 +338,16 @@ def gather(
     if results_dir is not None:
         deploy = dataclasses.replace(deploy, out=results_dir)
     out = job_path.parent if out_dir is None else out_dir
-    if deploy.scenario.protocol == "csr_fhe_mf":
-        from cipherfact.deploy.csr_gather import gather_csr
-
-        return gather_csr(
-            deploy,
-            _results(deploy, len(deploy.agents)),
-            codes,
-            wall_s,
-            out,
-            interrupted=interrupted,
-        )
-    scenario = deploy.scenario
-    job = prepare_job(scenario)
-    n = job.n_agents
-    results = _results(deploy, n)
-    summary: dict[str, Any] = {
-        "protocol": "ppdnmf",
-        "backend": "grpc",
-        "transport": "insecure" if deploy.insecure else "mTLS",
-        "scenario": scenario_to_dict(scenario),
-        "scheme": scenario.crypto.scheme,
-        "n_agents": n,
-        "data_shape": list(job.X.shape),
-        "graph": {**job.graph.to_dict(), "average_degree": job.graph.average_degree},
-        "machine": machine_info(),
-        "versions": package_versions(),
-        "exit_codes": list(codes),
-        "agents": {
-            str(i): {
-                k: r.get(k) for k in ("status", "round", "bytes_sent", "grpc_bytes_sent", "wall_s")
-            }
-            for i, r in enumerate(results)
-        },
-        "wall_s": wall_s,
-    }
-    ok = all(r.get("status") == "completed" for r in results) and not any(codes)
-    summary["status"] = (
-        "completed"
-        if ok
-        else "failed: "
-        + "; ".join(
-            f"agent {i}: {r.get('status')}"
-            for i, r in enumerate(results)
-            if r.get("status") != "completed"
-        )
+    gatherer = node_class(deploy.scenario.protocol).gatherer
+    module, name = gatherer.split(":")
+    return getattr(importlib.import_module(module), name)(
+        deploy,
+        _results(deploy, len(deploy.agents)),
+        codes,
+        wall_s,
+        out,
+        interrupted=interrupted,
     )
-    if interrupted is not None:
-        summary["agent_statuses"] = summary["status"]
-        summary["status"] = "interrupted"
-        summary["interrupted_by"] = interrupted
-        ok = False
-    writer = RunWriter(out)
-    per_agent = []
-    for i in range(n):
-        lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
-        per_agent.append({m["outer"]: m for m in lines if "outer" in m})
-    norm2 = float(np.linalg.norm(job.X) ** 2)
-    common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
-    for t in common:
-        rows = [per_agent[i][t] for i in range(n)]
-        sq = sum(r["local_sq_error"] for r in rows)
-        writer.append_metrics(
-            {
-                "outer": t,
-                "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
-                "bytes": sum(r["bytes_sent"] for r in rows),
-                "messages": sum(r["messages_sent"] for r in rows),
-                "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
-                "crypto_s": sum(r["crypto_s"] for r in rows),
-                "compute_s": sum(r["compute_s"] for r in rows),
-                "wall_s": max(r["wall_s"] for r in rows),
-            }
-        )
-    if ok:
-        Ws, Hs = [], []
-        for i in range(n):
-            with np.load(deploy.agent_out(i) / "factors.npz", allow_pickle=False) as f:
-                Ws.append(f["W"])
-                Hs.append(f["H"])
-        writer.write_factors(Ws, Hs, job.columns)
-        summary.update(
-            rel_error=relative_error(job.blocks, Ws, Hs),
-            consensus_spread=consensus_spread(Ws),
-            outer_iters_completed=scenario.outer_iters,
-        )
-    summary.update(job_totals(results))
-    resumed = [int(r["resumed_from"]) for r in results if r.get("resumed_from") is not None]
-    summary["resumed_from"] = min(resumed) if resumed else None
-    writer.write_json("summary.json", summary)
-    return summary
 
 
 def deploy_local(
@@ -473,6 +370,8 @@ def deploy_local(
     overrides, n_agents = local_parties(scenario, overrides, n_agents)
     parsed = load_scenario(scenario, overrides)
     protocol = parsed.protocol
+    if insecure and node_class(protocol).needs_certificates:
+        raise ValueError(insecure_refusal(protocol))
     if protocol != "ppdnmf" and (resume or checkpoint_every):
         raise ValueError(f"--resume and --checkpoint-every are ppdnmf-only, not for {protocol}")
     if protocol == "ppdnmf":
@@ -502,8 +401,9 @@ def deploy_local(
             if interrupt.signal is not None:
                 break
             procs += launch(job_path, n_agents, resume_from=resume_from, insecure=insecure, only=i)
-        total = int(parsed.outer_iters if protocol == "ppdnmf" else parsed.epochs)
-        unit = "outer" if protocol == "ppdnmf" else "epoch"
+        epochs = getattr(parsed, "epochs", None)
+        total = int(parsed.outer_iters if epochs is None else epochs)
+        unit = "outer" if epochs is None else "epoch"
         # agent 0 (a ppdnmf agent, or csr_fhe_mf's RS) writes one metrics line per
         # outer iteration or epoch: its file is the job's progress
         lines = out / "agents" / "agent-0" / "metrics.jsonl"

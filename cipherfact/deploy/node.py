@@ -229,6 +229,7 @@ class Node(BaseNode):
 
     stages = STAGES["pairwise"] | STAGES["secagg"]  # the role refuses the other exchange's
     supports_resume = True
+    gatherer = "cipherfact.deploy.ppdnmf_gather:gather_ppdnmf"
 
     def __init__(
         self,

@@ -117,6 +117,11 @@ class BaseNode(ABC):
     stages: frozenset[str] = frozenset()
     #: whether the constructor takes ``resume_from`` (the party keeps checkpoints)
     supports_resume: bool = False
+    #: whether the protocol itself relies on the job certificates (no insecure jobs)
+    needs_certificates: bool = False
+    #: ``"module:function(deploy, results, codes, wall_s, out, *, interrupted)"``: merges
+    #: the parties' folders after a run (``deploy local``, ``deploy gather``)
+    gatherer: str = "cipherfact.deploy.app_node:gather_app"
 
     def __init__(
         self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
@@ -142,6 +147,21 @@ class BaseNode(ABC):
         self._peer_abort: str | None = None  # a peer's abort notice, described
 
     # -- what a protocol says --------------------------------------------------------
+
+    @classmethod
+    def party_count(cls, scenario: Any) -> int:
+        """How many agent processes a job of ``scenario`` has."""
+        return int(scenario.n_agents)
+
+    @classmethod
+    def describe_parties(cls, n: int) -> str:
+        """How agent ids 0..n-1 are assigned, for messages ("RS (0), CSP (1), ...")."""
+        return f"n_agents = {n}"
+
+    @classmethod
+    def role_title(cls, agent_id: AgentId) -> str:
+        """What agent ``agent_id`` is in this protocol ("agent 3", "the CSP")."""
+        return f"agent {agent_id}"
 
     @abstractmethod
     def prepare(self) -> None:

@@ -6,6 +6,7 @@ import threading
 
 from cipherfact import registry
 from cipherfact.agents.envelope import AgentId
+from cipherfact.deploy import jobfile
 from cipherfact.deploy.jobfile import DeployJob, JobFileError
 from cipherfact.deploy.node_base import BaseNode
 
@@ -19,10 +20,7 @@ def make_node(
 ) -> BaseNode:
     """The party ``agent_id`` of ``deploy``, of the class its protocol registers."""
     protocol = deploy.scenario.protocol
-    try:
-        node_class: type[BaseNode] = registry.load(protocol, "node")
-    except registry.UnknownProtocolError as exc:
-        raise JobFileError(f"protocol {protocol!r} cannot be deployed: {exc}") from exc
+    node_class: type[BaseNode] = jobfile.node_class(protocol)
     if resume_from is None:
         return node_class(deploy, agent_id, stop=stop)
     if not node_class.supports_resume:

@@ -1,14 +1,17 @@
 """A toy protocol, start to finish: what a new protocol writes (see docs/adding-a-protocol.md).
 
-Agents 1..n-1 each hold a private vector; every outer iteration they send it
-(scaled by the iteration number) to agent 0, which adds them up. No crypto:
-the point is the seam. Everything below is protocol code; progress, metrics,
-``summary.json``, network emulation, checkpoints, failure handling and the
-backends come from ``cipherfact.simulations.runner`` and the grids. Register it
-with one line::
+Agents 1..n-1 each hold a private vector; every outer iteration agent 0
+asks for it ("go") and they send it (scaled by the iteration number) to agent
+0, which adds them up. No crypto: the point is the seam. Everything below is
+protocol code; progress, metrics, ``summary.json``, network emulation,
+checkpoints, failure handling, the backends and gRPC deployment come from
+``cipherfact.simulations.runner``, the grids and ``cipherfact.deploy``.
+Register it with one line::
 
     PROTOCOLS["toy_sum"] = ProtocolEntry(
-        scenario="toy_sum:ToySumScenario", simulate="toy_sum:simulate_toy_sum"
+        scenario="toy_sum:ToySumScenario",
+        simulate="toy_sum:simulate_toy_sum",
+        node="toy_sum:ToySumNode",
     )
 """
 
@@ -22,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from cipherfact.agents.envelope import AgentId, Envelope
+from cipherfact.deploy.app_node import AppNode
 from cipherfact.protocols.base import ProtocolError, StateMachine
 from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
 from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.runner import RunApp, run
 
-STAGE = "value"
+STAGE, STAGE_GO = "value", "go"
 
 
 # --- 1. the scenario: the protocol's public parameters --------------------------------
@@ -47,7 +51,7 @@ class ToySumScenario:
 
 
 class Holder(StateMachine):
-    """Agent i >= 1: sends (t + 1) * value to agent 0 in outer iteration t."""
+    """Agent i >= 1: answers agent 0's "go" of outer iteration t with (t + 1) * value."""
 
     def __init__(self, agent_id: AgentId, value: np.ndarray, rounds: int) -> None:
         self.agent_id, self.value, self.rounds, self.round = agent_id, value, rounds, -1
@@ -56,16 +60,15 @@ class Holder(StateMachine):
         return []
 
     def step(self, env: Envelope) -> list[Envelope]:
-        raise ProtocolError(f"agent {self.agent_id} expects no message, got {env.describe()}")
+        if env.stage != STAGE_GO or env.sender != 0 or env.round != self.round + 1:
+            raise ProtocolError(f"agent {self.agent_id}: unexpected {env.describe()}")
+        self.round = env.round
+        payload = ((self.round + 1) * self.value).astype("<i8").tobytes()
+        return [Envelope("toy", self.round, STAGE, self.agent_id, 0, payload)]
 
     @property
     def done(self) -> bool:
         return self.round + 1 >= self.rounds
-
-    def begin_outer(self) -> list[Envelope]:
-        self.round += 1
-        payload = ((self.round + 1) * self.value).astype("<i8").tobytes()
-        return [Envelope("toy", self.round, STAGE, self.agent_id, 0, payload)]
 
 
 class Summer(StateMachine):
@@ -76,6 +79,7 @@ class Summer(StateMachine):
         self.round = 0
         self.sums: list[np.ndarray] = []
         self._got: dict[AgentId, np.ndarray] = {}
+        self._asked = False
 
     def start(self) -> list[Envelope]:
         return []
@@ -86,7 +90,7 @@ class Summer(StateMachine):
         self._got[env.sender] = np.frombuffer(env.payload, dtype="<i8")
         if len(self._got) == self.n - 1:
             self.sums.append(np.sum([self._got[i] for i in sorted(self._got)], axis=0))
-            self._got, self.round = {}, self.round + 1
+            self._got, self.round, self._asked = {}, self.round + 1, False
         return []
 
     @property
@@ -95,7 +99,11 @@ class Summer(StateMachine):
 
     @property
     def at_boundary(self) -> bool:
-        return not self._got
+        return not self._got and not self._asked
+
+    def begin_outer(self) -> list[Envelope]:
+        self._asked = True  # until every holder has answered
+        return [Envelope("toy", self.round, STAGE_GO, 0, i, b"") for i in range(1, self.n)]
 
     def save(self) -> bytes:  # checkpoint: numbers only
         buf = io.BytesIO()
@@ -189,5 +197,34 @@ class ToySumApp(RunApp):
         return {"final_sum": records[-1]["sum"], "bytes_total": grid.stats.bytes_total}
 
 
+# --- 5. the runner function: the registry's ``simulate`` ------------------------------
+
+
 def simulate_toy_sum(scenario: ToySumScenario, out_dir: Path, options: Any) -> dict[str, Any]:
     return run(ToySumApp(scenario), "toy_sum", Path(out_dir), options)
+
+
+# --- 6. deployment over gRPC: who talks to whom, and who begins each iteration --------
+
+
+class ToySumNode(AppNode):
+    """One toy_sum agent as a process (``cipherfact agent serve``); agent 0 drives."""
+
+    stages = frozenset({STAGE, STAGE_GO})
+    drivers = frozenset({0})
+
+    @classmethod
+    def factory(cls, scenario: ToySumScenario) -> ToySumRoles:
+        return ToySumRoles(scenario)
+
+    @classmethod
+    def neighbours(cls, scenario: ToySumScenario, agent_id: AgentId) -> list[AgentId]:
+        return list(range(1, scenario.n_agents)) if agent_id == 0 else [0]
+
+    @classmethod
+    def last_round(cls, scenario: ToySumScenario) -> int:
+        return scenario.outer_iters - 1
+
+    @classmethod
+    def job_id_of(cls, scenario: ToySumScenario) -> str:
+        return "toy"

@@ -159,9 +159,9 @@ def test_csr_job_refuses_ppdnmf_only_settings(tmp_path: Path, edit, message: str
         load_job(write(tmp_path, edit(csr_job(5))))
 
 
-def test_fedmf_cannot_be_deployed(tmp_path: Path) -> None:
+def test_fedmf_job_needs_the_server_and_one_agent_per_user(tmp_path: Path) -> None:
     text = good(scenario="fedmf-synthetic", overrides=["epochs=1"])
-    with pytest.raises(JobFileError, match="protocol 'fedmf' cannot be deployed yet"):
+    with pytest.raises(JobFileError, match=r"the server \(0\) and users \(1\.\.\), so ids must be"):
         load_job(write(tmp_path, text))
 
 

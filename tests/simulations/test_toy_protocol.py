@@ -75,3 +75,47 @@ def test_toy_protocol_checkpoints_and_resumes(tmp_path: Path, toy: Any, monkeypa
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["outer"] for m in lines] == [0, 1, 2, 3, 4]  # 2..4 redone after the checkpoint
     assert summary["final_sum"] == _expected(toy, scenario, 4)
+
+
+@pytest.mark.grpc
+def test_toy_protocol_runs_over_grpc_with_mtls(tmp_path: Path, toy: Any, monkeypatch) -> None:
+    """The same registry entry plus its ``node`` deploys it: every agent a gRPC server
+    with the job's certificates (here threads of this process, since the toy's
+    registry line lives in this test), gathered into summary.json and metrics.jsonl."""
+    import threading
+    import time
+
+    from cipherfact.deploy.jobfile import load_job
+    from cipherfact.deploy.local import gather, write_local_job
+    from cipherfact.deploy.nodes import make_node
+
+    entry = registry.PROTOCOLS["toy_sum"]
+    monkeypatch.setitem(
+        registry.PROTOCOLS,
+        "toy_sum",
+        registry.ProtocolEntry(entry.scenario, entry.simulate, node="toy_sum:ToySumNode"),
+    )
+    scenario_file = tmp_path / "toy.toml"
+    scenario_file.write_text('protocol = "toy_sum"\nn_agents = 4\nouter_iters = 3\n')
+    job = write_local_job(str(scenario_file), [], None, tmp_path / "job", timeouts={"peer_s": 20})
+    deploy = load_job(job)
+    nodes = [make_node(deploy, i) for i in range(4)]
+    codes = [1] * 4
+
+    def serve(i: int) -> None:
+        nodes[i].run()
+        codes[i] = 0
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    summary = gather(job, time.monotonic() - started, codes)
+    assert summary["status"] == "completed", summary["status"]
+    assert summary["transport"] == "mTLS" and summary["outer_iters_completed"] == 3
+    scenario = toy.ToySumScenario(n_agents=4, outer_iters=3, name="toy")
+    lines = [json.loads(x) for x in (tmp_path / "job" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["report"] for m in lines] == [_expected(toy, scenario, t) for t in range(3)]
+    assert summary["traffic"]["messages_by_stage"] == {"go": 9, "value": 9}

@@ -1,0 +1,139 @@
+"""Gather a deployed ppdnmf job: every agent's W_i, H_i and metrics into one folder.
+
+Only this step (``deploy local``, ``deploy gather``) sees every agent's
+factors; a real deployment never does. It writes ``summary.json``,
+``metrics.jsonl`` (the relative error per outer iteration from the agents'
+local errors) and ``factors.npz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cipherfact.deploy.jobfile import DeployJob
+from cipherfact.protocols.references import relative_error
+from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
+from cipherfact.simulations.results import (
+    RunWriter,
+    machine_info,
+    package_versions,
+    read_metrics_tolerant,
+)
+from cipherfact.simulations.scenario import scenario_to_dict
+
+
+def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The job's traffic over all its parts (an interrupted part up to the checkpoint
+    it was resumed from, plus the resumed part), from the agents' ``job_*`` counters."""
+
+    def total(key: str) -> int:
+        return sum(int(r.get(f"job_{key}", r.get(key, 0)) or 0) for r in results)
+
+    walls = [float(r.get("job_wall_s", r.get("wall_s", 0.0)) or 0.0) for r in results]
+    return {
+        "bytes_total": total("bytes_sent"),
+        "bytes_setup": total("setup_bytes_sent"),
+        "messages_total": total("messages_sent"),
+        "grpc_bytes_total": total("grpc_bytes_sent"),
+        "wall_s_total": max(walls, default=0.0),
+        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0) for r in results),
+        "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
+    }
+
+
+def gather_ppdnmf(
+    deploy: DeployJob,
+    results: Sequence[dict[str, Any]],
+    codes: Sequence[int],
+    wall_s: float,
+    out: Path,
+    *,
+    interrupted: str | None = None,
+) -> dict[str, Any]:
+    """Merge the agents' folders; ``results[i]`` is agent i's ``result.json``.
+
+    ``interrupted`` (a signal's name): ``deploy local`` was stopped; the summary
+    then has status ``interrupted`` and whatever the agents wrote until then.
+    """
+    scenario = deploy.scenario
+    job = prepare_job(scenario)
+    n = job.n_agents
+    summary: dict[str, Any] = {
+        "protocol": "ppdnmf",
+        "backend": "grpc",
+        "transport": "insecure" if deploy.insecure else "mTLS",
+        "scenario": scenario_to_dict(scenario),
+        "scheme": scenario.crypto.scheme,
+        "n_agents": n,
+        "data_shape": list(job.X.shape),
+        "graph": {**job.graph.to_dict(), "average_degree": job.graph.average_degree},
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "exit_codes": list(codes),
+        "agents": {
+            str(i): {
+                k: r.get(k) for k in ("status", "round", "bytes_sent", "grpc_bytes_sent", "wall_s")
+            }
+            for i, r in enumerate(results)
+        },
+        "wall_s": wall_s,
+    }
+    ok = all(r.get("status") == "completed" for r in results) and not any(codes)
+    summary["status"] = (
+        "completed"
+        if ok
+        else "failed: "
+        + "; ".join(
+            f"agent {i}: {r.get('status')}"
+            for i, r in enumerate(results)
+            if r.get("status") != "completed"
+        )
+    )
+    if interrupted is not None:
+        summary["agent_statuses"] = summary["status"]
+        summary["status"] = "interrupted"
+        summary["interrupted_by"] = interrupted
+        ok = False
+    writer = RunWriter(out)
+    per_agent = []
+    for i in range(n):
+        lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
+        per_agent.append({m["outer"]: m for m in lines if "outer" in m})
+    norm2 = float(np.linalg.norm(job.X) ** 2)
+    common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
+    for t in common:
+        rows = [per_agent[i][t] for i in range(n)]
+        sq = sum(r["local_sq_error"] for r in rows)
+        writer.append_metrics(
+            {
+                "outer": t,
+                "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
+                "bytes": sum(r["bytes_sent"] for r in rows),
+                "messages": sum(r["messages_sent"] for r in rows),
+                "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
+                "crypto_s": sum(r["crypto_s"] for r in rows),
+                "compute_s": sum(r["compute_s"] for r in rows),
+                "wall_s": max(r["wall_s"] for r in rows),
+            }
+        )
+    if ok:
+        Ws, Hs = [], []
+        for i in range(n):
+            with np.load(deploy.agent_out(i) / "factors.npz", allow_pickle=False) as f:
+                Ws.append(f["W"])
+                Hs.append(f["H"])
+        writer.write_factors(Ws, Hs, job.columns)
+        summary.update(
+            rel_error=relative_error(job.blocks, Ws, Hs),
+            consensus_spread=consensus_spread(Ws),
+            outer_iters_completed=scenario.outer_iters,
+        )
+    summary.update(job_totals(results))
+    resumed = [int(r["resumed_from"]) for r in results if r.get("resumed_from") is not None]
+    summary["resumed_from"] = min(resumed) if resumed else None
+    writer.write_json("summary.json", summary)
+    return summary
