@@ -22,6 +22,14 @@ keys) and every user the public encryption key alone. Wire (issue 18): the
 CSP's refreshed factors go out as seeded symmetric encryptions, and users drop
 the primes RS will not use before uploading (``CsrFheMFConfig.upload_depths``).
 
+Checkpoints (``checkpoint_state``/``restore_state``, at an epoch boundary) hold
+numbers only, each party's own, never a key: the CSP its masked factors A, RS
+its masks M, users nothing (they upload again). A resumed run makes a fresh
+CKKS key and redoes the setup; when the structure arrives, the CSP sends
+Enc(A) in the slot layout (stage ``resume``, the payload of an epoch's
+refresh) and RS subtracts its masks as after any epoch, so training goes on
+from the same (U, V), to CKKS noise.
+
 The initial factors are public (drawn from ``init_seed``), so the CSP's
 masked factors start at A = (U0, V0) and after that only ever move by masked
 gradients. Work is proportional to the number of stored slots, never users x
@@ -32,8 +40,9 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +83,7 @@ STAGE_LAYOUT = "layout"
 STAGE_RATINGS = "ratings"
 STAGE_MASKED = "masked"
 STAGE_REFRESHED = "refreshed"
+STAGE_RESUME = "resume"  # on resume only: the CSP's Enc(A), as a refresh
 
 PublicLoader = Callable[[bytes], Scheme]
 _LAYOUT_MSG = struct.Struct(">QQQ")
@@ -255,6 +265,29 @@ def user_entries(
     return items[order], neg_r, weights[order]
 
 
+def _restored_epoch(state: Mapping[str, Any], role: str, config: CsrFheMFConfig) -> int:
+    """The epoch of a checkpoint written by ``role`` (ValueError otherwise)."""
+    if str(state.get("role")) != role:
+        raise ValueError(f"{role}: not a {role} checkpoint (role {state.get('role')!r})")
+    epoch = int(state["epoch"])
+    if not 1 <= epoch <= config.epochs:
+        raise ValueError(f"{role}: checkpoint epoch {epoch} is outside 1..{config.epochs}")
+    return epoch
+
+
+def _restored_factors(
+    state: Mapping[str, Any], names: tuple[str, str], config: CsrFheMFConfig, role: str
+) -> tuple[np.ndarray, np.ndarray]:
+    shapes = ((config.n_users, config.n_factors), (config.n_items, config.n_factors))
+    out = []
+    for name, shape in zip(names, shapes, strict=True):
+        value = np.asarray(state[name], dtype=np.float64)
+        if value.shape != shape or not np.all(np.isfinite(value)):
+            raise ValueError(f"{role}: checkpoint {name} must be finite of shape {shape}")
+        out.append(value.copy())
+    return out[0], out[1]
+
+
 def _floats(blob: bytes, shape: tuple[int, int], what: str) -> np.ndarray:
     """Big-endian float64 bytes -> finite array of ``shape``, or ValueError naming ``what``."""
     if len(blob) != 8 * shape[0] * shape[1]:
@@ -356,6 +389,14 @@ class CsrUser(_Role):
         """Whether the CSP's public context has arrived (next: RS's layout)."""
         return self._context is not None
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Nothing but the role: a resumed run's user uploads again, under the new key."""
+        return {"role": "user"}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        if str(state.get("role")) != "user":
+            raise ValueError(f"user {self.u}: not a user checkpoint")
+
     def start(self) -> list[Envelope]:
         return []
 
@@ -429,6 +470,7 @@ class CryptoServiceProvider(_Role):
         self.layout: SlotLayout | None = None
         self._A_U, self._A_V = config.initial_factors()
         self.epoch = 0
+        self._resuming = False  # restored: send Enc(A) once the structure is known
         #: every decrypted (masked) value, when ``record_view`` is set (privacy tests)
         self.record_view = False
         self.view: list[np.ndarray] = []
@@ -440,6 +482,24 @@ class CryptoServiceProvider(_Role):
     def masked_factors(self) -> tuple[np.ndarray, np.ndarray]:
         """The CSP's state (U + M_U, V + M_V); measurement hooks combine it with RS's masks."""
         return self._A_U.copy(), self._A_V.copy()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The masked factors A and the epoch (never the key; see the module doc)."""
+        return {
+            "role": "csp",
+            "epoch": self.epoch,
+            "A_U": self._A_U.copy(),
+            "A_V": self._A_V.copy(),
+        }
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Resume at an epoch boundary (before ``start``): Enc(A) goes to RS once
+        the structure is known."""
+        if self.layout is not None:
+            raise ValueError("csp: cannot restore a run that has started")
+        self.epoch = _restored_epoch(state, "csp", self.config)
+        self._A_U, self._A_V = _restored_factors(state, ("A_U", "A_V"), self.config, "csp")
+        self._resuming = True
 
     def start(self) -> list[Envelope]:
         """RS gets the evaluation context (it multiplies); users get the encryption
@@ -475,7 +535,10 @@ class CryptoServiceProvider(_Role):
                     f"{cfg.n_users}, {cfg.n_items}, {self.planned.params.slot_count}"
                 )
             self.layout = layout
-            return []
+            if not self._resuming:
+                return []
+            self._resuming = False
+            return [self._env(SETUP_ROUND, STAGE_RESUME, RS_ID, self._encrypted_factors())]
         return self._refresh(env)
 
     def _refresh(self, env: Envelope) -> list[Envelope]:
@@ -533,21 +596,29 @@ class CryptoServiceProvider(_Role):
                 f"{who}: a masked factor reaches {fpeak:.3g} > {fbound:.3g} (factor_bound * "
                 "(2**factor_mask_bits + 1)): the factors exceed factor_bound"
             )
+        payload = self._encrypted_factors()
+        self.epoch += 1
+        return [self._env(env.round, STAGE_REFRESHED, RS_ID, payload)]
+
+    def _encrypted_factors(self) -> bytes:
+        """Fresh encryptions of A = (U, V) + M in the slot layout (a refresh's payload)."""
+        layout = self.layout
+        if layout is None:  # unreachable: called once the structure is known
+            raise ProtocolError("CSP: no structure yet")
         with self.profiler.section("compute"):
             expanded = [self._A_U[layout.slot_users], self._A_V[layout.slot_items]]
         parts = []
         with self.profiler.section("crypto"):
             for M in expanded:
-                for f in range(F):
-                    for c in range(len(sizes)):
+                for f in range(self.config.n_factors):
+                    for c in range(layout.n_chunks):
                         start, stop = layout.chunk_bounds(c)
                         parts.append(
                             _encrypt_bytes(
                                 self.scheme, M[start:stop, f], 0, self.config.seeded_refresh
                             )
                         )
-        self.epoch += 1
-        return [self._env(env.round, STAGE_REFRESHED, RS_ID, encode_parts(parts))]
+        return encode_parts(parts)
 
 
 class RecommenderServer(_Role):
@@ -575,6 +646,9 @@ class RecommenderServer(_Role):
         self._M_V = np.zeros((config.n_items, F))
         self.epoch = 0
         self._waiting = False
+        #: restored: the factors come from the CSP (stage resume), not from U0, V0
+        self._restored = False
+        self._awaiting_factors = False
         self.ready = False
 
     # -- engine hooks -------------------------------------------------------------
@@ -591,6 +665,22 @@ class RecommenderServer(_Role):
         """RS's current masks (M_U, M_V); measurement hooks subtract them from the CSP's state."""
         return self._M_U.copy(), self._M_V.copy()
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """RS's masks M and the epoch. Its ciphertexts are not kept: they are under a
+        key a resumed run will not have (see the module doc)."""
+        if not (self.at_boundary or self.done):
+            raise ProtocolError(f"RS: checkpoints are taken between epochs (epoch {self.epoch})")
+        return {"role": "rs", "epoch": self.epoch, "M_U": self._M_U.copy(), "M_V": self._M_V.copy()}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Resume at an epoch boundary (before ``start``): the setup runs again, and
+        the factors come from the CSP's ``resume`` message."""
+        if self.scheme is not None or self.layout is not None:
+            raise ValueError("rs: cannot restore a run that has started")
+        self.epoch = _restored_epoch(state, "rs", self.config)
+        self._M_U, self._M_V = _restored_factors(state, ("M_U", "M_V"), self.config, "rs")
+        self._restored = self._awaiting_factors = True
+
     def start(self) -> list[Envelope]:
         return []
 
@@ -603,6 +693,7 @@ class RecommenderServer(_Role):
                 STAGE_STRUCTURE: users,
                 STAGE_RATINGS: users,
                 STAGE_REFRESHED: (CSP_ID,),
+                STAGE_RESUME: (CSP_ID,),
             },
         )
         if env.stage == STAGE_CONTEXT:
@@ -614,6 +705,8 @@ class RecommenderServer(_Role):
                 self._pending.append(env)
                 return []
             return self._on_ratings(env)
+        if env.stage == STAGE_RESUME:
+            return self._on_resume(env)
         return self._on_refreshed(env)
 
     # -- setup ---------------------------------------------------------------------
@@ -711,8 +804,19 @@ class RecommenderServer(_Role):
                     self._up[j][c] = self._acc(self._up[j][c], ct)
         self._uploaded.add(u)
         if len(self._uploaded) == self.config.n_users:
-            self._encrypt_initial_factors()
-            self.ready = True
+            if not self._restored:
+                self._encrypt_initial_factors()
+            self.ready = not self._awaiting_factors
+        return []
+
+    def _on_resume(self, env: Envelope) -> list[Envelope]:
+        """A resumed run's factors: the CSP's Enc(A) minus RS's restored masks."""
+        who = f"RS: resumed factors from agent {env.sender}"
+        if not self._awaiting_factors or env.round != SETUP_ROUND:
+            raise ProtocolError(f"{who} for round {env.round}: unexpected (RS did not resume)")
+        self._EU, self._EV = self._unmask(env.payload, who)
+        self._awaiting_factors = False
+        self.ready = len(self._uploaded) == self.config.n_users
         return []
 
     def _acc(self, total: Ciphertext | None, ct: Ciphertext) -> Ciphertext:
@@ -801,9 +905,21 @@ class RecommenderServer(_Role):
         who = f"RS: refreshed factors for round {env.round} from agent {env.sender}"
         if not self._waiting or env.round != self.epoch or layout is None or scheme is None:
             raise ProtocolError(f"{who}: unexpected (RS is at epoch {self.epoch})")
+        self._EU, self._EV = self._unmask(env.payload, who)
+        self._waiting = False
+        self.epoch += 1
+        return []
+
+    def _unmask(
+        self, payload: bytes, who: str
+    ) -> tuple[list[list[Ciphertext]], list[list[Ciphertext]]]:
+        """Enc(A) in the slot layout minus Enc(M): Enc(U), Enc(V) per factor and chunk."""
+        layout, scheme = self.layout, self.scheme
+        if layout is None or scheme is None:
+            raise ProtocolError(f"{who}: unexpected before the context and the structure")
         F, sizes = self.config.n_factors, layout.chunk_sizes()
         try:
-            blobs = decode_parts(env.payload, who, 2 * F * len(sizes))
+            blobs = decode_parts(payload, who, 2 * F * len(sizes))
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
         new: list[list[list[Ciphertext]]] = [[], []]
@@ -822,10 +938,7 @@ class RecommenderServer(_Role):
                         row.append(scheme.add(ct, scheme.encrypt(-M[idx[a:b], f])))
                         k += 1
                     new[g].append(row)
-        self._EU, self._EV = new[0], new[1]
-        self._waiting = False
-        self.epoch += 1
-        return []
+        return new[0], new[1]
 
 
 def twin_slots(

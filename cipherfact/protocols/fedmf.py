@@ -12,6 +12,16 @@ the public key). Per epoch, users take turns in id order; for user u:
    items, so the server cannot tell which were rated) or rated items only
    ("part") -- and uploads them; the server sets Enc(v_j) <- Enc(v_j) - Enc(g_j).
 
+Checkpoints (``checkpoint_state``/``restore_state``, at an epoch boundary)
+hold numbers only, never a key: a resumed run makes a fresh key pair, so the
+server's Enc(V) (under the old key) is worthless and not kept. The last user
+in turn order keeps V instead -- every user decrypts V each epoch, so this is
+no more than a user knows -- computed from its last turn exactly as the
+server's homomorphic update leaves it (fixed-point integers, ``_v_after``);
+on resume it sends Enc(V) under the new key (stage ``restore``) and the
+server continues from it, so the factors are bit-identical to an
+uninterrupted run's.
+
 Items are stored in blocks: with ``naive`` packing off, one value per
 ciphertext (as the original, which used phe); with this project's packed
 Paillier a block holds as many items as one packed integer has room for, and
@@ -21,7 +31,9 @@ Paillier a block holds as many items as one packed integer has room for, and
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +51,7 @@ __all__ = [
     "FedMFUser",
     "fedmf_codec",
     "fedmf_reference",
+    "last_user",
     "user_update",
 ]
 
@@ -47,6 +60,10 @@ SETUP_ROUND = -1
 STAGE_KEY = "key"
 STAGE_ITEMS = "items"
 STAGE_GRADS = "grads"
+STAGE_RESTORE = "restore"  # on resume only: the last user's Enc(V) under the fresh key
+#: stages that go one user at a time (the server waits for each turn): network
+#: emulation charges them per user, not as one parallel wave
+TURN_STAGES = (STAGE_ITEMS, STAGE_GRADS)
 MODES = ("full", "part")
 _INDEX = struct.Struct(">I")
 
@@ -90,6 +107,18 @@ class FedMFConfig:
 def user_id(u: int) -> AgentId:
     """Agent id of user index ``u`` (the server is 0)."""
     return u + 1
+
+
+def last_user(config: FedMFConfig) -> int:
+    """The user whose turn ends an epoch: it keeps V for checkpoints."""
+    return config.n_users - 1
+
+
+def _check_epoch(state: Mapping[str, Any], config: FedMFConfig, who: str) -> int:
+    epoch = int(state["epoch"])
+    if not 1 <= epoch <= config.epochs:
+        raise ValueError(f"{who}: checkpoint epoch {epoch} is outside 1..{config.epochs}")
+    return epoch
 
 
 def fedmf_codec(config: FedMFConfig) -> FixedPointCodec:
@@ -156,6 +185,9 @@ class FedMFServer(StateMachine):
         self.encrypted_v: list[Ciphertext] = []
         self.epoch = 0
         self._turn: int | None = None  # user index whose gradients we wait for
+        #: resumed: Enc(V) comes from the last user (stage ``restore``), not from init
+        self._restoring = False
+        self._pending: list[Envelope] = []  # a restore that came before the key
 
     @property
     def done(self) -> bool:
@@ -163,7 +195,26 @@ class FedMFServer(StateMachine):
 
     @property
     def at_boundary(self) -> bool:
-        return self.scheme is not None and self._turn is None and not self.done
+        return (
+            self.scheme is not None and not self._restoring and self._turn is None and not self.done
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The epoch only: Enc(V) is under a key a resumed run will not have (the
+        last user keeps V; see the module doc)."""
+        if not (self.at_boundary or self.done):
+            raise ProtocolError(
+                f"server: checkpoints are taken between epochs (epoch {self.epoch})"
+            )
+        return {"role": "server", "epoch": self.epoch}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Resume after ``state["epoch"]`` epochs (before ``start``): Enc(V) is then
+        taken from the last user's ``restore`` message instead of the initial value."""
+        if str(state.get("role")) != "server" or self.scheme is not None:
+            raise ValueError("server: not a server checkpoint, or the run has started")
+        self.epoch = _check_epoch(state, self.config, "server")
+        self._restoring = True
 
     def start(self) -> list[Envelope]:
         return []
@@ -186,6 +237,11 @@ class FedMFServer(StateMachine):
             return self._on_key(env)
         if env.stage == STAGE_GRADS:
             return self._on_grads(env)
+        if env.stage == STAGE_RESTORE and self._restoring:
+            if self.scheme is None:
+                self._pending.append(env)
+                return []
+            return self._on_restore(env)
         raise ProtocolError(
             f"server: unexpected stage {env.stage!r} from agent {env.sender} "
             f"(expected {STAGE_KEY!r} or {STAGE_GRADS!r})"
@@ -200,11 +256,37 @@ class FedMFServer(StateMachine):
             raise ProtocolError(f"server: bad public key from agent {env.sender}: {exc}") from exc
         self.scheme = scheme
         self.blocks = _Blocks(self.config, scheme.layout.slots)
+        if self._restoring:
+            pending, self._pending = self._pending, []
+            return [out for p in pending for out in self._on_restore(p)]
         with self.profiler.section("crypto"):
             self.encrypted_v = [
                 scheme.encrypt(np.full(self.blocks.size(b), self.config.init_value))
                 for b in range(self.blocks.count)
             ]
+        return []
+
+    def _on_restore(self, env: Envelope) -> list[Envelope]:
+        """Enc(V) of a resumed run, from the last user, under the fresh key."""
+        who = f"server: restored items from agent {env.sender}"
+        scheme, blocks = self.scheme, self.blocks
+        if scheme is None or blocks is None:  # unreachable: buffered until the key
+            raise ProtocolError(f"{who}: no public key")
+        if env.sender != user_id(last_user(self.config)) or env.round != SETUP_ROUND:
+            raise ProtocolError(
+                f"{who} for round {env.round}: expected them from agent "
+                f"{user_id(last_user(self.config))} in the setup round"
+            )
+        try:
+            parts = decode_parts(env.payload, who, blocks.count)
+            cts = [scheme.from_bytes(blob) for blob in parts]
+        except (CryptoError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"{who}: {exc}") from exc
+        for b, ct in enumerate(cts):
+            if ct.size != blocks.size(b):
+                raise ProtocolError(f"{who}: block {b} holds {ct.size} values")
+        self.encrypted_v = cts
+        self._restoring = False
         return []
 
     def _send_items(self, u: int) -> list[Envelope]:
@@ -292,6 +374,10 @@ class FedMFUser(StateMachine):
         self.blocks = _Blocks(config, scheme.layout.slots)  # type: ignore[attr-defined]
         self.vector = np.full(config.n_factors, config.init_value)
         self.rounds_done = 0
+        #: the last user's latest turn (V decrypted, gradients sent): V after the
+        #: epoch, for checkpoints; restored V to send on resume
+        self._last_turn: tuple[np.ndarray, np.ndarray] | None = None
+        self._restore_v: np.ndarray | None = None
 
     @property
     def done(self) -> bool:
@@ -304,11 +390,71 @@ class FedMFUser(StateMachine):
     def begin_outer(self) -> list[Envelope]:
         return []
 
+    def _v_after(self) -> np.ndarray:
+        """V as the server holds it after this (last) user's turn: Enc(V) - Enc(G)
+        decrypts to the integers encode(V) - encode(G), so this is exact."""
+        if self._last_turn is None:
+            raise ProtocolError(f"user {self.u}: no turn taken yet, V is unknown")
+        V, G = self._last_turn
+        codec = fedmf_codec(self.config)
+        ints = codec.encode(V.ravel(), "V") - codec.encode(G.ravel(), "gradients")
+        return codec.decode(ints).reshape(V.shape)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """u and the epoch count; the last user also V (see the module doc). Never
+        the key."""
+        state: dict[str, Any] = {
+            "role": "user",
+            "vector": self.vector.copy(),
+            "epoch": self.rounds_done,
+        }
+        if self.u == last_user(self.config):
+            state["V"] = self._v_after() if self._restore_v is None else self._restore_v
+        return state
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Resume after ``state["epoch"]`` epochs (before ``start``)."""
+        who = f"user {self.u}"
+        if str(state.get("role")) != "user":
+            raise ValueError(f"{who}: not a user checkpoint")
+        vector = np.asarray(state["vector"], dtype=np.float64)
+        if vector.shape != self.vector.shape:
+            raise ValueError(f"{who}: checkpoint vector has shape {vector.shape}")
+        restore_v = None
+        if self.u == last_user(self.config):
+            restore_v = np.asarray(state["V"], dtype=np.float64)
+            if restore_v.shape != (self.config.n_items, self.config.n_factors):
+                raise ValueError(f"{who}: checkpoint V has shape {restore_v.shape}")
+        self.rounds_done = _check_epoch(state, self.config, who)
+        self.vector = vector.copy()
+        self._restore_v = restore_v
+
     def start(self) -> list[Envelope]:
-        if not self._send_key:
-            return []
-        payload = self.scheme.public_bytes()
-        return [Envelope(self.config.job_id, SETUP_ROUND, STAGE_KEY, self.agent_id, 0, payload)]
+        out = []
+        if self._send_key:
+            payload = self.scheme.public_bytes()
+            out.append(
+                Envelope(self.config.job_id, SETUP_ROUND, STAGE_KEY, self.agent_id, 0, payload)
+            )
+        if self._restore_v is not None:  # resumed: Enc(V) under the fresh key
+            with self.profiler.section("crypto"):
+                parts = [
+                    self.scheme.to_bytes(
+                        self.scheme.encrypt(self._restore_v[r.start : r.stop].ravel())
+                    )
+                    for r in map(self.blocks.items, range(self.blocks.count))
+                ]
+            out.append(
+                Envelope(
+                    self.config.job_id,
+                    SETUP_ROUND,
+                    STAGE_RESTORE,
+                    self.agent_id,
+                    SERVER_ID,
+                    encode_parts(parts),
+                )
+            )
+        return out
 
     def step(self, env: Envelope) -> list[Envelope]:
         who = f"user {self.u}: {env.stage!r} for round {env.round} from agent {env.sender}"
@@ -353,6 +499,8 @@ class FedMFUser(StateMachine):
                 )
         index = b"".join(_INDEX.pack(b) for b in send)
         self.rounds_done += 1
+        if self.u == last_user(self.config):
+            self._last_turn, self._restore_v = (V, G), None
         payload = encode_parts([index, *cts])
         return [Envelope(self.config.job_id, env.round, STAGE_GRADS, self.agent_id, 0, payload)]
 

@@ -1,18 +1,26 @@
 """Checkpoints of a simulation at an outer-iteration boundary, written atomically.
 
-Layout in ``out_dir/checkpoint/``::
+One format for every protocol. Layout in ``out_dir/checkpoint/``::
 
     latest.json            {"outer": K, "dir": "outer-00000K", "meta": {...}}
     outer-00000K/agent-00000.npz ...
 
-Each agent's state is ``.npz`` bytes from ``save_state_npz`` (numbers only,
-never pickle, never keys: a resumed run generates fresh keys, and decrypted
-values do not depend on keys). A checkpoint becomes visible only when
-``latest.json`` is replaced (``os.replace`` is atomic), after its folder is
-complete, so a run killed while writing leaves the previous checkpoint usable.
-``meta`` identifies the job (job id, sizes, data digest and, when given, the
-public configuration: the scenario after overrides, the graph and the codec)
-so that a resume with a different scenario is refused, naming the field that
+One ``.npz`` per agent (party), the role's own state at the boundary as the
+role exports it (``checkpoint_state``; ``state_to_npz``): numbers and short
+strings only, read back with ``allow_pickle=False``. Never a key: a resumed
+run makes fresh keys and redoes the setup stage, and each protocol rebuilds
+its encrypted state from numbers its parties know (see docs/checkpoints.md
+for what each protocol's files hold). Together the files of one checkpoint
+are as private as the run's data and model (every party's state in one
+place, e.g. csr_fhe_mf's masked factors and the masks that unmask them), so
+the folder is made ``0700`` and every file ``0600``.
+
+A checkpoint becomes visible only when ``latest.json`` is replaced
+(``os.replace`` is atomic), after its folder is complete, so a run killed
+while writing leaves the previous checkpoint usable. ``meta`` identifies the
+job (job id, agent count, a digest of the data and the public configuration:
+the scenario after overrides, plus the graph and codec for ppdnmf) so that a
+resume with a different scenario or data is refused, naming the field that
 changed, instead of silently mixing runs.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -171,10 +180,12 @@ def check_meta(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str
     for key, value in expected.items():
         if key in ("job_id", "config", "config_sha256") or saved.get(key) == value:
             continue
-        if key in named or (key == "data_graph_sha256" and changes):
+        if key in named or (key in ("data_graph_sha256", "data_sha256") and changes):
             continue  # already named by the configuration (a graph or data setting)
         if key == "data_graph_sha256":
             changes.append("data_graph_sha256: the data or the graph differ")
+        elif key == "data_sha256":
+            changes.append("data_sha256: the data differ")
         else:
             was, now = _short(saved.get(key)), _short(value)
             changes.append(f"{key}: {was} in the checkpoint, {now} now")
@@ -186,8 +197,70 @@ def check_meta(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str
         )
 
 
+def data_digest(*arrays: np.ndarray) -> str:
+    """SHA-256 over arrays' shapes, dtypes and bytes: a changed data file changes it."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        arr = np.ascontiguousarray(a)
+        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def app_meta(
+    job_id: str, n_agents: int, data_sha256: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A checkpoint identity for any protocol: job id, agent count (agents are
+    ``0..n_agents-1``), a ``data_digest`` and a ``public_config`` (stored whole,
+    with its digest, so that a refused resume names every changed field)."""
+    return {
+        "job_id": job_id,
+        "n_agents": int(n_agents),
+        "data_sha256": data_sha256,
+        "config": dict(config),
+        "config_sha256": config_digest(config),
+    }
+
+
+def state_to_npz(state: Mapping[str, Any]) -> bytes:
+    """One role's checkpoint state (``checkpoint_state``: arrays, numbers, strings;
+    None values are left out) as ``.npz`` bytes."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biufU":
+            raise TypeError(f"checkpoint state {key!r} is {arr.dtype}, not numbers or text")
+        arrays[key] = arr
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def state_from_npz(data: bytes) -> dict[str, Any]:
+    """Inverse of ``state_to_npz`` (no pickle); 0-d arrays come back as scalars."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return {k: f[k].item() if f[k].ndim == 0 else f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable checkpoint state: {exc}") from exc
+
+
+def save_role(role: Any) -> bytes:
+    """A role's checkpoint bytes: its ``checkpoint_state()`` as ``.npz`` (a
+    ``LocalRoles.save_state`` for roles that export their state that way)."""
+    return state_to_npz(role.checkpoint_state())
+
+
+def load_role(role: Any, data: bytes) -> None:
+    """Restore a role from ``save_role`` bytes, before the run starts."""
+    role.restore_state(state_from_npz(data))
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -207,12 +280,13 @@ def save_checkpoint(
                 f"checkpoint state of agent {agent} must be bytes, got {type(data).__name__}"
             )
     root = Path(out_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.chmod(0o700)  # also an older, more open folder
     name = f"outer-{outer:06d}"
     tmp = root / f".{name}.tmp"
     final = root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
     for agent, data in sorted(states.items()):
         _write_bytes(tmp / f"agent-{agent:05d}.npz", data)
     shutil.rmtree(final, ignore_errors=True)

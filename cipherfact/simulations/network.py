@@ -17,7 +17,12 @@ Model (stated so that users can judge it):
 * the messages of one edge in one wave (a protocol round's stage) share the
   link: edge time = latency + sum of (transfers + retransmission timeouts);
 * waves are synchronous: a wave takes as long as its slowest edge, and the run's
-  simulated network time is the sum over waves.
+  simulated network time is the sum over waves;
+* except in *turn* stages (``NetworkModel.turns``, declared by the protocol's
+  app): there a server talks to one peer at a time and waits for its answer
+  (FedMF's users take turns), so each edge's messages are a wave of their own
+  (wave ``(round, "stage@a-b")`` for the edge {a, b}) and the stage costs the
+  sum over its edges, not the slowest one.
 
 All quantities depend only on the envelopes' routing fields and sizes, so the
 in-memory and Ray engines report the same numbers for the same seed.
@@ -48,6 +53,9 @@ class NetworkModel:
     loss: float = 0.0
     jitter: float = 0.0
     seed: int = 0
+    #: stages whose edges take turns (see the module doc); set by the runner from
+    #: the protocol's app, not by the user
+    turns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.latency_ms, bool) or not isinstance(self.latency_ms, int | float):
@@ -64,6 +72,16 @@ class NetworkModel:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"network seed must be an integer >= 0, got {self.seed!r}")
+        if not all(isinstance(s, str) and s and "@" not in s for s in self.turns):
+            raise ValueError(f"turns must be stage names without '@', got {self.turns!r}")
+
+    def wave(self, env: Envelope) -> Wave:
+        """The wave ``env`` belongs to: its (round, stage), or in a turn stage its
+        edge's own wave."""
+        if env.stage in self.turns:
+            a, b = sorted((env.sender, env.receiver))
+            return env.round, f"{env.stage}@{a}-{b}"
+        return env.round, env.stage
 
     @property
     def enabled(self) -> bool:
@@ -142,12 +160,13 @@ class NetworkClock:
         attempts = self.model.attempts(env)
         transfer = env.nbytes / bandwidth
         cost = attempts * transfer + (attempts - 1) * 2.0 * latency
-        edge = (env.round, env.stage, env.sender, env.receiver)
+        wave = self.model.wave(env)
+        edge = (*wave, env.sender, env.receiver)
         if edge not in self._edge_s:
             cost += latency  # the first message of an edge in a wave pays the latency
         self._edge_s[edge] += cost
         if attempts > 1:
-            self._retransmissions[(env.round, env.stage)] += attempts - 1
+            self._retransmissions[wave] += attempts - 1
 
     def drain(self) -> tuple[dict[Wave, float], dict[Wave, int]]:
         """Slowest edge per wave, and retransmissions per wave, since the last drain."""
@@ -182,10 +201,11 @@ def merge_retransmissions(parts: Iterable[Mapping[Wave, int]]) -> dict[Wave, int
 def report(
     waves: Mapping[Wave, float], retransmissions: Mapping[Wave, int] | None = None
 ) -> NetworkReport:
-    """Synchronous waves: the simulated time is the sum of the wave maxima."""
+    """Synchronous waves: the simulated time is the sum of the wave maxima (a turn
+    stage's edge waves are summed under the stage's name)."""
     by_stage: dict[str, float] = defaultdict(float)
     for (_round, stage), seconds in waves.items():
-        by_stage[stage] += seconds
+        by_stage[stage.split("@", 1)[0]] += seconds
     return NetworkReport(
         seconds=float(sum(waves.values())),
         retransmissions=int(sum((retransmissions or {}).values())),

@@ -14,6 +14,13 @@ their roles from those, so every host holds the same config. Measurement
 hooks (the CSP's masked factors with RS's masks; FedMF's Enc(V) as bytes,
 decrypted by the users' host) are called between epochs.
 
+Checkpoints: every role exports its own state at an epoch boundary
+(``checkpoint_state``, numbers only, never a key) and the runner writes them
+in the one checkpoint format (``checkpoint.py``); a resumed run makes fresh
+keys, redoes the setup and each protocol rebuilds its encrypted state from
+those numbers (the protocol modules say how; docs/checkpoints.md lists what
+each file holds).
+
 Results: FedMF is exact fixed-point Paillier with sequential users, so a run
 equals the in-memory run bit for bit. csr_fhe_mf decrypts CKKS values whose
 noise depends on fresh encryption randomness, so two runs, in memory or not,
@@ -33,6 +40,13 @@ import numpy as np
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.protocols.base import Profiler
+from cipherfact.simulations.checkpoint import (
+    app_meta,
+    data_digest,
+    load_role,
+    public_config,
+    save_role,
+)
 from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles
 from cipherfact.simulations.ratings_model import MODEL_FILE, RatingsModel
 from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, actor_cpus
@@ -50,7 +64,7 @@ from cipherfact.simulations.recsys_sim import (
     summary_header,
 )
 from cipherfact.simulations.results import RunWriter
-from cipherfact.simulations.runner import RunApp, refuse_checkpoints, run
+from cipherfact.simulations.runner import RunApp, run
 from cipherfact.simulations.scenario import ScenarioError
 
 __all__ = [
@@ -99,6 +113,16 @@ def fedmf_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
 # --- factories (run inside the actors) ------------------------------------------------
 
 
+def _roles(
+    roles: dict[AgentId, Any],
+    profilers: dict[str, Profiler],
+    hooks: dict[str, Callable[..., Any]],
+    public: dict[str, Any],
+) -> LocalRoles:
+    """``LocalRoles`` of a recsys host: every role checkpoints as ``save_role``."""
+    return LocalRoles(roles, profilers, hooks, public, save_state=save_role, load_state=load_role)
+
+
 def _keep(roles: Mapping[AgentId, Any], agents: list[AgentId]) -> dict[AgentId, Any]:
     missing = sorted(set(agents) - set(roles))
     if missing:
@@ -137,7 +161,7 @@ class CsrKeyHolder:
         }
         if csr.RS_ID in agents:
             hooks["factor_masks"] = rs.factor_masks
-        return LocalRoles(_keep(run.roles, agents), run.profilers, hooks, public)
+        return _roles(_keep(run.roles, agents), run.profilers, hooks, public)
 
 
 @dataclass(frozen=True)
@@ -163,7 +187,7 @@ class CsrPublicRoles:
                 roles[i], hooks["factor_masks"] = rs, rs.factor_masks
             elif i >= csr.user_id(0):
                 roles[i] = csr_user(self.scenario, train, cfg, i - csr.user_id(0), profs["users"])
-        return LocalRoles(_keep(roles, agents), profs, hooks, {})
+        return _roles(_keep(roles, agents), profs, hooks, {})
 
 
 @dataclass(frozen=True)
@@ -200,7 +224,7 @@ class FedMFKeyHolder:
             "epochs": run.epochs,
             "info": run.info,
         }
-        return LocalRoles(_keep(run.roles, agents), run.profilers, hooks, public)
+        return _roles(_keep(run.roles, agents), run.profilers, hooks, public)
 
 
 @dataclass(frozen=True)
@@ -234,7 +258,7 @@ class FedMFServerRole:
         def encrypted_v() -> list[bytes]:
             return [server.scheme.to_bytes(ct) for ct in server.encrypted_v]  # type: ignore[union-attr]
 
-        return LocalRoles({fedmf.SERVER_ID: server}, profs, {"encrypted_v": encrypted_v}, {})
+        return _roles({fedmf.SERVER_ID: server}, profs, {"encrypted_v": encrypted_v}, {})
 
 
 # --- the runner -----------------------------------------------------------------------
@@ -311,7 +335,11 @@ class RecsysApp(RunApp):
     count_key = "epochs"
 
     def __init__(self, scenario: Any) -> None:
+        from cipherfact.protocols import fedmf
+
         self.scenario = scenario
+        # FedMF's users take turns: the server waits for each user's gradients
+        self.turn_stages = fedmf.TURN_STAGES if scenario.protocol == "fedmf" else ()
         self.split = load_split(scenario.data, scenario.seed)
         check_ratings(scenario, self.split)  # every input check, before any key
         self.public: dict[str, Any] = {}
@@ -325,6 +353,18 @@ class RecsysApp(RunApp):
 
     def describe(self) -> str:
         return str(self.scenario.protocol)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Job id, every party (RS, CSP or the server, and the users), the ratings'
+        digest and the scenario after overrides."""
+        train, test = self.split.train, self.split.test
+        servers = 2 if self.scenario.protocol == "csr_fhe_mf" else 1
+        digest = data_digest(
+            train.users, train.items, train.values, test.users, test.items, test.values
+        )
+        return app_meta(
+            self.scenario.name, train.n_users + servers, digest, public_config(self.scenario)
+        )
 
     def header(self, backend: str) -> dict[str, Any]:
         return summary_header(self.scenario, backend, self.split, self.public.get("info", {}))
@@ -384,7 +424,6 @@ class RecsysApp(RunApp):
 
 def simulate_recsys(scenario: Any, out_dir: Path, options: Any) -> dict[str, Any]:
     """``cipherfact simulate`` for csr_fhe_mf and fedmf, every backend (the registry's
-    runner): the same files and fields, plus ``ray`` on Ray and ``network`` /
-    ``simulated_network_s`` with network emulation."""
-    refuse_checkpoints(scenario.protocol, options)  # before the data are read
+    runner): the same files and fields, plus ``ray`` on Ray, ``network`` /
+    ``simulated_network_s`` with network emulation, checkpoints and ``--resume``."""
     return run(RecsysApp(scenario), scenario.protocol, Path(out_dir), options)

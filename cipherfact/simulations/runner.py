@@ -9,10 +9,13 @@ runner does the rest, the same way for all of them:
   (started and stopped here unless one is running or ``--ray-address`` names a
   cluster);
 * a progress bar with named fields, ``metrics.jsonl`` written line by line;
-* checkpoints every K outer iterations and ``--resume`` (for apps that give a
-  checkpoint identity; the others refuse both before any key is made);
+* checkpoints every K outer iterations and ``--resume``, one format and one
+  path for every protocol (``checkpoint.py``): each role exports its own state
+  (numbers, never a key), the app gives the job's identity, and a resume
+  restores every role, then redoes the setup with fresh keys. Apps without a
+  checkpoint identity refuse both before any key is made;
 * network emulation: simulated seconds per outer iteration and for the setup,
-  next to the measured ones;
+  next to the measured ones (turn-taking stages charged edge after edge);
 * on any failure or signal, ``summary.json`` with ``status = "failed: ..."``
   and the model of the last completed iteration, then the error propagates.
 """
@@ -20,6 +23,7 @@ runner does the rest, the same way for all of them:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -44,6 +48,9 @@ class RunApp(ABC):
     phase: str = "outer iteration"
     #: the summary field that counts completed outer iterations
     count_key: str = "outer_iters_completed"
+    #: stages in which a server serves one peer at a time, waiting for each
+    #: (network emulation charges their edges one after another; ``network.py``)
+    turn_stages: tuple[str, ...] = ()
 
     @property
     @abstractmethod
@@ -101,10 +108,7 @@ def refuse_checkpoints(protocol: str, options: Any) -> None:
     """The one-line refusal of ``--checkpoint-every``/``--resume`` for a protocol
     without checkpoints (a runner may call it before it reads any data)."""
     if options.checkpoint_every or options.resume:
-        raise ScenarioError(
-            f"{protocol} has no checkpoints yet (its servers hold ciphertext state); "
-            "drop --checkpoint-every / --resume"
-        )
+        raise ScenarioError(f"{protocol} has no checkpoints; drop --checkpoint-every / --resume")
 
 
 @contextlib.contextmanager
@@ -122,9 +126,12 @@ def run(app: RunApp, protocol: str, out_dir: Path, options: Any) -> dict[str, An
     """Run ``app`` on ``options.backend`` and write the results folder; returns the
     summary (see the module doc)."""
     out_dir = Path(out_dir)
+    emulated = options.network is not None and options.network.enabled
     meta = app.checkpoint_meta()
     if meta is None:
         refuse_checkpoints(protocol, options)
+    else:  # the summary adds up every line's simulated time: all or none emulate
+        meta = {**meta, "network": options.network.to_dict() if emulated else None}
     first, states = 0, None
     if options.resume and meta is not None:
         ckpt = load_checkpoint(out_dir, meta)
@@ -143,7 +150,9 @@ def run(app: RunApp, protocol: str, out_dir: Path, options: Any) -> dict[str, An
                 f"{app.total} (fresh keys; the iterations after it are redone)",
                 file=sys.stderr,
             )
-    emulated = options.network is not None and options.network.enabled
+    if emulated and app.turn_stages:
+        turns = dataclasses.replace(options.network, turns=tuple(app.turn_stages))
+        options = dataclasses.replace(options, network=turns)
     started = time.perf_counter()
     done = first
     with _session(options):

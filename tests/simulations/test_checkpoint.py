@@ -11,8 +11,10 @@ import pytest
 from cipherfact.protocols.ppdnmf import load_state_npz, save_state_npz
 from cipherfact.simulations.checkpoint import (
     CheckpointError,
+    app_meta,
     config_changes,
     config_digest,
+    data_digest,
     has_checkpoint,
     job_meta,
     load_checkpoint,
@@ -148,3 +150,27 @@ def test_latest_json_holds_no_state(tmp_path: Path) -> None:
 def test_save_validation(tmp_path: Path, outer: int, states: dict, exc: type, message: str) -> None:
     with pytest.raises(exc, match=message):
         save_checkpoint(tmp_path, outer, states, META)
+
+
+def test_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    import stat
+
+    folder = save_checkpoint(tmp_path, 2, _states(0.0), META)
+    assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for path in [*folder.iterdir(), tmp_path / "checkpoint" / "latest.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_app_meta_refuses_other_data_naming_it(tmp_path: Path) -> None:
+    config = public_config({"lr": 0.1})
+    meta = app_meta("job", 3, data_digest(X), config)
+    save_checkpoint(tmp_path, 1, {i: b"x" for i in range(3)}, meta)
+    assert load_checkpoint(tmp_path, meta).outer == 1
+    other = app_meta("job", 3, data_digest(X + 1), config)
+    with pytest.raises(CheckpointError, match=r"\(data_sha256: the data differ\)"):
+        load_checkpoint(tmp_path, other)
+    changed = app_meta("job", 3, data_digest(X + 1), public_config({"lr": 0.2}))
+    with pytest.raises(CheckpointError, match=r"\(lr: 0.1 in the checkpoint, 0.2 now\)"):
+        load_checkpoint(tmp_path, changed)  # the changed setting explains the data
+    assert data_digest(X) != data_digest(X.astype(np.float32))

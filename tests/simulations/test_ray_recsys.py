@@ -23,7 +23,7 @@ from cipherfact.simulations.recsys_run import (  # noqa: E402
     csr_placement,
     fedmf_placement,
 )
-from cipherfact.simulations.scenario import ScenarioError, load_scenario  # noqa: E402
+from cipherfact.simulations.scenario import load_scenario  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -142,15 +142,3 @@ def test_role_host_checks_factory_and_hooks() -> None:
     assert host.hook("one") == 1
     with pytest.raises(ValueError, match=r"host 0 has no hook 'nope' \(has \['one'\]\)"):
         host.hook("nope")
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"checkpoint_every": 1}, "csr_fhe_mf has no checkpoints"),
-        ({"resume": True}, "csr_fhe_mf has no checkpoints"),
-    ],
-)
-def test_ray_refuses_unsupported_options(tmp_path: Path, options, message) -> None:
-    with pytest.raises(ScenarioError, match=message):
-        _run("csr-fhe-mf-synthetic", TINY, tmp_path, backend="ray", **options)
