@@ -56,7 +56,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="save a checkpoint every K outer iterations into --out (ray backend)",
+        help="save a checkpoint every K outer iterations (epochs) into --out",
     )
     p.add_argument(
         "--resume",
