@@ -40,11 +40,11 @@ import numpy as np
 from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
 from cipherfact.data.ratings import Ratings
-from cipherfact.protocols import csr_fhe_mf as csr
-from cipherfact.protocols import fedmf
 from cipherfact.protocols.base import Profiler
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.fedmf import roles as fedmf
+from cipherfact.protocols.ratings.job import csr_config, fedmf_config, load_split
 from cipherfact.simulations.engine import InMemoryEngine
-from cipherfact.simulations.recsys_sim import csr_config, fedmf_config, load_split
 from cipherfact.simulations.results import machine_info, package_versions
 from cipherfact.simulations.scenario import load_scenario
 

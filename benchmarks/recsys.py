@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
-from cipherfact.protocols import fedmf
+from cipherfact.protocols.fedmf import roles as fedmf
+from cipherfact.protocols.ratings.job import fedmf_config, load_split
 from cipherfact.simulations.engine import InMemoryEngine
-from cipherfact.simulations.recsys_sim import fedmf_config, load_split
 from cipherfact.simulations.results import machine_info, package_versions
 from cipherfact.simulations.scenario import load_scenario
 from cipherfact.simulations.simulate import simulate

@@ -77,7 +77,7 @@ from cipherfact.deploy.local import LOOPBACK, gather, launch, wait_all, write_lo
 from cipherfact.deploy.tls import TlsFiles, agent_identity, cert_paths, make_agent_cert
 from cipherfact.deploy.transport import check_health
 from cipherfact.deploy.wire import MAX_PAYLOAD_BYTES, to_proto
-from cipherfact.simulations.ppdnmf_job import prepare_job
+from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations.results import machine_info, package_versions
 
 SCENARIO = "ppdnmf-synthetic"

@@ -21,9 +21,9 @@ __all__ = [
 
 # Lazy: importing the package must not pull in the simulation stack.
 _LAZY = {
-    "DistributedNMF": "cipherfact.simulations.estimator",
-    "PrivateRatingsMF": "cipherfact.simulations.ratings_estimator",
-    "RatingsModel": "cipherfact.simulations.ratings_model",
+    "DistributedNMF": "cipherfact.protocols.ppdnmf.estimator",
+    "PrivateRatingsMF": "cipherfact.protocols.ratings.estimator",
+    "RatingsModel": "cipherfact.protocols.ratings.model",
     "load_scenario": "cipherfact.simulations.scenario",
     "simulate": "cipherfact.api",
 }

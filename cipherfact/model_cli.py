@@ -1,7 +1,7 @@
 """``cipherfact recommend`` and ``cipherfact predict``: use a recommendation run's model.
 
 Both read ``model.npz`` from a csr_fhe_mf or FedMF results folder (see
-``simulations/ratings_model.py``) and speak the data's own user and item ids.
+``protocols/ratings/model.py``) and speak the data's own user and item ids.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_recommend(args: argparse.Namespace) -> int:
-    from cipherfact.simulations.ratings_model import RatingsModel
+    from cipherfact.protocols.ratings.model import RatingsModel
 
     model = RatingsModel.load(args.run)
     top = model.recommend(args.user, args.top, exclude_rated=not args.include_rated)
@@ -58,7 +58,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cipherfact.simulations.ratings_model import RatingsModel
+    from cipherfact.protocols.ratings.model import RatingsModel
 
     model = RatingsModel.load(args.run)
     scores = model.predict(args.user, args.item)

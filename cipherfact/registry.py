@@ -43,19 +43,19 @@ class ProtocolEntry:
 PROTOCOLS: dict[str, ProtocolEntry] = {
     "ppdnmf": ProtocolEntry(
         scenario="cipherfact.simulations.scenario:PPDNMFScenario",
-        simulate="cipherfact.simulations.ppdnmf_run:simulate_ppdnmf",
+        simulate="cipherfact.protocols.ppdnmf.app:simulate_ppdnmf",
         node="cipherfact.deploy.node:Node",
         defaults="ppdnmf-synthetic",
     ),
     "csr_fhe_mf": ProtocolEntry(
-        scenario="cipherfact.simulations.recsys_scenario:CsrFheMFScenario",
-        simulate="cipherfact.simulations.recsys_run:simulate_recsys",
+        scenario="cipherfact.protocols.ratings.scenario:CsrFheMFScenario",
+        simulate="cipherfact.protocols.ratings.app:simulate_recsys",
         node="cipherfact.deploy.csr_node:CsrNode",
         defaults="csr-fhe-mf-synthetic",
     ),
     "fedmf": ProtocolEntry(
-        scenario="cipherfact.simulations.recsys_scenario:FedMFScenario",
-        simulate="cipherfact.simulations.recsys_run:simulate_recsys",
+        scenario="cipherfact.protocols.ratings.scenario:FedMFScenario",
+        simulate="cipherfact.protocols.ratings.app:simulate_recsys",
         node="cipherfact.deploy.fedmf_node:FedMFNode",
         defaults="fedmf-synthetic",
     ),

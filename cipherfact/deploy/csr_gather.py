@@ -17,8 +17,8 @@ import numpy as np
 from cipherfact.deploy.csr_node import SHARE_FILE
 from cipherfact.deploy.jobfile import DeployJob
 from cipherfact.deploy.recsys_gather import Epochs
-from cipherfact.protocols import csr_fhe_mf as csr
-from cipherfact.simulations.recsys_sim import csr_config, csr_info, csr_layout, csr_twin
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.ratings.job import csr_config, csr_info, csr_layout, csr_twin
 from cipherfact.simulations.results import read_metrics_tolerant
 
 

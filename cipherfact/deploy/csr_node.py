@@ -38,10 +38,10 @@ from cipherfact.data.ratings import load_user_ratings
 from cipherfact.deploy.jobfile import DeployJob, JobFileError
 from cipherfact.deploy.node_base import BaseNode, write_atomic
 from cipherfact.deploy.servicer import PayloadCheck
-from cipherfact.protocols import csr_fhe_mf as csr
 from cipherfact.protocols.base import Profiler
-from cipherfact.protocols.csr_fhe_mf_layout import decode_parts
-from cipherfact.simulations.recsys_sim import (
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.csr_fhe_mf.layout import decode_parts
+from cipherfact.protocols.ratings.job import (
     csr_config,
     csr_config_for,
     csr_user,

@@ -18,8 +18,8 @@ import numpy as np
 from cipherfact.deploy.fedmf_node import FACTORS_FILE, LEADER
 from cipherfact.deploy.jobfile import DeployJob
 from cipherfact.deploy.recsys_gather import Epochs
-from cipherfact.protocols import fedmf
-from cipherfact.simulations.recsys_sim import fedmf_config
+from cipherfact.protocols.fedmf import roles as fedmf
+from cipherfact.protocols.ratings.job import fedmf_config
 from cipherfact.simulations.results import read_metrics_tolerant
 
 

@@ -1,10 +1,10 @@
 """One deployed FedMF party: the server (agent 0) or user u (agent 1 + u).
 
-The roles are the simulation's (``protocols/fedmf.py``); what deployment adds
+The roles are the simulation's (``protocols/fedmf/roles.py``); what deployment adds
 is where the users' shared Paillier key comes from. In one process the users
 share the key object; here user 0, the *key leader*, generates the pair in
 its own process, sends the public key to the server and hands the secret key
-to every other user in a key box through the server (``fedmf_keys.py``:
+to every other user in a key box through the server (``protocols/fedmf/keys.py``:
 encrypted to the recipient's job certificate, signed by the leader's). So
 FedMF needs the job certificates: it refuses ``insecure`` jobs. The server
 begins epoch 0 once every box has been passed on.
@@ -43,10 +43,10 @@ from cipherfact.deploy.jobfile import DeployJob, JobFileError, insecure_refusal
 from cipherfact.deploy.node_base import BaseNode, write_atomic
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.deploy.tls import agent_identity, check_tls_files
-from cipherfact.protocols import fedmf
-from cipherfact.protocols import fedmf_keys as keys
 from cipherfact.protocols.base import Profiler, ProtocolError, StateMachine
-from cipherfact.protocols.csr_fhe_mf_layout import decode_parts, encode_parts
+from cipherfact.protocols.csr_fhe_mf.layout import decode_parts, encode_parts
+from cipherfact.protocols.fedmf import keys
+from cipherfact.protocols.fedmf import roles as fedmf
 
 log = logging.getLogger("cipherfact.deploy")
 
@@ -289,7 +289,7 @@ class FedMFNode(BaseNode):
 
     @classmethod
     def party_count(cls, scenario: Any) -> int:
-        from cipherfact.simulations.recsys_sim import load_split
+        from cipherfact.protocols.ratings.job import load_split
 
         return load_split(scenario.data, scenario.seed).train.n_users + 1
 
@@ -319,7 +319,7 @@ class FedMFNode(BaseNode):
     # -- building --------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from cipherfact.simulations.recsys_sim import fedmf_config, load_split
+        from cipherfact.protocols.ratings.job import fedmf_config, load_split
 
         scenario = self.deploy.scenario
         train = load_split(scenario.data, scenario.seed).train

@@ -36,7 +36,7 @@ from cipherfact.deploy.jobfile import (
 )
 from cipherfact.deploy.node import latest_checkpoint
 from cipherfact.deploy.tls import write_job_certs
-from cipherfact.simulations.ppdnmf_job import prepare_job
+from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations.progress import progress_bar
 from cipherfact.simulations.scenario import load_scenario
 

@@ -51,13 +51,7 @@ from cipherfact.protocols.ppdnmf import (
     save_state_npz,
     secagg,
 )
-from cipherfact.simulations.checkpoint import (
-    CheckpointError,
-    check_meta,
-    config_digest,
-    public_config,
-)
-from cipherfact.simulations.ppdnmf_job import (
+from cipherfact.protocols.ppdnmf.job import (
     PPDNMFJob,
     build_role,
     check_graph,
@@ -66,6 +60,12 @@ from cipherfact.simulations.ppdnmf_job import (
     generate_key,
     peer_loader,
     prepare_job,
+)
+from cipherfact.simulations.checkpoint import (
+    CheckpointError,
+    check_meta,
+    config_digest,
+    public_config,
 )
 from cipherfact.simulations.topology import Graph
 

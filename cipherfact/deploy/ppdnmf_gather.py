@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from cipherfact.deploy.jobfile import DeployJob
+from cipherfact.protocols.ppdnmf.job import consensus_spread, prepare_job
 from cipherfact.protocols.references import relative_error
-from cipherfact.simulations.ppdnmf_job import consensus_spread, prepare_job
 from cipherfact.simulations.results import (
     RunWriter,
     machine_info,

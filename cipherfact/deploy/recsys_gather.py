@@ -22,14 +22,14 @@ import numpy as np
 
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.simulations.ratings_model import MODEL_FILE, RatingsModel
-from cipherfact.simulations.recsys_sim import (
+from cipherfact.protocols.ratings.job import (
     epoch_rmse,
     finish_summary,
     load_split,
     party_bytes,
     summary_header,
 )
+from cipherfact.protocols.ratings.model import MODEL_FILE, RatingsModel
 from cipherfact.simulations.results import RunWriter, read_metrics_tolerant
 
 __all__ = ["Epochs", "gather_ratings"]

@@ -28,7 +28,7 @@ from cipherfact.deploy.local import (
     wait_all,
     write_local_job,
 )
-from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
+from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 
 

@@ -2,7 +2,7 @@
 
 It is the grids' host (``grid.RoleHost``) with every agent on it, for callers
 that build their roles themselves (protocol tests, the privacy attacks'
-transcripts, ``ppdnmf_job.run_inmemory``, benchmarks): the same delivery order
+transcripts, ``protocols/ppdnmf/job.run_inmemory``, benchmarks): the same delivery order
 (receivers in id order, FIFO per receiver) as ``LocalGrid`` and every Ray
 actor, so there is one way to run roles in a process. An engine knows nothing
 of any protocol's mathematics: it starts the roles, pumps messages until the

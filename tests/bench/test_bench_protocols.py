@@ -13,8 +13,8 @@ import pytest
 from cipherfact.bench.protocols_plan import NETWORK, SWEEPS, PointSpec, plan_points
 from cipherfact.bench.protocols_points import CSV_FIELDS, point_row
 from cipherfact.cli import main
-from cipherfact.protocols.csr_fhe_mf_layout import CSR_PARAM_SETS, plan_csr_params
-from cipherfact.simulations.ppdnmf_job import prepare_job
+from cipherfact.protocols.csr_fhe_mf.layout import CSR_PARAM_SETS, plan_csr_params
+from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations.scenario import load_scenario
 
 OUTPUTS = (

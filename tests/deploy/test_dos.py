@@ -43,7 +43,7 @@ from cipherfact.deploy.servicer import ReassemblyBudget, ServerLimits
 from cipherfact.deploy.tls import TlsFiles, agent_identity, cert_paths, make_agent_cert
 from cipherfact.deploy.transport import GrpcTransport, StartupError, check_health
 from cipherfact.deploy.wire import to_proto
-from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
+from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 
 from .conftest import FAST_RETRY, JOB, STAGES

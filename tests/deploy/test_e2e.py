@@ -12,7 +12,7 @@ import pytest
 
 from cipherfact.deploy.local import deploy_local, launch, wait_all, write_local_job
 from cipherfact.deploy.node import checkpoint_path
-from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
+from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 
 from .conftest import SMALL, same_factors
@@ -157,7 +157,7 @@ def test_csr_fhe_mf_parties_as_processes_match_inmemory(tmp_path: Path) -> None:
         U, V = f["U"], f["V"]
     assert U.shape == (3, 4) and V.shape == (10, 4)
     # the deployed job leaves the simulation's model file too: the data's ids, the offset
-    from cipherfact.simulations.ratings_model import RatingsModel
+    from cipherfact.protocols.ratings.model import RatingsModel
 
     model, mem_model = RatingsModel.load(tmp_path / "grpc"), RatingsModel.load(tmp_path / "mem")
     assert summary["model"] == "model.npz" and np.array_equal(model.U, U)
@@ -205,7 +205,7 @@ def test_csr_fhe_mf_users_with_their_own_rating_files(tmp_path: Path) -> None:
     """Each user process reads only its own CSV; RS and the CSP load no ratings at all.
     With the scenario's own ratings in the files, the model is the simulation's."""
     from cipherfact.deploy.local import gather
-    from cipherfact.simulations.recsys_sim import load_split
+    from cipherfact.protocols.ratings.job import load_split
     from cipherfact.simulations.simulate import SimOptions, simulate
 
     scenario = load_scenario(CSR, CSR_SMALL)

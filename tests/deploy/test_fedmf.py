@@ -25,7 +25,7 @@ SMALL = [
 
 @pytest.mark.grpc
 def test_fedmf_parties_as_processes_match_the_simulation_bit_for_bit(tmp_path: Path) -> None:
-    from cipherfact.simulations.ratings_model import RatingsModel
+    from cipherfact.protocols.ratings.model import RatingsModel
     from cipherfact.simulations.simulate import SimOptions, simulate
 
     out = tmp_path / "grpc"
@@ -103,7 +103,7 @@ def test_attack_a_relaying_server_that_swaps_a_key_box_stops_the_user(tmp_path: 
     from cipherfact.agents.envelope import Envelope
     from cipherfact.deploy.fedmf_node import FedMFNode, load_identity
     from cipherfact.protocols.base import ProtocolError
-    from cipherfact.protocols.fedmf_keys import STAGE_KEYBOX, Identity, seal_key
+    from cipherfact.protocols.fedmf.keys import STAGE_KEYBOX, Identity, seal_key
 
     deploy = load_job(write_local_job(FEDMF, SMALL, None, tmp_path))
 

@@ -23,7 +23,7 @@ import pytest
 from cipherfact.cli import main
 from cipherfact.deploy.kit import KitError, gather_folders, make_kits
 from cipherfact.deploy.local import wait_all, write_local_job
-from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
+from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 
 from .conftest import SMALL, same_factors

@@ -82,8 +82,8 @@ def test_envelope_with_sender_equal_receiver_is_malformed() -> None:
 def test_csr_payload_format_refuses_malformed_framing() -> None:
     from cipherfact.agents.envelope import Envelope
     from cipherfact.deploy.csr_node import CsrPayloadFormat
-    from cipherfact.protocols import csr_fhe_mf as csr
-    from cipherfact.protocols.csr_fhe_mf_layout import encode_parts
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
+    from cipherfact.protocols.csr_fhe_mf.layout import encode_parts
 
     check = CsrPayloadFormat()
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from cipherfact.agents.envelope import Envelope
-from cipherfact.simulations.engine import InMemoryEngine
-from cipherfact.simulations.ppdnmf_job import (
+from cipherfact.protocols.ppdnmf.job import (
     PPDNMFJob,
     build_roles,
     generate_keys,
     prepare_job,
 )
+from cipherfact.simulations.engine import InMemoryEngine
 from cipherfact.simulations.scenario import load_scenario
 
 SMALL_RUN = [

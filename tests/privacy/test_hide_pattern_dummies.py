@@ -19,9 +19,9 @@ import pytest
 
 from cipherfact.agents.envelope import Envelope
 from cipherfact.crypto import ckks
-from cipherfact.protocols import csr_fhe_mf as csr
-from cipherfact.simulations.recsys_scenario import CsrCryptoSpec, CsrFheMFScenario, RatingsSpec
-from cipherfact.simulations.recsys_sim import csr_config, csr_user, load_split
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.ratings.job import csr_config, csr_user, load_split
+from cipherfact.protocols.ratings.scenario import CsrCryptoSpec, CsrFheMFScenario, RatingsSpec
 
 #: The attacker trusts an explanation of a padded list only when it accounts for
 #: at least this many dummies: a list that was *not* drawn with the replayed

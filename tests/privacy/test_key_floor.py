@@ -29,7 +29,7 @@ from cipherfact.crypto.errors import InsecureKeyError, InsecureParameterError
 from cipherfact.crypto.keys import MIN_SECURE_KEY_BITS
 from cipherfact.deploy.node import PayloadFormat
 from cipherfact.protocols.base import ProtocolError
-from cipherfact.simulations.ppdnmf_job import (
+from cipherfact.protocols.ppdnmf.job import (
     PPDNMFJob,
     build_role,
     peer_loader,
@@ -264,8 +264,8 @@ FEDMF_TINY = ["data.n_users=20", "data.n_items=40", "epochs=1", "crypto.key_bits
 
 def fedmf_servers(*overrides: str) -> list[Any]:
     """The FedMF server as the in-memory job builds it and as the Ray server actor does."""
-    from cipherfact.simulations.recsys_run import FedMFServerRole
-    from cipherfact.simulations.recsys_sim import build_fedmf, load_split
+    from cipherfact.protocols.ratings.app import FedMFServerRole
+    from cipherfact.protocols.ratings.job import build_fedmf, load_split
 
     scenario = load_scenario("fedmf-synthetic", [*FEDMF_TINY, *overrides])
     in_memory = build_fedmf(scenario, load_split(scenario.data, scenario.seed)).roles[0]

@@ -11,9 +11,9 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.crypto.ckks import MissingEvaluationKeyError, load_public_ckks, make_ckks_scheme
 from cipherfact.crypto.errors import InsecureParameterError
 from cipherfact.data.ratings import Ratings, load_ratings, split_random, synthetic_ratings
-from cipherfact.protocols import csr_fhe_mf as csr
 from cipherfact.protocols.base import ProtocolError
-from cipherfact.protocols.csr_fhe_mf_layout import (
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.csr_fhe_mf.layout import (
     SlotLayout,
     decode_parts,
     encode_parts,

@@ -8,9 +8,9 @@ import pytest
 from cipherfact.agents.envelope import Envelope
 from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.data.ratings import synthetic_ratings
-from cipherfact.protocols import fedmf
 from cipherfact.protocols.base import ProtocolError
-from cipherfact.protocols.csr_fhe_mf_layout import encode_parts
+from cipherfact.protocols.csr_fhe_mf.layout import encode_parts
+from cipherfact.protocols.fedmf import roles as fedmf
 from cipherfact.simulations.engine import InMemoryEngine
 
 KEY_BITS = 512

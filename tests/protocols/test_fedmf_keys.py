@@ -15,7 +15,7 @@ from cipherfact.crypto.codec import FixedPointCodec
 from cipherfact.crypto.registry import load_secret_scheme
 from cipherfact.deploy.tls import TlsFiles, agent_identity, write_job_certs
 from cipherfact.protocols.base import ProtocolError
-from cipherfact.protocols.fedmf_keys import (
+from cipherfact.protocols.fedmf.keys import (
     STAGE_CERT,
     STAGE_KEYBOX,
     Identity,

@@ -13,7 +13,7 @@ from cipherfact.crypto import load_public_scheme
 from cipherfact.crypto.errors import KeyMismatchError, MissingSecretKeyError
 from cipherfact.protocols.base import ProtocolError
 from cipherfact.protocols.ppdnmf import STAGE_KEY, STAGE_OFFER, STAGE_REPLY, PPDNMFConfig
-from cipherfact.simulations.ppdnmf_job import (
+from cipherfact.protocols.ppdnmf.job import (
     build_roles,
     generate_keys,
     prepare_job,

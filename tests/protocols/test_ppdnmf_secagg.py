@@ -22,17 +22,17 @@ from cipherfact.crypto.masking import (
 )
 from cipherfact.protocols.base import ProtocolError
 from cipherfact.protocols.ppdnmf import STAGE_KEY, STAGE_PEERS, STAGE_SHARE, SecAggAgent
+from cipherfact.protocols.ppdnmf.job import (
+    build_roles,
+    check_graph,
+    generate_keys,
+    prepare_job,
+)
 from cipherfact.protocols.ppdnmf.secagg import (
     decode_key_message,
     decode_peers_message,
     encode_key_message,
     encode_peers_message,
-)
-from cipherfact.simulations.ppdnmf_job import (
-    build_roles,
-    check_graph,
-    generate_keys,
-    prepare_job,
 )
 from cipherfact.simulations.scenario import ScenarioError, load_scenario
 from cipherfact.simulations.topology import Graph

@@ -13,9 +13,9 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
 from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
 from cipherfact.data.ratings import synthetic_ratings
-from cipherfact.protocols import csr_fhe_mf as csr
-from cipherfact.protocols import fedmf
 from cipherfact.protocols.base import ProtocolError
+from cipherfact.protocols.csr_fhe_mf import roles as csr
+from cipherfact.protocols.fedmf import roles as fedmf
 from cipherfact.simulations.checkpoint import state_from_npz, state_to_npz
 from cipherfact.simulations.engine import InMemoryEngine
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from cipherfact import cli
+from cipherfact.protocols.ppdnmf import job as ppdnmf_job
 from cipherfact.protocols.references import relative_error
-from cipherfact.simulations import ppdnmf_job
 from cipherfact.simulations.scenario import load_scenario
 
 PP = "ppdnmf-synthetic"

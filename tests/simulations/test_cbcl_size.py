@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations import simulate as sim
-from cipherfact.simulations.ppdnmf_job import prepare_job
 from cipherfact.simulations.scenario import load_scenario
 
 REDUCED = ["crypto.scheme=none", "outer_iters=2", "inner_iters=3"]

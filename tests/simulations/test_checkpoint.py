@@ -88,7 +88,7 @@ def test_changed_inner_iters_is_refused_naming_the_field(tmp_path: Path) -> None
 
 
 def _config(*overrides: str) -> dict:
-    from cipherfact.simulations.ppdnmf_job import prepare_job
+    from cipherfact.protocols.ppdnmf.job import prepare_job
     from cipherfact.simulations.scenario import load_scenario
 
     job = prepare_job(

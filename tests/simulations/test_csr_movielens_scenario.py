@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cipherfact.simulations.recsys_sim import csr_config, load_split
+from cipherfact.protocols.ratings.job import csr_config, load_split
 from cipherfact.simulations.scenario import ScenarioError, load_scenario
 
 

@@ -11,7 +11,7 @@ from sklearn.base import clone
 
 from cipherfact import DistributedNMF, cli
 from cipherfact.data.synthetic import synthetic_nmf
-from cipherfact.simulations import ppdnmf_job
+from cipherfact.protocols.ppdnmf import job as ppdnmf_job
 from cipherfact.solvers import nmf
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cipherfact.protocols.ppdnmf.app import PPDNMFApp
 from cipherfact.simulations import simulate as sim
 from cipherfact.simulations.checkpoint import CheckpointError
 from cipherfact.simulations.network import NetworkModel
-from cipherfact.simulations.ppdnmf_run import PPDNMFApp
 from cipherfact.simulations.scenario import load_scenario
 
 SMALL = [

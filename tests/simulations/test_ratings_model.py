@@ -12,7 +12,7 @@ import pytest
 
 import cipherfact
 from cipherfact.cli import main
-from cipherfact.simulations.ratings_model import ModelError, RatingsModel
+from cipherfact.protocols.ratings.model import ModelError, RatingsModel
 
 FEDMF = [
     "data.n_users=8",

@@ -19,9 +19,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from cipherfact.cli import main  # noqa: E402
+from cipherfact.protocols.ppdnmf.app import PPDNMFApp  # noqa: E402
 from cipherfact.simulations import simulate as sim  # noqa: E402
 from cipherfact.simulations.network import NetworkModel  # noqa: E402
-from cipherfact.simulations.ppdnmf_run import PPDNMFApp  # noqa: E402
 from cipherfact.simulations.ray_grid import RayEngineError, ray_session  # noqa: E402
 from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
 from cipherfact.simulations.scenario import load_scenario  # noqa: E402

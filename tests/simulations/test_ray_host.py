@@ -16,10 +16,10 @@ from cipherfact.agents.envelope import Envelope
 from cipherfact.agents.ray_transport import HostTransport
 from cipherfact.agents.transport import TransportError
 from cipherfact.protocols.ppdnmf import load_state_npz
+from cipherfact.protocols.ppdnmf.app import PPDNMFRoles, round_robin
+from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.grid import LocalGrid, RoleHost
 from cipherfact.simulations.network import NetworkModel
-from cipherfact.simulations.ppdnmf_job import prepare_job, run_inmemory
-from cipherfact.simulations.ppdnmf_run import PPDNMFRoles, round_robin
 from cipherfact.simulations.ray_grid import pool_spec
 from cipherfact.simulations.scenario import load_scenario
 
@@ -171,7 +171,7 @@ def test_host_failure_names_host_agents_and_round() -> None:
 
 
 def test_balanced_placement_spreads_the_work_not_the_count() -> None:
-    from cipherfact.simulations.ppdnmf_run import AGENT_ROUND_COST, balanced_placement
+    from cipherfact.protocols.ppdnmf.app import AGENT_ROUND_COST, balanced_placement
 
     degrees = [4, 2, 3, 4, 5, 3, 3, 2, 1, 3]  # ppdnmf-synthetic's geometric graph
     placement = balanced_placement(degrees, 2)

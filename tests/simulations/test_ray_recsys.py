@@ -11,18 +11,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from cipherfact.protocols import csr_fhe_mf as csr  # noqa: E402
-from cipherfact.protocols import fedmf  # noqa: E402
-from cipherfact.simulations import simulate as sim  # noqa: E402
-from cipherfact.simulations.grid import LocalRoles, RoleHost  # noqa: E402
-from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
-from cipherfact.simulations.recsys_run import (  # noqa: E402
+from cipherfact.protocols.csr_fhe_mf import roles as csr  # noqa: E402
+from cipherfact.protocols.fedmf import roles as fedmf  # noqa: E402
+from cipherfact.protocols.ratings.app import (  # noqa: E402
     CsrKeyHolder,
     CsrPublicRoles,
     FedMFServerRole,
     csr_placement,
     fedmf_placement,
 )
+from cipherfact.simulations import simulate as sim  # noqa: E402
+from cipherfact.simulations.grid import LocalRoles, RoleHost  # noqa: E402
+from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
 from cipherfact.simulations.scenario import load_scenario  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -13,8 +13,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from cipherfact.protocols.ratings.model import RatingsModel  # noqa: E402
 from cipherfact.simulations.network import NetworkModel  # noqa: E402
-from cipherfact.simulations.ratings_model import RatingsModel  # noqa: E402
 from cipherfact.simulations.ray_local import start_local_ray  # noqa: E402
 from tests.simulations.test_recsys_resume import (  # noqa: E402
     CKKS_RMSE_TOL,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cipherfact.data.ratings import synthetic_ratings
-from cipherfact.simulations.recsys_sim import load_split
+from cipherfact.protocols.ratings.job import load_split
 from cipherfact.simulations.scenario import ScenarioError, load_scenario
 from cipherfact.simulations.simulate import simulate
 

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cipherfact.protocols.ratings.app import RecsysApp
+from cipherfact.protocols.ratings.model import RatingsModel
 from cipherfact.simulations import simulate as sim
 from cipherfact.simulations.checkpoint import (
     CHECKPOINT_DIR,
@@ -20,8 +22,6 @@ from cipherfact.simulations.checkpoint import (
     state_from_npz,
 )
 from cipherfact.simulations.network import NetworkModel
-from cipherfact.simulations.ratings_model import RatingsModel
-from cipherfact.simulations.recsys_run import RecsysApp
 from cipherfact.simulations.runner import refuse_checkpoints
 from cipherfact.simulations.scenario import ScenarioError, load_scenario
 

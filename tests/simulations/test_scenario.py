@@ -33,7 +33,7 @@ def test_overrides_reach_nested_fields_and_are_typed():
 
 
 def test_uneven_column_split():
-    from cipherfact.simulations.ppdnmf_job import prepare_job
+    from cipherfact.protocols.ppdnmf.job import prepare_job
 
     sizes = [4, 40, 10, 26, 20, 30, 12, 18, 15, 25]
     job = prepare_job(load_scenario("ppdnmf-synthetic", [f"data.agent_cols={sizes}"]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cipherfact import cli
-from cipherfact.simulations import ppdnmf_job
+from cipherfact.protocols.ppdnmf import job as ppdnmf_job
 from cipherfact.simulations.results import read_metrics
 
 TINY = [

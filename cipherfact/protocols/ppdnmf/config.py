@@ -32,7 +32,7 @@ class PPDNMFConfig:
     only) sets the noise a replier adds after weighting: uniform integers in
     [-2^(weight_bits + reply_noise_bits), 2^(weight_bits + reply_noise_bits))
     at the codec's fixed point, whose fraction is that many bits finer than
-    the scenario's (``ppdnmf_job.codec_for``). 0 reproduces the paper's
+    the scenario's (``job.codec_for``). 0 reproduces the paper's
     construction, whose replies reveal a_ji by a gcd (kept for the attack
     tests only).
     """

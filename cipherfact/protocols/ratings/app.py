@@ -40,17 +40,7 @@ import numpy as np
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.checkpoint import (
-    app_meta,
-    data_digest,
-    load_role,
-    public_config,
-    save_role,
-)
-from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles
-from cipherfact.simulations.ratings_model import MODEL_FILE, RatingsModel
-from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, actor_cpus
-from cipherfact.simulations.recsys_sim import (
+from cipherfact.protocols.ratings.job import (
     build_csr,
     build_fedmf,
     check_ratings,
@@ -63,6 +53,16 @@ from cipherfact.simulations.recsys_sim import (
     party_bytes,
     summary_header,
 )
+from cipherfact.protocols.ratings.model import MODEL_FILE, RatingsModel
+from cipherfact.simulations.checkpoint import (
+    app_meta,
+    data_digest,
+    load_role,
+    public_config,
+    save_role,
+)
+from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles
+from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, actor_cpus
 from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.runner import RunApp, run
 from cipherfact.simulations.scenario import ScenarioError
@@ -91,7 +91,7 @@ def _check_hosts(n_users: int, hosts: int) -> None:
 def csr_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
     """RS on actor 0, CSP on actor 1 (when there are two), users round-robin over all
     actors: RS and CSP are the parties that must not share a process."""
-    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
 
     _check_hosts(n_users, hosts)
     out = {csr.RS_ID: 0, csr.CSP_ID: 1 % hosts}
@@ -102,7 +102,7 @@ def csr_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
 def fedmf_placement(n_users: int, hosts: int) -> dict[AgentId, HostId]:
     """Server on actor 0, every user on actor 1 (when there are two): the users share
     one secret key, which is generated in their actor and never pickled."""
-    from cipherfact.protocols import fedmf
+    from cipherfact.protocols.fedmf import roles as fedmf
 
     _check_hosts(n_users, hosts)
     out = {fedmf.SERVER_ID: 0}
@@ -138,7 +138,7 @@ class CsrKeyHolder:
     scenario: Any
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
-        from cipherfact.protocols import csr_fhe_mf as csr
+        from cipherfact.protocols.csr_fhe_mf import roles as csr
 
         split = load_split(self.scenario.data, self.scenario.seed)
         run = build_csr(self.scenario, split)
@@ -174,7 +174,7 @@ class CsrPublicRoles:
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
         from cipherfact.crypto.ckks import load_public_ckks
-        from cipherfact.protocols import csr_fhe_mf as csr
+        from cipherfact.protocols.csr_fhe_mf import roles as csr
 
         train = load_split(self.scenario.data, self.scenario.seed).train
         cfg = self.config
@@ -198,7 +198,7 @@ class FedMFKeyHolder:
     scenario: Any
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
-        from cipherfact.protocols import fedmf
+        from cipherfact.protocols.fedmf import roles as fedmf
 
         run = build_fedmf(self.scenario, load_split(self.scenario.data, self.scenario.seed))
         server = run.roles[fedmf.SERVER_ID]
@@ -236,7 +236,7 @@ class FedMFServerRole:
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
         from cipherfact.crypto import PaillierOptions, load_public_scheme
-        from cipherfact.protocols import fedmf
+        from cipherfact.protocols.fedmf import roles as fedmf
 
         if agents != [fedmf.SERVER_ID]:
             raise ValueError(f"the FedMF server actor hosts agent 0 only, got {agents}")
@@ -276,8 +276,8 @@ def _grid_for(
     ``options.ray_actors`` (default: the cluster's CPUs, at least 2; FedMF uses at
     most 2: server, users).
     """
-    from cipherfact.protocols import csr_fhe_mf as csr
-    from cipherfact.protocols import fedmf
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
+    from cipherfact.protocols.fedmf import roles as fedmf
 
     is_csr = scenario.protocol == "csr_fhe_mf"
     if options.backend == "ray":
@@ -335,7 +335,7 @@ class RecsysApp(RunApp):
     count_key = "epochs"
 
     def __init__(self, scenario: Any) -> None:
-        from cipherfact.protocols import fedmf
+        from cipherfact.protocols.fedmf import roles as fedmf
 
         self.scenario = scenario
         # FedMF's users take turns: the server waits for each user's gradients

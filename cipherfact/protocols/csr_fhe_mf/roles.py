@@ -3,7 +3,7 @@
 Roles (Kim et al. 2016; Chowdhury, Bauer & Zhou 2025), RS and CSP not colluding:
 
 * users encrypt their rating values once, in the per-rating slot layout
-  (``csr_fhe_mf_layout``), upload them to the recommender server RS and may
+  (``layout.py``), upload them to the recommender server RS and may
   go offline; item indices travel in the clear (the CSR structure is public);
 * RS trains on ciphertexts only: per epoch and chunk of slots,
   ne = sum_f U_f * V_f - r (depth 1; with ``hide_pattern`` ne = w * pred - w r,
@@ -51,7 +51,7 @@ from cipherfact.crypto.base import Ciphertext, Scheme
 from cipherfact.crypto.ckks import CkksScheme
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.protocols.base import Profiler, ProtocolError, StateMachine
-from cipherfact.protocols.csr_fhe_mf_layout import (
+from cipherfact.protocols.csr_fhe_mf.layout import (
     PlannedParams,
     SlotLayout,
     decode_parts,

@@ -27,13 +27,7 @@ from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.crypto.parallel import SharedDecryptPool
 from cipherfact.protocols.ppdnmf import SETUP_ROUND, PPDNMFAgent, load_state_npz, save_state_npz
-from cipherfact.simulations import graph_plot, plots
-from cipherfact.simulations.checkpoint import (
-    job_meta,
-    public_config,
-)
-from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
-from cipherfact.simulations.ppdnmf_job import (
+from cipherfact.protocols.ppdnmf.job import (
     PPDNMFJob,
     build_role,
     consensus_spread,
@@ -43,6 +37,12 @@ from cipherfact.simulations.ppdnmf_job import (
     references,
     relative_error,
 )
+from cipherfact.simulations import graph_plot, plots
+from cipherfact.simulations.checkpoint import (
+    job_meta,
+    public_config,
+)
+from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
 from cipherfact.simulations.progress import progress_bar
 from cipherfact.simulations.ray_grid import RayGrid, pool_spec
 from cipherfact.simulations.results import RunWriter

@@ -29,7 +29,7 @@ from cipherfact.data.ratings import (
     synthetic_ratings,
 )
 from cipherfact.protocols.base import Profiler
-from cipherfact.simulations.recsys_scenario import CsrFheMFScenario, FedMFScenario, RatingsSpec
+from cipherfact.protocols.ratings.scenario import CsrFheMFScenario, FedMFScenario, RatingsSpec
 from cipherfact.simulations.results import RunWriter, machine_info, package_versions
 from cipherfact.simulations.scenario import ScenarioError, run_label, scenario_to_dict
 from cipherfact.solvers.ratings import fit_ratings_mf
@@ -204,7 +204,7 @@ def _fedmf_preflight(scenario: FedMFScenario, train: Ratings, cfg: Any) -> None:
     The protocol computes the same numbers up to 2**-frac_bits; one integer bit is
     kept as headroom for that rounding: |value| < 2**(crypto.int_bits - 1).
     """
-    from cipherfact.protocols import fedmf
+    from cipherfact.protocols.fedmf import roles as fedmf
 
     limit = 2.0 ** (cfg.int_bits - 1)
     if not abs(cfg.init_value) < limit:
@@ -304,7 +304,7 @@ def csr_config_for(
     """``csr_config`` from the public sizes alone (a deployment whose users keep their
     ratings on their own machines); ``pad`` matters only with ``hide_pattern``,
     ``item_norm`` (default: the scenario's) is the public item step divisor."""
-    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
 
     c = scenario.crypto
     try:
@@ -353,7 +353,7 @@ def csr_user(
     With ``hide_pattern`` the user draws its dummy items from the OS CSPRNG
     itself; nothing here seeds them (RS could replay a seeded draw)."""
     from cipherfact.crypto.ckks import load_public_ckks
-    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
 
     items, values = _by_user(train, u)
     return csr.CsrUser(u, items, values, cfg, load_public_ckks, profiler=profiler)
@@ -361,7 +361,7 @@ def csr_user(
 
 def csr_layout(cfg: Any, structures: list[np.ndarray]) -> Any:
     """The public slot layout from the users' item lists, in user order (as RS builds it)."""
-    from cipherfact.protocols.csr_fhe_mf_layout import SlotLayout
+    from cipherfact.protocols.csr_fhe_mf.layout import SlotLayout
 
     return SlotLayout(
         np.repeat(np.arange(cfg.n_users, dtype=np.int64), [s.size for s in structures]),
@@ -380,7 +380,7 @@ def csr_twin(
     ``layout`` is the public structure the users actually sent (their padded item
     lists with ``hide_pattern``): the dummies are secret random draws, so the twin
     reads them from there instead of drawing its own."""
-    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
 
     neg_r, weights = csr.twin_slots(layout, train.users, train.items, train.values, cfg)
     twin: list[tuple[np.ndarray, np.ndarray]] = []
@@ -411,7 +411,7 @@ def csr_info(
 def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
     """Keys, roles and the plaintext twin of a csr_fhe_mf job."""
     from cipherfact.crypto.ckks import load_public_ckks, make_ckks_scheme
-    from cipherfact.protocols import csr_fhe_mf as csr
+    from cipherfact.protocols.csr_fhe_mf import roles as csr
 
     train = split.train
     cfg = csr_config(scenario, train)
@@ -433,7 +433,7 @@ def build_csr(scenario: CsrFheMFScenario, split: RatingsSplit) -> RecsysRun:
 
 def fedmf_config(scenario: FedMFScenario, train: Ratings) -> Any:
     """The protocol's ``FedMFConfig`` for a scenario and its training ratings."""
-    from cipherfact.protocols import fedmf
+    from cipherfact.protocols.fedmf import roles as fedmf
 
     try:
         cfg = fedmf.FedMFConfig(
@@ -462,7 +462,7 @@ def fedmf_config(scenario: FedMFScenario, train: Ratings) -> Any:
 def build_fedmf(scenario: FedMFScenario, split: RatingsSplit) -> RecsysRun:
     """Shared key pair, server and users of a FedMF job, and its float reference."""
     from cipherfact.crypto import PaillierOptions, generate_scheme, load_public_scheme
-    from cipherfact.protocols import fedmf
+    from cipherfact.protocols.fedmf import roles as fedmf
 
     train, c = split.train, scenario.crypto
     cfg = fedmf_config(scenario, train)

@@ -311,7 +311,7 @@ default="geometric"
 
     def _check_data(self, X: np.ndarray) -> None:
         """Sizes and the value range, in the caller's orientation (rows = samples)."""
-        from cipherfact.simulations.ppdnmf_job import MAX_DATA_VALUE, MIN_DATA_SCALE
+        from cipherfact.protocols.ppdnmf.job import MAX_DATA_VALUE, MIN_DATA_SCALE
 
         n_samples, n_features = X.shape
         top = np.unravel_index(int(np.argmax(X)), X.shape)
@@ -356,7 +356,7 @@ default="geometric"
         self : DistributedNMF
             The fitted estimator.
         """
-        from cipherfact.simulations.ppdnmf_job import (
+        from cipherfact.protocols.ppdnmf.job import (
             consensus_spread,
             generate_keys,
             prepare_job,

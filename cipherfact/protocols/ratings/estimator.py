@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from cipherfact.simulations.ratings_model import RatingsModel
+from cipherfact.protocols.ratings.model import RatingsModel
 
 _PROTOCOLS = ("csr_fhe_mf", "fedmf")
 

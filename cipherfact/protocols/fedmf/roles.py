@@ -42,7 +42,7 @@ from cipherfact.crypto.base import Ciphertext, Scheme
 from cipherfact.crypto.codec import FixedPointCodec
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.protocols.base import Profiler, ProtocolError, StateMachine
-from cipherfact.protocols.csr_fhe_mf_layout import decode_parts, encode_parts
+from cipherfact.protocols.csr_fhe_mf.layout import decode_parts, encode_parts
 
 __all__ = [
     "SERVER_ID",

@@ -25,7 +25,7 @@ __all__ = ["CsrCryptoSpec", "CsrFheMFScenario", "FedMFCryptoSpec", "FedMFScenari
 
 _SPLITS = ("random", "last_k")
 #: Largest |rating| a synthetic scale may reach (the protocols' own bounds on the
-#: ratings are checked against the data in ``recsys_sim.check_ratings``).
+#: ratings are checked against the data in ``job.check_ratings``).
 FLOAT_SCALE = 1e6
 _FORMATS = ("auto", "movielens_csv", "ml100k", "csv")
 #: lowrank: ``data.ratings.synthetic_ratings`` (users alike); movielens: heavy-tailed
