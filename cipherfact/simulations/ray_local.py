@@ -2,8 +2,10 @@
 
 ``ray.init()`` gives its raylet a fixed 30 s to register with the GCS and then
 raises "The current node timed out during startup", leaving the half-started
-daemons running. On a loaded small machine (a 2-core CI box right after another
-Ray stopped) the first start can miss that window while a second one does not.
+daemons running; a GCS that is slow to write its port file gives "Timed out
+waiting for file .../gcs_server_port_...". On a loaded small machine (a
+2-core CI box right after another Ray stopped) the first start can miss such a
+window while a second one does not.
 So a start that times out is cleaned up (the daemons it spawned are this
 process's new descendants; Linux only, elsewhere they are left to Ray's reaper)
 and tried again, a bounded number of times. Any other ``ray.init`` error is
@@ -23,7 +25,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 START_ATTEMPTS = 3
-_STARTUP_TIMEOUT = "timed out during startup"
+#: what ``ray.init`` says when a daemon missed one of its fixed start-up waits
+_STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def start_local_ray(attempts: int = START_ATTEMPTS, **init_kwargs: Any) -> None:
@@ -37,7 +40,7 @@ def start_local_ray(attempts: int = START_ATTEMPTS, **init_kwargs: Any) -> None:
             ray.init(**init_kwargs)
             return
         except Exception as exc:
-            if _STARTUP_TIMEOUT not in str(exc) or attempt == attempts:
+            if not any(t in str(exc) for t in _STARTUP_TIMEOUTS) or attempt == attempts:
                 raise
             log.warning(
                 "Ray did not start in time (attempt %d of %d); trying again", attempt, attempts

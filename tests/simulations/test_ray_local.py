@@ -62,3 +62,18 @@ def test_other_errors_and_the_last_timeout_are_raised(monkeypatch: pytest.Monkey
     monkeypatch.setattr(ray, "init", refused)
     with pytest.raises(ValueError, match="positive"):
         ray_local.start_local_ray()
+
+
+def test_a_slow_gcs_port_file_is_retried_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+
+    def slow_gcs(**kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_ab")
+
+    monkeypatch.setattr(ray, "init", slow_gcs)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    ray_local.start_local_ray()
+    assert calls == 2
