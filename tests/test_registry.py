@@ -56,14 +56,19 @@ def test_a_protocol_without_a_node_cannot_be_deployed(monkeypatch: pytest.Monkey
         registry.load("nodeless", "node")
 
 
-def test_resume_only_where_the_node_keeps_checkpoints() -> None:
+def test_resume_only_where_the_node_keeps_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cipherfact.deploy.csr_node import CsrNode
     from cipherfact.deploy.nodes import make_node
 
     class Deploy:
         class scenario:  # noqa: N801 - a stand-in for the scenario object
             protocol = "csr_fhe_mf"
 
+    # every bundled protocol resumes; a node that keeps no checkpoints is refused
+    monkeypatch.setattr(CsrNode, "supports_resume", False)
     with pytest.raises(
-        JobFileError, match="csr_fhe_mf parties keep no checkpoints: --resume is for ppdnmf only"
+        JobFileError,
+        match=r"csr_fhe_mf parties keep no checkpoints, so they cannot resume .*"
+        r"parties resume for fedmf, ppdnmf\)",
     ):
         make_node(Deploy(), 0, resume_from=3)  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="T",
-        help="resume from this agent's checkpoint at outer iteration T "
+        help="resume from this agent's checkpoint at outer iteration (epoch) T "
         "(every agent must pass the same T)",
     )
     group.add_argument(
@@ -106,7 +106,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="each agent checkpoints every K outer iterations",
+        help="each party checkpoints every K outer iterations (epochs) in its own folder",
     )
     local.add_argument(
         "--resume",
@@ -243,9 +243,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _make_serving_node(args: argparse.Namespace, made: list[Path]) -> tuple[BaseNode, Path]:
-    from cipherfact.deploy.jobfile import load_job
-    from cipherfact.deploy.node import latest_checkpoint
+    from cipherfact.deploy.jobfile import load_job, node_class
     from cipherfact.deploy.nodes import make_node
+    from cipherfact.deploy.party_checkpoint import latest_checkpoint
 
     job = load_job(args.job)
     job.agent(args.agent_id)  # a bad id fails before any key is generated
@@ -258,7 +258,10 @@ def _make_serving_node(args: argparse.Namespace, made: list[Path]) -> tuple[Base
             raise ValueError(f"--insecure given but {args.job} does not set job.insecure = true")
         print(INSECURE_WARNING, file=sys.stderr)
     resume_from = args.resume_from
-    if args.resume:
+    party = node_class(job.scenario.protocol)
+    if args.resume and party.supports_resume and not party.keeps_checkpoints(args.agent_id):
+        pass  # a party with no state across epochs (a csr_fhe_mf user) just starts again
+    elif args.resume:
         resume_from = latest_checkpoint(out)
         if resume_from is None:
             raise ValueError(f"--resume: agent {args.agent_id} has no checkpoint")

@@ -16,7 +16,7 @@ import numpy as np
 
 from cipherfact.deploy.csr_node import SHARE_FILE
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.recsys_gather import Epochs
+from cipherfact.deploy.recsys_gather import Epochs, setup_bytes
 from cipherfact.protocols.csr_fhe_mf import roles as csr
 from cipherfact.protocols.ratings.job import csr_config, csr_info, csr_layout, csr_twin
 from cipherfact.simulations.results import read_metrics_tolerant
@@ -69,10 +69,5 @@ def read_csr(deploy: DeployJob, split: Any, results: Sequence[dict[str, Any]], o
                 "csp_s": csp_m["crypto_s"] + csp_m["compute_s"],
             }
         )
-    out.setup_bytes = sum(
-        m["bytes_sent"]
-        for i in range(len(results))
-        for m in read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
-        if m["epoch"] == -1
-    )
+    out.setup_bytes = setup_bytes(results)
     return out

@@ -17,6 +17,13 @@ encrypted upload and exits then. What each party writes:
 * every party: ``metrics.jsonl`` (RS and CSP: one line per epoch) and
   ``result.json``.
 
+With ``checkpoint_every``, RS and the CSP also keep their own checkpoints
+(``party_checkpoint.py``): RS its masks M, the CSP its masked factors A, each
+with its own earlier shares; never the CKKS key nor a ciphertext. A resumed
+job redoes the setup under a fresh key (users upload again: they keep
+nothing), the CSP sends Enc(A) (stage ``resume``) and RS removes its masks,
+so training goes on from the same factors, to CKKS noise.
+
 The model is the difference of the two shares: neither party alone learns
 it, and only a step that sees both (``deploy local``'s gathering, a
 measurement hook like the simulation's) can evaluate it.
@@ -36,7 +43,8 @@ from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.data.ratings import load_user_ratings
 from cipherfact.deploy.jobfile import DeployJob, JobFileError
-from cipherfact.deploy.node_base import BaseNode, write_atomic
+from cipherfact.deploy.node_base import BaseNode, NodeError, write_atomic
+from cipherfact.deploy.party_checkpoint import truncate_metrics
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols.base import Profiler
 from cipherfact.protocols.csr_fhe_mf import roles as csr
@@ -87,7 +95,7 @@ class CsrPayloadFormat:
         elif stage == csr.STAGE_LAYOUT:
             if len(data) != 24:
                 raise ValueError(f"a layout message is 24 bytes, got {len(data)}")
-        elif stage in (csr.STAGE_RATINGS, csr.STAGE_MASKED, csr.STAGE_REFRESHED):
+        elif stage in (csr.STAGE_RATINGS, csr.STAGE_MASKED, csr.STAGE_REFRESHED, csr.STAGE_RESUME):
             decode_parts(data, f"{stage} payload")
 
 
@@ -95,6 +103,7 @@ class CsrNode(BaseNode):
     """One csr_fhe_mf party over gRPC; which one is fixed by its agent id."""
 
     gatherer = "cipherfact.deploy.recsys_gather:gather_ratings"
+    supports_resume = True
 
     stages = frozenset(
         {
@@ -104,8 +113,14 @@ class CsrNode(BaseNode):
             csr.STAGE_RATINGS,
             csr.STAGE_MASKED,
             csr.STAGE_REFRESHED,
+            csr.STAGE_RESUME,
         }
     )
+
+    @classmethod
+    def keeps_checkpoints(cls, agent_id: AgentId) -> bool:
+        """RS and the CSP; a user keeps nothing (on resume it uploads again)."""
+        return agent_id in (csr.RS_ID, csr.CSP_ID)
 
     @classmethod
     def party_count(cls, scenario: Any) -> int:
@@ -124,9 +139,15 @@ class CsrNode(BaseNode):
         return f"user {agent_id - csr.user_id(0)}"
 
     def __init__(
-        self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
+        self,
+        deploy: DeployJob,
+        agent_id: AgentId,
+        *,
+        resume_from: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(deploy, agent_id, stop=stop)
+        self.resume_from = resume_from
         self.config: Any = None
         self.profiler = Profiler()
         self.shares: list[tuple[np.ndarray, np.ndarray]] = []
@@ -149,6 +170,10 @@ class CsrNode(BaseNode):
             cfg = csr_config(scenario, train)
         self.config = cfg
         self.job_id = cfg.job_id
+        resumed = None  # a user keeps nothing: on resume it uploads again, under the new key
+        if self.keeps_checkpoints(self.agent_id):  # a bad resume fails before any key
+            config = self.checkpoint_config(scenario, len(self.deploy.agents))
+            resumed = self.open_checkpoints(config, int(cfg.epochs))
         if self.agent_id == csr.RS_ID:
             from cipherfact.crypto.ckks import load_public_ckks
 
@@ -179,10 +204,25 @@ class CsrNode(BaseNode):
             else:
                 assert train is not None
                 self.role = csr_user(scenario, train, cfg, u, self.profiler)
-        self.metrics_path.write_text("", encoding="utf-8")
+        if resumed is None:
+            self.metrics_path.write_text("", encoding="utf-8")
+        else:
+            self._restore(*resumed)
         log.info(
             "agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id), self.job_id
         )
+
+    def _restore(self, state: dict[str, Any], past: dict[str, Any]) -> None:
+        """The role's state, the earlier shares and the metrics up to the checkpoint."""
+        self.role.restore_state(state)
+        epochs = int(self.role.epoch)
+        try:
+            self.shares = [(past[f"U_{e}"], past[f"V_{e}"]) for e in range(epochs)]
+        except KeyError as exc:
+            raise NodeError(f"agent {self.agent_id}: checkpoint lacks share {exc}") from exc
+        self._epochs_reported = epochs
+        truncate_metrics(self.metrics_path, "epoch", epochs)
+        log.info("agent %s resuming after epoch %d", self.agent_id, epochs)
 
     def peers(self) -> list[AgentId]:
         if self.config is None:
@@ -272,6 +312,21 @@ class CsrNode(BaseNode):
             )
             self._epoch_started = time.perf_counter()
             self._epochs_reported += 1
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """RS's or the CSP's checkpoint after a finished epoch, when one is due."""
+        ck = self.checkpoints
+        epoch = int(getattr(self.role, "epoch", 0))
+        if ck is None or not ck.due(epoch) or epoch != self._epochs_reported:
+            return
+        past: dict[str, Any] = {}
+        for e, (U, V) in enumerate(self.shares):
+            past[f"U_{e}"], past[f"V_{e}"] = U, V
+        state = self.role.checkpoint_state()
+        counters = self.job_counters(before_round=epoch)
+        with self.critical():
+            ck.save(epoch, state, past, counters)
 
     def finish(self) -> None:
         if not self._setup_reported:  # a user: its whole part is the setup
@@ -301,6 +356,7 @@ class CsrNode(BaseNode):
         out: dict[str, Any] = {
             "party": party_name(self.agent_id),
             "epochs_completed": self._epochs_reported,
+            "resumed_from": self.resume_from,
         }
         if isinstance(role, csr.CryptoServiceProvider):
             out.update(key_fingerprint=role.scheme.fingerprint, ckks=role.scheme.describe())

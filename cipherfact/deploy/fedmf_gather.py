@@ -17,7 +17,7 @@ import numpy as np
 
 from cipherfact.deploy.fedmf_node import FACTORS_FILE, LEADER
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.recsys_gather import Epochs
+from cipherfact.deploy.recsys_gather import Epochs, setup_bytes
 from cipherfact.protocols.fedmf import roles as fedmf
 from cipherfact.protocols.ratings.job import fedmf_config
 from cipherfact.simulations.results import read_metrics_tolerant
@@ -66,5 +66,5 @@ def read_fedmf(
                 **{f"{g}_s": s for g, s in secs.items()},
             }
         )
-    out.setup_bytes = sum(int(r.get("setup_bytes_sent", 0) or 0) for r in results)
+    out.setup_bytes = setup_bytes(results)
     return out

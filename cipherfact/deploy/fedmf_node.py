@@ -20,6 +20,13 @@ its bytes of that round) and ``result.json``; each user ``factors.npz`` with
 its own vector after every epoch (``u_<e>``) and the final V; the leader also
 V after every epoch (``V_<e>``, measured by decrypting the Enc(V) of the next
 epoch once more: ``measure_s``, not ``crypto_s``). No key is written anywhere.
+
+With ``checkpoint_every``, every party keeps its own checkpoints
+(``party_checkpoint.py``): the server the epoch only, each user its vector u,
+the epoch and its earlier vectors, the last user in turn order also V, the
+leader also its earlier V's. A resumed job makes a fresh key pair and hands
+it over again (new boxes); the last user sends Enc(V) under it (stage
+``restore``), so the factors are bit-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.deploy.jobfile import DeployJob, JobFileError, insecure_refusal
-from cipherfact.deploy.node_base import BaseNode, write_atomic
+from cipherfact.deploy.node_base import BaseNode, NodeError, write_atomic
+from cipherfact.deploy.party_checkpoint import truncate_metrics
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.deploy.tls import agent_identity, check_tls_files
 from cipherfact.protocols.base import Profiler, ProtocolError, StateMachine
@@ -144,8 +152,8 @@ class ServerParty(StateMachine):
 
     @property
     def at_boundary(self) -> bool:
-        if self.server.done:
-            return not self.model_sent
+        if self.server.done:  # resumed after the last epoch: once Enc(V) is restored
+            return not self.model_sent and self.relay.complete and bool(self.server.encrypted_v)
         return self.server.at_boundary and self.relay.complete
 
     def start(self) -> list[Envelope]:
@@ -270,6 +278,14 @@ class FedMFPayloadFormat:
             decode_parts(data, f"{env.stage} payload")
 
 
+def _series(past: dict[str, Any], name: str, count: int, agent_id: AgentId) -> list[np.ndarray]:
+    """``name_0 .. name_<count-1>`` from a checkpoint's past (one line if one is missing)."""
+    try:
+        return [np.asarray(past[f"{name}_{e}"]) for e in range(count)]
+    except KeyError as exc:
+        raise NodeError(f"agent {agent_id}: checkpoint lacks {exc}") from exc
+
+
 def party_name(agent_id: AgentId) -> str:
     if agent_id == fedmf.SERVER_ID:
         return "server"
@@ -283,8 +299,16 @@ class FedMFNode(BaseNode):
     gatherer = "cipherfact.deploy.recsys_gather:gather_ratings"
 
     needs_certificates = True
+    supports_resume = True
     stages = frozenset(
-        {fedmf.STAGE_KEY, fedmf.STAGE_ITEMS, fedmf.STAGE_GRADS, STAGE_MODEL, *keys.KEY_STAGES}
+        {
+            fedmf.STAGE_KEY,
+            fedmf.STAGE_ITEMS,
+            fedmf.STAGE_GRADS,
+            fedmf.STAGE_RESTORE,
+            STAGE_MODEL,
+            *keys.KEY_STAGES,
+        }
     )
 
     @classmethod
@@ -305,9 +329,15 @@ class FedMFNode(BaseNode):
         return "user 0, the key leader (generates the shared key)" if u == 0 else f"user {u}"
 
     def __init__(
-        self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
+        self,
+        deploy: DeployJob,
+        agent_id: AgentId,
+        *,
+        resume_from: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(deploy, agent_id, stop=stop)
+        self.resume_from = resume_from
         self.config: Any = None
         self.profiler = Profiler()
         self.vectors: list[np.ndarray] = []
@@ -331,11 +361,15 @@ class FedMFNode(BaseNode):
                 f"1..{cfg.n_users} = users)"
             )
         me, trust = load_identity(self.deploy, self.agent_id)
+        config = self.checkpoint_config(scenario, len(self.deploy.agents))
+        state, past = self.open_checkpoints(config, int(cfg.epochs)) or (None, {})  # before keys
         jk = JobKeys(scenario.crypto, fedmf.fedmf_codec(cfg))
         self._info = {"slot_bits": jk.codec.slot_bits}
         followers = [fedmf.user_id(u) for u in range(1, cfg.n_users)]
         if self.agent_id == fedmf.SERVER_ID:
             server = fedmf.FedMFServer(cfg, jk.load_public, self.profiler)
+            if state is not None:
+                server.restore_state(state)  # Enc(V) comes from the last user, fresh key
             self.role = ServerParty(server, keys.KeyRelay(cfg.job_id, 0, LEADER, followers))
         else:
             u = self.agent_id - fedmf.user_id(0)
@@ -343,9 +377,12 @@ class FedMFNode(BaseNode):
             items, values = train.items[mask], train.values[mask]
 
             def make_user(scheme: Scheme, send_key: bool = False) -> fedmf.FedMFUser:
-                return fedmf.FedMFUser(
+                user = fedmf.FedMFUser(
                     u, items, values, cfg, scheme, send_key=send_key, profiler=self.profiler
                 )
+                if state is not None:  # u, the epoch (the last user: V to send again)
+                    user.restore_state(state)
+                return user
 
             if self.agent_id == LEADER:
                 key = jk.generate()  # here, in the leader's process, from the OS
@@ -355,6 +392,9 @@ class FedMFNode(BaseNode):
                 )
                 user = make_user(key, send_key=True)
                 self.role = UserParty(u, cfg, user=user, leader=leader, measure=Profiler())
+                if state is not None:  # V after each epoch before the last one it decrypted
+                    epochs = int(state["epoch"])
+                    self.role.V_by_epoch = _series(past, "V", epochs - 1, self.agent_id)
             else:
 
                 def from_box(secret: bytes, public: bytes) -> fedmf.FedMFUser:
@@ -364,7 +404,15 @@ class FedMFNode(BaseNode):
 
                 follower = keys.KeyFollower(cfg.job_id, me, trust, 0, LEADER)
                 self.role = UserParty(u, cfg, follower=follower, make_user=from_box)
-        self.metrics_path.write_text("", encoding="utf-8")
+        if state is None:
+            self.metrics_path.write_text("", encoding="utf-8")
+        else:
+            epochs = int(state["epoch"])
+            if self.agent_id != fedmf.SERVER_ID:
+                self.vectors = _series(past, "u", epochs, self.agent_id)
+            self._reported = epochs
+            truncate_metrics(self.metrics_path, "epoch", epochs)
+            log.info("agent %s resuming after epoch %d", self.agent_id, epochs)
         self._epoch_started = time.perf_counter()
         log.info(
             "agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id), self.job_id
@@ -424,7 +472,7 @@ class FedMFNode(BaseNode):
         return isinstance(self.role, ServerParty) and self.role.at_boundary
 
     def begin(self, agent: Any) -> None:
-        if self.role.epoch == 0 and not self._setup_s:  # the setup's seconds stay out of epoch 0
+        if not self._setup_s:  # the setup's seconds stay out of the first epoch
             self._setup_s = self.profiler.take() or {"crypto": 0.0}
             self._epoch_started = time.perf_counter()
         super().begin(agent)
@@ -435,6 +483,26 @@ class FedMFNode(BaseNode):
                 self.vectors.append(self.role.user.vector.copy())
         while self._reported < self._epochs_done():
             self._report(self._reported)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """This party's checkpoint after a finished epoch (its turn, for a user), when
+        one is due: its role's state and its own earlier vectors (the leader: V's)."""
+        ck, role = self.checkpoints, self.role
+        epoch = self._epochs_done()
+        if ck is None or not ck.due(epoch) or epoch != self._reported:
+            return
+        past: dict[str, Any] = {}
+        if isinstance(role, ServerParty):
+            state = role.server.checkpoint_state()
+        else:
+            assert role.user is not None  # epochs done: the key has arrived
+            state = role.user.checkpoint_state()
+            past.update({f"u_{e}": v for e, v in enumerate(self.vectors)})
+            past.update({f"V_{e}": V for e, V in enumerate(role.V_by_epoch)})
+        counters = self.job_counters(before_round=epoch)
+        with self.critical():
+            ck.save(epoch, state, past, counters)
 
     def _report(self, epoch: int) -> None:
         assert self.transport is not None
@@ -468,6 +536,7 @@ class FedMFNode(BaseNode):
         out: dict[str, Any] = {
             "party": party_name(self.agent_id),
             "epochs_completed": self._reported,
+            "resumed_from": self.resume_from,
         }
         scheme = None
         if isinstance(role, ServerParty):

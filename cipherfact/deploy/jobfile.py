@@ -371,24 +371,26 @@ def load_job(path: str | Path) -> DeployJob:
     if checkpoint_every < 0:
         raise JobFileError(f"job.checkpoint_every must be >= 0, got {checkpoint_every}")
     if scenario.protocol != "ppdnmf":
-        unsupported = [
-            name
-            for name, used in (
-                ("job.checkpoint_every", checkpoint_every > 0),
-                ("[graph] edges", edges is not None),
+        own_data = scenario.protocol == "fedmf" and any(
+            a.data_path is not None for a in agents.values()
+        )
+        refused = [
+            (name, why)
+            for name, used, why in (
                 (
-                    "agents' data_path",
-                    scenario.protocol == "fedmf"
-                    and any(a.data_path is not None for a in agents.values()),
+                    "job.checkpoint_every",
+                    checkpoint_every > 0 and not node_class(scenario.protocol).supports_resume,
+                    "its parties keep no checkpoints",
                 ),
+                ("[graph] edges", edges is not None, "its parties are fixed by the protocol"),
+                ("agents' data_path", own_data, "fedmf users take their ratings from the scenario"),
             )
             if used
         ]
-        if unsupported:
+        if refused:
             raise JobFileError(
-                f"{path}: {', '.join(unsupported)} cannot be used with {scenario.protocol} "
-                "(its parties are fixed by the protocol; checkpoints are ppdnmf-only; "
-                "fedmf users take their ratings from the scenario's data)"
+                f"{path}: {', '.join(n for n, _ in refused)} cannot be used with "
+                f"{scenario.protocol} ({'; '.join(w for _, w in refused)})"
             )
     out = resolve_path(base, _typed(job, "out", str, "results", "job"))
     check_out_dir(out)

@@ -34,7 +34,12 @@ from cipherfact.deploy.jobfile import (
     party_count,
     render_job,
 )
-from cipherfact.deploy.node import latest_checkpoint
+from cipherfact.deploy.party_checkpoint import (
+    check_resume_config,
+    checkpoint_path,
+    latest_checkpoint,
+    read_checkpoint_info,
+)
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations.progress import progress_bar
@@ -275,13 +280,15 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def resume_point(job: Path, n_agents: int) -> int:
-    """The newest outer iteration every agent has a checkpoint for."""
-    outs = [latest_checkpoint(job.parent / "agents" / f"agent-{i}") for i in range(n_agents)]
-    if any(o is None for o in outs):
-        missing = [i for i, o in enumerate(outs) if o is None]
+def resume_point(job: Path, n_agents: int, keeps: Callable[[int], bool] | None = None) -> int:
+    """The newest outer iteration (epoch) every party that keeps checkpoints (``keeps``,
+    default: all) has a checkpoint for."""
+    parties = [i for i in range(n_agents) if keeps is None or keeps(i)]
+    outs = {i: latest_checkpoint(job.parent / "agents" / f"agent-{i}") for i in parties}
+    missing = [i for i, o in outs.items() if o is None]
+    if missing:
         raise ValueError(f"cannot resume: agents {missing} have no checkpoint")
-    return min(o for o in outs if o is not None)
+    return min(o for o in outs.values() if o is not None)
 
 
 def check_resume(
@@ -289,15 +296,16 @@ def check_resume(
 ) -> None:
     """Refuse ``--resume`` when the job's configuration differs from the one its
     checkpoints were written with (names the changed fields), before any agent starts."""
-    from cipherfact.deploy.node import check_resume_config, checkpoint_path, read_checkpoint_info
-    from cipherfact.protocols.ppdnmf import load_state_npz
-    from cipherfact.simulations.checkpoint import public_config
+    from cipherfact.simulations.checkpoint import state_from_npz
 
-    job = prepare_job(load_scenario(scenario, overrides))
-    config = public_config(job.scenario, job.graph.edges, job.codec)
+    parsed = load_scenario(scenario, overrides)
+    node = node_class(parsed.protocol)
+    config = node.checkpoint_config(parsed, n_agents)
     for i in range(n_agents):
+        if not node.keeps_checkpoints(i):
+            continue
         path = checkpoint_path(out / "agents" / f"agent-{i}", outer)
-        saved, _ = read_checkpoint_info(load_state_npz(path.read_bytes()))
+        saved, _ = read_checkpoint_info(state_from_npz(path.read_bytes()))
         check_resume_config(saved, config, path)
 
 
@@ -372,8 +380,8 @@ def deploy_local(
     protocol = parsed.protocol
     if insecure and node_class(protocol).needs_certificates:
         raise ValueError(insecure_refusal(protocol))
-    if protocol != "ppdnmf" and (resume or checkpoint_every):
-        raise ValueError(f"--resume and --checkpoint-every are ppdnmf-only, not for {protocol}")
+    if (resume or checkpoint_every) and not node_class(protocol).supports_resume:
+        raise ValueError(f"--resume and --checkpoint-every: {protocol} parties keep no checkpoints")
     if protocol == "ppdnmf":
         prepare_job(parsed)  # a bad graph or data setting: one error here, not one per agent
     resume_from = None
@@ -381,7 +389,7 @@ def deploy_local(
         job_path = out / "job.toml"
         if not job_path.exists():
             raise FileNotFoundError(f"cannot resume: {job_path} does not exist")
-        resume_from = resume_point(job_path, n_agents)
+        resume_from = resume_point(job_path, n_agents, node_class(protocol).keeps_checkpoints)
         check_resume(out, scenario, overrides, n_agents, resume_from)
     job_path = write_local_job(
         scenario,

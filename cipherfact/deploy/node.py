@@ -12,13 +12,11 @@ passed on to its neighbours as an ``abort`` envelope so no agent hangs.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +34,13 @@ from cipherfact.deploy.node_base import (
     BaseNode,
     NodeError,
     NodeStoppedError,
-    write_atomic,
+)
+from cipherfact.deploy.party_checkpoint import (
+    check_resume_config,
+    checkpoint_path,
+    latest_checkpoint,
+    read_checkpoint_info,
+    truncate_metrics,
 )
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols.ppdnmf import (
@@ -61,12 +65,7 @@ from cipherfact.protocols.ppdnmf.job import (
     peer_loader,
     prepare_job,
 )
-from cipherfact.simulations.checkpoint import (
-    CheckpointError,
-    check_meta,
-    config_digest,
-    public_config,
-)
+from cipherfact.simulations.checkpoint import public_config
 from cipherfact.simulations.topology import Graph
 
 __all__ = [
@@ -187,41 +186,10 @@ class PayloadFormat:
             raise ValueError(f"not a valid {env.stage} payload: {exc}") from exc
 
 
-def checkpoint_path(out: Path, outer: int) -> Path:
-    return out / "checkpoints" / f"outer-{outer:05d}.npz"
-
-
-# Extra entries of a node's checkpoint, next to the role's state (JSON text arrays).
-CKPT_CONFIG = "job_config"  # the public configuration (public_config), flat
-CKPT_CONFIG_SHA256 = "job_config_sha256"
-CKPT_COUNTERS = "job_counters"  # the job's traffic and time up to the checkpoint
-
-
 def node_config(plan: NodePlan) -> dict[str, Any]:
     """The public configuration an agent's checkpoints record: the scenario after
     overrides, the graph and the codec (never the private seeds)."""
     return public_config(plan.job.scenario, plan.graph.edges, plan.job.codec)
-
-
-def read_checkpoint_info(state: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(configuration, counters) stored with a checkpoint's state (None: an old checkpoint
-    that recorded no configuration)."""
-    config = json.loads(str(state[CKPT_CONFIG])) if CKPT_CONFIG in state else None
-    counters = json.loads(str(state[CKPT_COUNTERS])) if CKPT_COUNTERS in state else {}
-    return config, counters
-
-
-def check_resume_config(saved: dict[str, Any] | None, now: dict[str, Any], where: Path) -> None:
-    """Refuse to resume a checkpoint written with another configuration, naming the
-    changed fields (``CheckpointError``, a ``ValueError``)."""
-    saved_meta = {} if saved is None else {"config": saved, "config_sha256": config_digest(saved)}
-    check_meta(saved_meta, {"config": now, "config_sha256": config_digest(now)}, str(where))
-
-
-def latest_checkpoint(out: Path) -> int | None:
-    """The highest outer iteration with a checkpoint in ``out`` (None if none)."""
-    found = sorted((out / "checkpoints").glob("outer-*.npz"))
-    return int(found[-1].stem.split("-")[1]) if found else None
 
 
 class Node(BaseNode):
@@ -247,24 +215,23 @@ class Node(BaseNode):
         self._reported = 0
         self._outer_started = 0.0
 
+    @classmethod
+    def checkpoint_config(cls, scenario: Any, parties: int) -> dict[str, Any]:
+        """The scenario after overrides, the scenario's graph and the codec."""
+        job = prepare_job(scenario)
+        return public_config(job.scenario, job.graph.edges, job.codec)
+
     # -- building --------------------------------------------------------------------
 
     def prepare(self) -> None:
         plan = self.plan = plan_node(self.deploy, self.agent_id)
         self.job_id = plan.job.config.job_id  # known from here: failures reach the peers
         self.config = node_config(plan)
-        state = None
-        if self.resume_from is not None:  # refuse a bad resume before generating a key
-            path = checkpoint_path(self.out, self.resume_from)
-            if not path.is_file():
-                raise NodeError(f"agent {self.agent_id}: no checkpoint {path} to resume from")
-            state = load_state_npz(path.read_bytes())
-            saved, counters = read_checkpoint_info(state)
-            try:
-                check_resume_config(saved, self.config, path)
-            except CheckpointError as exc:
-                raise NodeError(f"agent {self.agent_id}: {exc}") from exc
-            self.base_counters = counters
+        # a bad resume is refused before the key is generated
+        resumed = self.open_checkpoints(
+            self.config, plan.job.config.outer_iters, encode=save_state_npz, decode=load_state_npz
+        )
+        state = resumed[0] if resumed is not None else None
         self.scheme = generate_key(plan.job)
         role = self.role = node_role(plan, self.scheme)
         if state is not None:
@@ -275,7 +242,7 @@ class Node(BaseNode):
         if self.resume_from is None or not self.metrics_path.exists():
             self.metrics_path.write_text("", encoding="utf-8")
         else:
-            self._truncate_metrics(role.outer)
+            truncate_metrics(self.metrics_path, "outer", role.outer)
         self._reported = len(role.records)
         self._outer_started = time.perf_counter()
 
@@ -341,33 +308,15 @@ class Node(BaseNode):
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        role = self.role
-        every = self.deploy.checkpoint_every
-        if not every or role.outer == 0 or (role.outer % every and not role.done):
+        role, ck = self.role, self.checkpoints
+        if ck is None or not ck.due(int(role.outer)):
             return
-        path = checkpoint_path(self.out, role.outer)
-        if path.exists():
-            return
-        state = dict(role.checkpoint_state())
-        state[CKPT_CONFIG] = json.dumps(self.config, sort_keys=True)
-        state[CKPT_CONFIG_SHA256] = config_digest(self.config)
         # what the outer iterations before this boundary (and one key exchange) cost
         counters = self.job_counters(before_round=int(role.round))
-        state[CKPT_COUNTERS] = json.dumps(counters, sort_keys=True)
         with self.critical():
-            write_atomic(path, save_state_npz(state))
+            ck.save(int(role.outer), role.checkpoint_state(), {}, counters)
 
     # -- output ------------------------------------------------------------------------
-
-    def _truncate_metrics(self, keep_outer: int) -> None:
-        lines = []
-        for ln in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(ln)["outer"] < keep_outer:
-                    lines.append(ln)
-            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-                continue
-        self.metrics_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
     def result_fields(self) -> dict[str, Any]:
         role = self.role

@@ -27,9 +27,11 @@ from cipherfact.agents.agent import Agent, AgentError
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.transport import TransportError
 from cipherfact.deploy.jobfile import DeployJob
+from cipherfact.deploy.party_checkpoint import PartyCheckpoints
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.deploy.transport import GrpcTransport, check_health
 from cipherfact.protocols.base import ProtocolError
+from cipherfact.simulations.checkpoint import CheckpointError
 
 log = logging.getLogger("cipherfact.deploy")
 
@@ -140,6 +142,10 @@ class BaseNode(ABC):
         self.stop_signal: str | None = None
         #: the job's counters saved with the checkpoint this part resumed from
         self.base_counters: dict[str, float] | None = None
+        #: the outer iteration this part resumes after (nodes that ``supports_resume``)
+        self.resume_from: int | None = None
+        #: this party's own checkpoints (``open_checkpoints``), if it keeps any
+        self.checkpoints: PartyCheckpoints | None = None
         self._started = time.perf_counter()
         self._armed = False  # a stop request may raise in the running thread now
         self._run_thread: int | None = None
@@ -162,6 +168,41 @@ class BaseNode(ABC):
     def role_title(cls, agent_id: AgentId) -> str:
         """What agent ``agent_id`` is in this protocol ("agent 3", "the CSP")."""
         return f"agent {agent_id}"
+
+    @classmethod
+    def keeps_checkpoints(cls, agent_id: AgentId) -> bool:
+        """Whether party ``agent_id`` writes checkpoints (if the protocol resumes at all):
+        a party that carries no state across outer iterations (a csr_fhe_mf user, which
+        uploads again on resume) has none, and is left out of the common resume point."""
+        return cls.supports_resume
+
+    @classmethod
+    def checkpoint_config(cls, scenario: Any, parties: int) -> dict[str, Any]:
+        """The public configuration the parties' checkpoints record, from the scenario
+        alone, so that ``deploy local --resume`` refuses a changed job before any party
+        starts: the scenario after overrides and the number of parties."""
+        from cipherfact.simulations.checkpoint import public_config
+
+        return {**public_config(scenario), "job.parties": int(parties)}
+
+    def open_checkpoints(
+        self, config: dict[str, Any], total: int, **codec: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Set up this party's checkpoints (``config``: the job's public configuration,
+        ``total``: its outer iterations; ``codec``: ``encode``/``decode`` of the role's
+        state). On resume, returns (the role's state, the node's ``past_*`` history) and
+        keeps the job's counters; a missing checkpoint or a changed job is refused in one
+        line, before the party makes its key."""
+        self.checkpoints = PartyCheckpoints(
+            f"agent {self.agent_id}", self.out, config, self.deploy.checkpoint_every, total, **codec
+        )
+        if self.resume_from is None:
+            return None
+        try:
+            state, past, self.base_counters = self.checkpoints.load(self.resume_from)
+        except CheckpointError as exc:
+            raise NodeError(str(exc)) from exc
+        return state, past
 
     @abstractmethod
     def prepare(self) -> None:

@@ -26,6 +26,8 @@ def make_node(
     if not node_class.supports_resume:
         resumable = [p for p in registry.deployable() if registry.load(p, "node").supports_resume]
         raise JobFileError(
-            f"{protocol} parties keep no checkpoints: --resume is for {', '.join(resumable)} only"
+            f"{protocol} parties keep no checkpoints, so they cannot resume (drop --resume / "
+            f"--resume-from and start afresh; deployed parties resume for "
+            f"{', '.join(resumable) or 'no protocol'})"
         )
     return node_class(deploy, agent_id, resume_from=resume_from, stop=stop)  # type: ignore[call-arg]

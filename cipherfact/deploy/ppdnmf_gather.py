@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cipherfact.deploy.jobfile import DeployJob
+from cipherfact.deploy.party_checkpoint import job_totals
 from cipherfact.protocols.ppdnmf.job import consensus_spread, prepare_job
 from cipherfact.protocols.references import relative_error
 from cipherfact.simulations.results import (
@@ -24,25 +25,6 @@ from cipherfact.simulations.results import (
     read_metrics_tolerant,
 )
 from cipherfact.simulations.scenario import scenario_to_dict
-
-
-def job_totals(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The job's traffic over all its parts (an interrupted part up to the checkpoint
-    it was resumed from, plus the resumed part), from the agents' ``job_*`` counters."""
-
-    def total(key: str) -> int:
-        return sum(int(r.get(f"job_{key}", r.get(key, 0)) or 0) for r in results)
-
-    walls = [float(r.get("job_wall_s", r.get("wall_s", 0.0)) or 0.0) for r in results]
-    return {
-        "bytes_total": total("bytes_sent"),
-        "bytes_setup": total("setup_bytes_sent"),
-        "messages_total": total("messages_sent"),
-        "grpc_bytes_total": total("grpc_bytes_sent"),
-        "wall_s_total": max(walls, default=0.0),
-        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0) for r in results),
-        "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
-    }
 
 
 def gather_ppdnmf(
@@ -133,7 +115,5 @@ def gather_ppdnmf(
             outer_iters_completed=scenario.outer_iters,
         )
     summary.update(job_totals(results))
-    resumed = [int(r["resumed_from"]) for r in results if r.get("resumed_from") is not None]
-    summary["resumed_from"] = min(resumed) if resumed else None
     writer.write_json("summary.json", summary)
     return summary

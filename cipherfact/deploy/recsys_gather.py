@@ -22,6 +22,7 @@ import numpy as np
 
 from cipherfact.agents.traffic import TrafficStats
 from cipherfact.deploy.jobfile import DeployJob
+from cipherfact.deploy.party_checkpoint import job_totals
 from cipherfact.protocols.ratings.job import (
     epoch_rmse,
     finish_summary,
@@ -32,7 +33,7 @@ from cipherfact.protocols.ratings.job import (
 from cipherfact.protocols.ratings.model import MODEL_FILE, RatingsModel
 from cipherfact.simulations.results import RunWriter, read_metrics_tolerant
 
-__all__ = ["Epochs", "gather_ratings"]
+__all__ = ["Epochs", "gather_ratings", "setup_bytes"]
 
 #: each protocol's reader: ``module:function(deploy, split, results) -> RatingsJob``
 READERS = {
@@ -136,7 +137,7 @@ def gather_ratings(
         lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
         seconds_per_party[epochs.groups[i]] += sum(m["crypto_s"] + m["compute_s"] for m in lines)
     setup_s = max(r.get("wall_s", 0.0) for r in results) - sum(m["wall_s"] for m in metrics)
-    return finish_summary(
+    summary = finish_summary(
         summary,
         scenario,
         train,
@@ -149,4 +150,15 @@ def gather_ratings(
         stats=stats,
         bytes_per_party=party_bytes(stats, epochs.groups),
         seconds_per_party=seconds_per_party,
+    )
+    # A resumed job: the totals of all its parts (``traffic`` stays this run's).
+    summary.update(job_totals(results))
+    writer.write_json("summary.json", summary)
+    return summary
+
+
+def setup_bytes(results: Sequence[dict[str, Any]]) -> int:
+    """The job's setup bytes (round -1), counted once over a resumed job's parts."""
+    return sum(
+        int(r.get("job_setup_bytes_sent", r.get("setup_bytes_sent", 0)) or 0) for r in results
     )

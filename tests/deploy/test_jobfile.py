@@ -125,6 +125,9 @@ def csr_job(n_parties: int, **kwargs: object) -> str:
 def test_csr_job_has_rs_csp_and_one_agent_per_user(tmp_path: Path) -> None:
     job = load_job(write(tmp_path, csr_job(5)))
     assert job.scenario.protocol == "csr_fhe_mf" and sorted(job.agents) == [0, 1, 2, 3, 4]
+    # RS and the CSP keep checkpoints (users keep nothing)
+    text = csr_job(5).replace("checkpoint_every = 0", "checkpoint_every = 2")
+    assert load_job(write(tmp_path, text)).checkpoint_every == 2
 
 
 def test_csr_job_with_the_wrong_number_of_parties_is_refused(tmp_path: Path) -> None:
@@ -135,10 +138,6 @@ def test_csr_job_with_the_wrong_number_of_parties_is_refused(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (
-            lambda t: t.replace("checkpoint_every = 0", "checkpoint_every = 1"),
-            "job.checkpoint_every cannot be used with csr_fhe_mf",
-        ),
         (lambda t: t + "\n[graph]\nedges = [[0, 1]]\n", r"\[graph\] edges cannot be used"),
         (
             lambda t: t.replace(
@@ -211,14 +210,14 @@ def test_a_user_with_a_bad_ratings_file_fails_before_start_and_says_why(tmp_path
         make_node(job, 2).run()
     result = json.loads((job.agent_out(2) / "result.json").read_text())
     assert result["status"].startswith("failed before start: ValueError")
-    with pytest.raises(JobFileError, match="csr_fhe_mf parties keep no checkpoints"):
-        make_node(job, 2, resume_from=1)
 
 
-def test_deploy_local_refuses_checkpoints_for_csr(tmp_path: Path) -> None:
-    from cipherfact.deploy.local import deploy_local
+def test_deploy_local_resume_needs_a_job_and_every_checkpoint(tmp_path: Path) -> None:
+    from cipherfact.deploy.local import deploy_local, write_local_job
 
-    with pytest.raises(ValueError, match="ppdnmf-only, not for csr_fhe_mf"):
+    with pytest.raises(FileNotFoundError, match=r"cannot resume: .*job\.toml does not exist"):
         deploy_local("csr-fhe-mf-synthetic", None, tmp_path, CSR_SMALL, resume=True)
-    with pytest.raises(ValueError, match="ppdnmf-only, not for csr_fhe_mf"):
-        deploy_local("csr-fhe-mf-synthetic", None, tmp_path, CSR_SMALL, checkpoint_every=1)
+    write_local_job("csr-fhe-mf-synthetic", CSR_SMALL, None, tmp_path, checkpoint_every=1)
+    # RS (0) and the CSP (1) keep checkpoints; users (2..) are not waited for
+    with pytest.raises(ValueError, match=r"cannot resume: agents \[0, 1\] have no checkpoint"):
+        deploy_local("csr-fhe-mf-synthetic", None, tmp_path, CSR_SMALL, resume=True)
