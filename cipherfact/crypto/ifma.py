@@ -7,7 +7,9 @@ bare call on a 2048-bit modulus with a 1024-bit exponent (one CRT half of
 2048-bit Paillier decryption) when all eight lanes are filled, ~3.9x through
 ``powmod_batch`` (conversions and the library's per-call Montgomery set-up,
 ~0.15 ms, included). A call costs the same whatever the number of filled
-lanes, so it only pays off for batches: see ``AUTO_MIN_LANES``.
+lanes, so it only pays off for batches: see ``AUTO_MIN_LANES``. ctypes
+releases the GIL during a call, so the calls of one batch can run on two
+threads (``thread_pool``, ``PaillierOptions.ifma_threads``) and two cores.
 
 No maintained Python binding exists (Intel's ``ipcl-python`` has no wheel for
 Python 3.11), so this module is a small hand-written ``ctypes`` binding to the
@@ -40,8 +42,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,14 +54,17 @@ import gmpy2
 
 __all__ = [
     "AUTO_MIN_LANES",
+    "AUTO_THREADS",
     "EXTRA_HINT",
     "LANES",
     "IfmaUnavailableError",
+    "auto_threads",
     "available",
     "cpu_has_ifma",
     "powmod_batch",
     "require",
     "supported_modulus_bits",
+    "thread_pool",
     "unavailable_reason",
 ]
 
@@ -69,6 +76,8 @@ LANES = 8
 #: exponents: 1 lane 0.44-0.51x, 2 lanes 0.90-1.08x, 3 lanes 1.14-1.51x, 8 lanes 3.6-4.0x.
 AUTO_MIN_LANES = 3
 EXTRA_HINT = "pip install cipherfact[fast]"
+#: most threads ``auto_threads`` gives one bulk operation: a 2-core host's both cores
+AUTO_THREADS = 2
 
 _DIGIT = 52  # crypto_mb's radix-2**52 digits
 _SIZES = (1024, 2048, 3072, 4096)
@@ -199,6 +208,29 @@ def require() -> None:
         )
 
 
+def auto_threads() -> int:
+    """Threads for one bulk operation's library calls: up to ``AUTO_THREADS``, no more
+    than the cores this process may run on (its CPU affinity)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(AUTO_THREADS, cores))
+
+
+@functools.cache
+def thread_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` threads for library calls (made once, on first use).
+
+    ``mbx_exp_mb8`` runs without the GIL (ctypes releases it), so calls on two
+    threads use two cores. One pool per size for the whole process rather
+    than one per key: a simulation holds dozens of keys.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    return ThreadPoolExecutor(threads, thread_name_prefix="ifma")
+
+
 def _size_class(bits: int) -> int:
     """crypto_mb's size slot for a ``bits``-bit modulus (0: unsupported)."""
     digits = -(-bits // _DIGIT)
@@ -273,7 +305,14 @@ def _as_list(value: Any, count: int, name: str) -> list[Any]:
     return [value] * count
 
 
-def powmod_batch(bases: Sequence[Any], exps: Any, mods: Any, *, min_lanes: int = 1) -> list[Any]:
+def powmod_batch(
+    bases: Sequence[Any],
+    exps: Any,
+    mods: Any,
+    *,
+    min_lanes: int = 1,
+    executor: Executor | None = None,
+) -> list[Any]:
     """``[pow(b, e, m) for ...]`` as ``gmpy2.mpz``, eight exponentiations per library call.
 
     ``exps`` and ``mods`` are one integer for every base or a sequence with one
@@ -282,7 +321,9 @@ def powmod_batch(bases: Sequence[Any], exps: Any, mods: Any, *, min_lanes: int =
     would fill fewer than ``min_lanes`` lanes of a call, and lanes the library
     cannot take (even or odd-sized modulus, negative or over-long exponent,
     modulus < 2), go to ``gmpy2.powmod``. Results equal ``pow`` bit for bit.
-    Raises ``IfmaUnavailableError`` when the library cannot run here.
+    ``executor`` (threads): library calls of a batch run on it side by side;
+    they release the GIL, so two threads use two cores. Raises
+    ``IfmaUnavailableError`` when the library cannot run here.
     """
     lib = _load()
     if not isinstance(lib, _Library):
@@ -305,6 +346,7 @@ def powmod_batch(bases: Sequence[Any], exps: Any, mods: Any, *, min_lanes: int =
             groups.setdefault(size, []).append(i)
         else:
             out[i] = gmpy2.powmod(bases[i], e, m)
+    calls: list[tuple[list[int], list[tuple[Any, Any, Any]], int, int]] = []
     for idx in groups.values():
         # similar exponent lengths share a call: its cost follows the longest
         idx.sort(key=lambda i: exp_list[i].bit_length(), reverse=True)
@@ -321,6 +363,15 @@ def powmod_batch(bases: Sequence[Any], exps: Any, mods: Any, *, min_lanes: int =
                 continue
             mod_bits = max(mod_list[i].bit_length() for i in chunk)
             lanes = [(mpz(bases[i]) % mod_list[i], exp_list[i], mod_list[i]) for i in chunk]
-            for i, r in zip(chunk, _run_chunk(lib, lanes, mod_bits, exp_bits), strict=True):
-                out[i] = r
+            calls.append((chunk, lanes, mod_bits, exp_bits))
+
+    def run(call: tuple[list[int], list[tuple[Any, Any, Any]], int, int]) -> list[Any]:
+        return _run_chunk(lib, call[1], call[2], call[3])
+
+    results = (
+        executor.map(run, calls) if executor is not None and len(calls) > 1 else map(run, calls)
+    )
+    for (chunk, _, _, _), values in zip(calls, results, strict=True):
+        for i, r in zip(chunk, values, strict=True):
+            out[i] = r
     return out

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from cipherfact.crypto.base import Ciphertext
 from cipherfact.crypto.codec import FixedPointCodec, as_float_vector
 from cipherfact.crypto.errors import DecodeError
 from cipherfact.crypto.paillier import PaillierScheme
@@ -193,6 +194,10 @@ class PaillierMaskedSum(MaskedSum):
         return self.scheme.to_bytes(self.scheme.encrypt_masked(x, mask))
 
     def open_sum(self, payloads: Sequence[bytes], size: int) -> np.ndarray:
+        return self.scheme.decrypt(self.sealed_sum(payloads, size))
+
+    def sealed_sum(self, payloads: Sequence[bytes], size: int) -> Ciphertext:
+        """The ciphertext whose decryption ``open_sum`` returns (to decrypt in a batch)."""
         cts = [self.scheme.from_bytes(p) for p in payloads]
         for c in cts:
             if c.size != size or (c.terms, c.scale, c.offset) != (1, 1, 1):
@@ -200,7 +205,7 @@ class PaillierMaskedSum(MaskedSum):
                     f"masked message holds {c.size} values with budget "
                     f"{(c.terms, c.scale, c.offset)}, expected {size} fresh values"
                 )
-        return self.scheme.decrypt(self.scheme.sum(cts))
+        return self.scheme.sum(cts)
 
     def check(self, payload: bytes, size: int | None = None) -> None:
         c = self.scheme.from_bytes(payload)

@@ -32,6 +32,9 @@ class PaillierOptions:
       when the library loads, ``use_gmpy2`` is on and a batch fills enough lanes
       (``ifma.AUTO_MIN_LANES``), else the scalar path; ``"ifma"``: always, and
       an error when it cannot run here; ``"gmpy2"``: never. Results are identical.
+    * ``ifma_threads``: threads for the library calls of one bulk operation (they
+      release the GIL, so a batch of 16+ exponentiations uses two cores); 0:
+      ``ifma.auto_threads()`` (up to 2, within this process's CPU affinity).
     """
 
     packing: bool = True
@@ -44,12 +47,19 @@ class PaillierOptions:
     processes: int = 1
     parallel_min: int = 8
     fast_path: str = "auto"
+    ifma_threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("packing", "use_gmpy2", "crt", "djn", "djn_public"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("djn_exponent_bits", "djn_window_bits", "processes", "parallel_min"):
+        for name in (
+            "djn_exponent_bits",
+            "djn_window_bits",
+            "processes",
+            "parallel_min",
+            "ifma_threads",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -64,5 +74,7 @@ class PaillierOptions:
             raise ValueError(f"processes must be in [1, 256], got {self.processes}")
         if self.parallel_min < 1:
             raise ValueError(f"parallel_min must be >= 1, got {self.parallel_min}")
+        if not 0 <= self.ifma_threads <= 64:
+            raise ValueError(f"ifma_threads must be in [0, 64], got {self.ifma_threads}")
         if self.fast_path not in FAST_PATHS:
             raise ValueError(f"fast_path must be one of {FAST_PATHS}, got {self.fast_path!r}")

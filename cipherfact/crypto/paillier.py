@@ -35,6 +35,7 @@ from cipherfact.crypto.options import PaillierOptions
 from cipherfact.crypto.packed import PackedCiphertext, PackedScheme, fingerprint_of
 from cipherfact.crypto.paillier_math import PaillierMath
 from cipherfact.crypto.parallel import SharedDecryptPool, WorkerPool
+from cipherfact.crypto.prefetch import FactorPrefetcher
 
 __all__ = ["PaillierScheme"]
 
@@ -75,6 +76,7 @@ class PaillierScheme(PackedScheme):
         self._pool: deque[Any] = deque()
         self._workers: WorkerPool | None = None
         self._shared_pool: SharedDecryptPool | None = None
+        self._prefetcher: FactorPrefetcher | None = None
         if self.options.processes > 1:
             self._workers = WorkerPool(
                 self.options.processes, key.n, key.h_s, key.p, key.q, self.options
@@ -223,7 +225,23 @@ class PaillierScheme(PackedScheme):
 
     def _take_factors(self, count: int) -> list[Any]:
         taken = [self._pool.popleft() for _ in range(min(count, len(self._pool)))]
-        return taken + self._compute_factors(count - len(taken))
+        rest = count - len(taken)
+        if rest and self._prefetcher is not None:
+            m = self._math
+            return taken + self._prefetcher.take(m.spec, rest, self._compute_factors, m.mpz)
+        return taken + self._compute_factors(rest)
+
+    def use_prefetcher(self, prefetcher: FactorPrefetcher | None) -> None:
+        """Take randomness from ``prefetcher`` (computed ahead on another core), or not.
+
+        Shared by every scheme of a process; schemes of the same key share its
+        queue. Ciphertexts decrypt the same either way.
+        """
+        if prefetcher is not None and not isinstance(prefetcher, FactorPrefetcher):
+            raise TypeError(
+                f"prefetcher must be a FactorPrefetcher, got {type(prefetcher).__name__}"
+            )
+        self._prefetcher = prefetcher
 
     def close(self) -> None:
         """Stop worker processes, if any were started."""
@@ -269,6 +287,15 @@ class PaillierScheme(PackedScheme):
             return self._workers.decrypt(cts)
         return self._math.decrypt(cts)
 
+    def batch_math(self) -> PaillierMath | None:
+        """This key's arithmetic when its decryptions may join a batch of other keys'
+        (``cipherfact.crypto.batch``): CRT with the secret key, in this process
+        (None when a worker pool decrypts for it)."""
+        m = self._math
+        if not (m.crt and m.has_secret) or self._shared_pool or self._workers:
+            return None
+        return m
+
     def _add_ints(self, a: Any, b: Any) -> Any:
         return self._math.add(a, b)
 
@@ -277,6 +304,10 @@ class PaillierScheme(PackedScheme):
 
     def _mul_int(self, c: Any, k: int) -> Any:
         return self._math.mul(c, k)
+
+    def _weighted_ints(self, ints: Sequence[Sequence[Any]], ks: Sequence[int]) -> list[Any]:
+        m = self._math
+        return [m.weighted_product(column, ks) for column in zip(*ints, strict=True)]
 
     def _rerandomize_ints(self, cts: Sequence[Any]) -> list[Any]:
         factors = self._take_factors(len(cts))

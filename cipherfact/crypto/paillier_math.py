@@ -9,7 +9,9 @@ integers: keys never cross a process boundary as pickled objects.
 Bulk exponentiations (every ciphertext of a decryption call, both CRT halves;
 full-length ``r**n`` randomness) go through ``powmod_many``, which hands them
 to Intel's multi-buffer library eight at a time when ``PaillierOptions.fast_path``
-selects it (``cipherfact.crypto.ifma``); the results are identical either way.
+selects it (``cipherfact.crypto.ifma``, its calls on ``ifma_threads`` threads);
+the results are identical either way. ``weighted_product`` shares one
+squaring chain across the terms of a weighted sum (Straus).
 DJN randomness keeps its fixed-base table: at 448-bit exponents the table is
 ~1.7x faster than the multi-buffer exponentiation (measured here).
 """
@@ -20,6 +22,7 @@ import functools
 import math
 import secrets
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import gmpy2
@@ -29,7 +32,19 @@ from cipherfact.crypto.djn import FixedBaseTable
 from cipherfact.crypto.keys import random_unit
 from cipherfact.crypto.options import PaillierOptions
 
-__all__ = ["PaillierMath", "crt_decrypt", "fast_path_lanes", "powmod_many"]
+__all__ = [
+    "KeySpec",
+    "PaillierMath",
+    "crt_decrypt",
+    "crt_join",
+    "crt_powmod_args",
+    "fast_path_lanes",
+    "powmod_many",
+]
+
+#: (n, h_s, p, q, options) as plain integers: what rebuilds a key's arithmetic in a
+#: worker process (primes only for a key owner's own workers, never across hosts)
+KeySpec = tuple[int, int | None, int | None, int | None, PaillierOptions]
 
 
 def fast_path_lanes(options: PaillierOptions) -> int | None:
@@ -54,16 +69,18 @@ def powmod_many(
     mods: Sequence[Any],
     ifma_lanes: int | None,
     powmod: Callable[[Any, Any, Any], Any] = gmpy2.powmod,
+    executor: Executor | None = None,
 ) -> list[Any]:
     """``[powmod(b, e, m) ...]``, through the multi-buffer library when ``ifma_lanes`` allows.
 
     ``ifma_lanes`` (from ``fast_path_lanes``): None for the scalar ``powmod``
     only; else batches (and leftover groups) filling at least that many lanes go
     to the library, the rest to ``powmod``. The library returns ``gmpy2.mpz``;
-    callers on Python ints convert.
+    callers on Python ints convert. ``executor``: threads for the library calls
+    (``ifma.powmod_batch``).
     """
     if ifma_lanes is not None and len(bases) >= ifma_lanes:
-        return ifma.powmod_batch(bases, exps, mods, min_lanes=ifma_lanes)
+        return ifma.powmod_batch(bases, exps, mods, min_lanes=ifma_lanes, executor=executor)
     return [powmod(b, e, m) for b, e, m in zip(bases, exps, mods, strict=True)]
 
 
@@ -82,13 +99,24 @@ def crt_decrypt(
     Both halves of every ciphertext go to ``powmods`` as one batch, so a
     multi-buffer backend fills its lanes with p- and q-halves alike.
     """
+    bases, exps, mods = crt_powmod_args(cts, p, q)
+    return crt_join(powmods(bases, exps, mods), p, q, hp, hq, p_inv_q)
+
+
+def crt_powmod_args(cts: Sequence[Any], p: Any, q: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """The exponentiations of a CRT decryption: every p-half, then every q-half."""
     p2, q2 = p * p, q * q
     k = len(cts)
-    r = powmods(
+    return (
         [c % p2 for c in cts] + [c % q2 for c in cts],
         [p - 1] * k + [q - 1] * k,
         [p2] * k + [q2] * k,
     )
+
+
+def crt_join(r: Sequence[Any], p: Any, q: Any, hp: Any, hq: Any, p_inv_q: Any) -> list[int]:
+    """Plaintexts from the results of ``crt_powmod_args``'s exponentiations."""
+    k = len(r) // 2
     out = []
     for i in range(k):
         mp = (r[i] - 1) // p * hp % p
@@ -120,7 +148,21 @@ class PaillierMath:
         self.powmod: Callable[[Any, Any, Any], Any] = gmpy2.powmod if fast else pow
         mpz = self.mpz
         self.options = options
+        #: the plain integers (and options) this arithmetic is built from: what a
+        #: worker process needs to rebuild it (``parallel``, ``prefetch``)
+        self.spec: KeySpec = (
+            int(n),
+            None if h_s is None else int(h_s),
+            None if p is None else int(p),
+            None if q is None else int(q),
+            options,
+        )
         self.ifma_lanes = fast_path_lanes(options)
+        threads = options.ifma_threads or ifma.auto_threads()
+        #: threads for the library calls of one bulk operation (None: this thread)
+        self.executor: Executor | None = (
+            ifma.thread_pool(threads) if self.ifma_lanes is not None and threads > 1 else None
+        )
         self.n = mpz(n)
         self.n2 = self.n * self.n
         self.h_s = None if h_s is None else mpz(h_s)
@@ -200,10 +242,14 @@ class PaillierMath:
         return self.powmod_many(rs, [self.n] * count, [self.n2] * count)
 
     def powmod_many(
-        self, bases: Sequence[Any], exps: Sequence[Any], mods: Sequence[Any]
+        self,
+        bases: Sequence[Any],
+        exps: Sequence[Any],
+        mods: Sequence[Any],
     ) -> list[Any]:
-        """Bulk ``powmod`` on this key's fast path (multi-buffer when the options allow)."""
-        out = powmod_many(bases, exps, mods, self.ifma_lanes, self.powmod)
+        """Bulk ``powmod`` on this key's fast path (multi-buffer when the options allow,
+        its calls on ``ifma_threads`` threads)."""
+        out = powmod_many(bases, exps, mods, self.ifma_lanes, self.powmod, self.executor)
         if self.ifma_lanes is not None and not self.options.use_gmpy2:
             return [int(x) for x in out]
         return out
@@ -232,3 +278,24 @@ class PaillierMath:
 
     def mul(self, c: Any, k: int) -> Any:
         return self.powmod(c, self.mpz(k), self.n2)
+
+    def weighted_product(self, cs: Sequence[Any], ks: Sequence[int]) -> Any:
+        """``prod(mul(c, k))`` (the ciphertext of sum k_j m_j) with one squaring chain
+        shared by every term (Straus): max bit length squarings plus one
+        multiplication per set bit, instead of a full ``powmod`` per term."""
+        n2 = self.n2
+        bases, exps = [], []
+        for c, k in zip(cs, ks, strict=True):
+            if k < 0:
+                c, k = self.powmod(c, -1, n2), -k
+            if k:
+                bases.append(c)
+                exps.append(k)
+        acc = None
+        for bit in reversed(range(max((k.bit_length() for k in exps), default=0))):
+            if acc is not None:
+                acc = acc * acc % n2
+            for b, k in zip(bases, exps, strict=True):
+                if k >> bit & 1:
+                    acc = b if acc is None else acc * b % n2
+        return self.mpz(1) if acc is None else acc

@@ -64,7 +64,10 @@ class LocalRoles:
     nothing). ``save_state(role)``
     / ``load_state(role, data)``: checkpoint bytes (numbers only, no pickle);
     None where the protocol has no checkpoints. ``close``: releases what the
-    factory set up for these roles (e.g. a shared worker pool).
+    factory set up for these roles (e.g. a shared worker pool). ``idle``: work
+    the roles left for when no local message is pending (e.g. decryptions
+    batched across the host's agents); returns the envelopes each role sends
+    once resumed (empty: nothing was left).
     """
 
     roles: dict[AgentId, Any]
@@ -75,6 +78,7 @@ class LocalRoles:
     save_state: Callable[[Any], bytes] | None = None
     load_state: Callable[[Any, bytes], None] | None = None
     close: Callable[[], None] | None = None
+    idle: Callable[[], list[tuple[AgentId, list[Envelope]]]] | None = None
 
 
 RoleFactory = Callable[[list[AgentId]], LocalRoles]
@@ -207,9 +211,16 @@ class RoleHost:
     def pump(self) -> Outbox:
         """Handle local envelopes until none is left; return what other hosts get."""
         start = time.perf_counter()
-        while self.transport.pending():
-            for agent in self.agents.values():
-                agent.poll()
+        idle = self.local.idle
+        while True:
+            while self.transport.pending():
+                for agent in self.agents.values():
+                    agent.poll()
+            resumed = idle() if idle is not None else []
+            if not resumed:
+                break
+            for i, envs in resumed:
+                self.agents[i].send(envs)
         out = self.transport.take_outbox()
         self.busy_s += time.perf_counter() - start
         return out

@@ -31,6 +31,8 @@ class ScenarioError(ValueError):
     """A scenario name, file, field or value is invalid."""
 
 
+#: ``crypto.prefetch`` values (see ``CryptoSpec``).
+PREFETCH_MODES = ("auto", "on", "off")
 #: Most worker processes of one shared decryption pool.
 MAX_PROCESSES = 1024
 
@@ -187,6 +189,10 @@ class CryptoSpec:
     # (pip install cipherfact[fast], AVX-512 IFMA CPUs) where it wins, else gmpy2;
     # "gmpy2" or "ifma" force one. The numbers are the same either way.
     fast_path: str = "auto"
+    # in-memory runs: a worker process computes encryption randomness ahead of
+    # use. "auto": when this process may use a second core; "on"/"off" force it
+    # (on a heavily loaded machine it costs more than it saves). Same numbers.
+    prefetch: str = "auto"
 
     def __post_init__(self) -> None:
         check_paillier_codec(self.scheme, self.key_bits, self.frac_bits, self.int_bits)
@@ -194,6 +200,10 @@ class CryptoSpec:
         if self.fast_path not in FAST_PATHS:
             raise ScenarioError(
                 f"crypto.fast_path must be one of {list(FAST_PATHS)}, got {self.fast_path!r}"
+            )
+        if self.prefetch not in PREFETCH_MODES:
+            raise ScenarioError(
+                f"crypto.prefetch must be one of {list(PREFETCH_MODES)}, got {self.prefetch!r}"
             )
 
 

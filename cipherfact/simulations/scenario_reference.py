@@ -171,6 +171,13 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "Intel's multi-buffer library (`pip install cipherfact[fast]`, AVX-512 "
             "IFMA CPUs) where it wins, else gmpy2. Same numbers either way.",
         ),
+        "prefetch": (
+            "`auto`, `on`, `off`",
+            "In-memory runs: a worker process computes encryption randomness ahead "
+            "of use (BENCHMARKS.md, issue 13). auto: when the process may use a "
+            "second core; off on a heavily loaded machine, where it costs more than "
+            "it saves. Same numbers either way.",
+        ),
     },
     "AdmmSpec": {
         "penalty": (

@@ -16,6 +16,7 @@ Ray run equals the in-memory run bit for bit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,11 @@ import numpy as np
 
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
+from cipherfact.crypto.batch import DecryptBatch
 from cipherfact.crypto.parallel import SharedDecryptPool
+from cipherfact.crypto.prefetch import FactorPrefetcher
 from cipherfact.protocols.ppdnmf import SETUP_ROUND, PPDNMFAgent, load_state_npz, save_state_npz
+from cipherfact.protocols.ppdnmf.agent import HostDecryptBatch
 from cipherfact.protocols.ppdnmf.job import (
     PPDNMFJob,
     build_role,
@@ -98,12 +102,22 @@ class PPDNMFRoles:
 
     ``shared_pool``: with ``crypto.processes > 1`` and Paillier, the host's agents
     (which run one at a time) share one decryption worker pool, so each
-    decryption uses every core (the in-memory run). ``on_key`` is told of each
-    key made (a progress bar; in this process only: it is not picklable).
+    decryption uses every core (the in-memory run). ``prefetch``: with Paillier,
+    one worker process computes every hosted agent's randomness factors ahead of
+    use (``FactorPrefetcher``), so a host that runs in one process keeps a
+    second core busy (the in-memory run on a multi-core machine; on Ray the
+    actors already fill the cores). ``on_key`` is told of each key made (a
+    progress bar; in this process only: it is not picklable). ``batch_decrypt``:
+    with Paillier (and no shared pool), the host's agents queue their round
+    decryptions in one ``DecryptBatch`` that the host flushes when idle, so the
+    multi-buffer fast path runs with full lanes across agents (its library
+    calls on ``crypto.PaillierOptions.ifma_threads`` threads).
     """
 
     job: PPDNMFJob
     shared_pool: bool = False
+    prefetch: bool = False
+    batch_decrypt: bool = True
     on_key: Callable[[int], object] | None = None
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
@@ -118,13 +132,40 @@ class PPDNMFRoles:
             pool = SharedDecryptPool(crypto.processes)
             for role in roles.values():
                 role.scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
+        prefetcher = None
+        if self.prefetch and crypto.scheme == "paillier":
+            prefetcher = FactorPrefetcher()
+            for role in roles.values():
+                role.use_prefetcher(prefetcher)
+        idle = None
+        batch: HostDecryptBatch | None = None
+        if self.batch_decrypt and crypto.scheme == "paillier" and pool is None:
+            batch = DecryptBatch()
+            for role in roles.values():
+                role.use_decrypt_batch(batch)
+            idle = batch.flush
+        closers = [c.close for c in (pool, prefetcher) if c is not None]
+
+        def close() -> None:
+            for stop in closers:
+                stop()
+
         return LocalRoles(
             roles,
             report=agent_report,
             save_state=_save_state,
             load_state=_load_state,
-            close=None if pool is None else pool.close,
+            close=close if closers else None,
+            idle=idle,
         )
+
+
+def _spare_core() -> bool:
+    """Whether this process may use more than one core (a prefetch worker pays off)."""
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except AttributeError:  # not Linux
+        return (os.cpu_count() or 1) > 1
 
 
 def round_robin(n_agents: int, hosts: int) -> dict[AgentId, HostId]:
@@ -221,8 +262,18 @@ class PPDNMFApp(RunApp):
         if options.backend != "ray":
             grid: Grid = LocalGrid(single_host(range(job.n_agents)), network)
             bar = progress_bar(job.n_agents, "keys", "agent", enabled=options.progress, leave=False)
+            mode = job.scenario.crypto.prefetch
+            spare = _spare_core() if mode == "auto" else mode == "on"
             with bar:
-                grid.add_host(0, PPDNMFRoles(job, shared_pool=True, on_key=bar.update))
+                grid.add_host(
+                    0,
+                    PPDNMFRoles(
+                        job,
+                        shared_pool=True,
+                        prefetch=spare,
+                        on_key=bar.update,
+                    ),
+                )
             return grid
         import ray
 

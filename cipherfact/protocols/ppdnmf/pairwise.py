@@ -32,6 +32,7 @@ round, stage or sender raise ``ProtocolError``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ import numpy as np
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.base import Ciphertext, Scheme
 from cipherfact.crypto.errors import CryptoError
+from cipherfact.crypto.packed import PackedScheme
 from cipherfact.protocols.base import ProtocolError
 from cipherfact.protocols.ppdnmf.agent import PPDNMFAgent
 from cipherfact.protocols.ppdnmf.config import (
@@ -102,7 +104,7 @@ class PairwiseAgent(PPDNMFAgent):
                 f"agent {self.agent_id}: duplicate public key from agent {env.sender}"
             )
         try:
-            peer = self._load_peer_scheme(env.payload)
+            peer = self._load_peer(env.payload)
         except CryptoError as exc:
             raise ProtocolError(
                 f"agent {self.agent_id}: bad public key from agent {env.sender}: {exc}"
@@ -153,11 +155,19 @@ class PairwiseAgent(PPDNMFAgent):
                     f"agent {self.agent_id}: offer for round {env.round} from agent {env.sender} "
                     f"has {offer.size} values, expected {W_then.size}"
                 )
-            diff = peer.add_plain(offer, W_then.ravel())
             # k_max: the ciphertext's public metadata must not reveal the private weight.
-            reply = peer.mul_scalar(diff, weight, k_max=self.config.weight_max)
-            if self.config.reply_noise_bits:
-                reply = peer.add_plain(reply, self._noise(env.round, env.sender, peer))
+            k_max = self.config.weight_max
+            noise = (
+                self._noise(env.round, env.sender, peer) if self.config.reply_noise_bits else None
+            )
+            if isinstance(peer, PackedScheme):  # one pass: c**a (1 + (a W_j + eta) n)
+                reply: Ciphertext = peer.scale_shift(
+                    offer, weight, W_then.ravel(), noise, k_max=k_max
+                )
+            else:
+                reply = peer.mul_scalar(peer.add_plain(offer, W_then.ravel()), weight, k_max=k_max)
+                if noise is not None:
+                    reply = peer.add_plain(reply, noise)
             payload = peer.to_bytes(peer.rerandomize(reply))
         self._answered.add((env.round, env.sender))
         return self._envelope(env.round, STAGE_REPLY, env.sender, payload)
@@ -208,13 +218,22 @@ class PairwiseAgent(PPDNMFAgent):
     def _finish_round(self) -> list[Envelope]:
         """Step 3, then the ADMM update."""
         weights = self._weights(self.round)
+        replies = [self._replies[j] for j in self.neighbors]
+        ks, k_max = [weights[j] for j in self.neighbors], self.config.weight_max
         with self.profiler.section("crypto"):
-            weighted = [
-                self.scheme.mul_scalar(self._replies[j], weights[j], k_max=self.config.weight_max)
-                for j in self.neighbors
-            ]
-            total = self.scheme.sum(weighted)
-            d = self.scheme.decrypt(total).reshape(self.W.shape) * self.config.weight_scale()
+            if isinstance(self.scheme, PackedScheme):  # one squaring chain for all replies
+                total: Ciphertext = self.scheme.weighted_sum(replies, ks, k_max=k_max)
+            else:
+                weighted = zip(replies, ks, strict=True)
+                total = self.scheme.sum(
+                    [self.scheme.mul_scalar(c, k, k_max=k_max) for c, k in weighted]
+                )
+        return self._decrypt_then(total, self._finish_sum)
+
+    def _finish_sum(self, opened: Callable[[], np.ndarray]) -> list[Envelope]:
+        """d_i from the decrypted weighted sum, then the ADMM update."""
+        with self.profiler.section("crypto"):
+            d = opened().reshape(self.W.shape) * self.config.weight_scale()
         self._replies.clear()
         self._offered = False
         self._answered = {(r, s) for (r, s) in self._answered if r >= self.round}

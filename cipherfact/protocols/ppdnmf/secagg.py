@@ -31,7 +31,10 @@ agent buffers shares for the next round only.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.errors import CryptoError, DecodeError
@@ -113,6 +116,7 @@ class SecAggAgent(PPDNMFAgent):
         self._pair_seeds: dict[AgentId, list[tuple[AgentId, bytes]]] = {}  # hub -> (k, s^hub_jk)
         self._shares: dict[int, dict[AgentId, bytes]] = {}
         self._sent_round = -1  # the last round whose shares are out
+        self._opening = False  # the round's sum is being decrypted (maybe in a host batch)
 
     # -- setup -------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class SecAggAgent(PPDNMFAgent):
             if scheme_bytes is None:
                 sealer = self._own_sum  # same codec, no key: masks alone
             else:
-                peer = self._load_peer_scheme(scheme_bytes)
+                peer = self._load_peer(scheme_bytes)
                 if not isinstance(peer, PaillierScheme):
                     raise DecodeError(f"expected a Paillier public key, got {peer!r}")
                 sealer = PaillierMaskedSum(peer)
@@ -247,17 +251,38 @@ class SecAggAgent(PPDNMFAgent):
 
     def _maybe_finish(self) -> list[Envelope]:
         got = self._shares.get(self.round, {})
-        if self._sent_round != self.round or len(got) < len(self.neighbors):
+        if self._sent_round != self.round or len(got) < len(self.neighbors) or self._opening:
             return []
-        del self._shares[self.round]
+        payloads = [got[j] for j in self.neighbors]
+        sealed = isinstance(self._own_sum, PaillierMaskedSum)
         with self.profiler.section("crypto"):
             try:
-                total = self._own_sum.open_sum([got[j] for j in self.neighbors], self.W.size)
+                if isinstance(self._own_sum, PaillierMaskedSum):
+                    ct = self._own_sum.sealed_sum(payloads, self.W.size)
+                else:
+                    total = self._own_sum.open_sum(payloads, self.W.size)
             except CryptoError as exc:
-                raise ProtocolError(
-                    f"agent {self.agent_id}: the shares of round {self.round} do not sum "
-                    f"(a neighbour's masks do not cancel): {exc}"
-                ) from exc
+                raise self._sum_error(exc) from exc
+        if sealed:
+            self._opening = True  # the round's shares stay until then, to refuse duplicates
+            return self._decrypt_then(ct, self._finish_sum)
+        return self._finish_sum(lambda: total)
+
+    def _sum_error(self, exc: CryptoError) -> ProtocolError:
+        return ProtocolError(
+            f"agent {self.agent_id}: the shares of round {self.round} do not sum "
+            f"(a neighbour's masks do not cancel): {exc}"
+        )
+
+    def _finish_sum(self, opened: Callable[[], np.ndarray]) -> list[Envelope]:
+        """d_i from the opened sum S_i, then the ADMM update."""
+        with self.profiler.section("crypto"):
+            try:
+                total = opened()
+            except CryptoError as exc:
+                raise self._sum_error(exc) from exc
+        self._opening = False
+        del self._shares[self.round]
         with self.profiler.section("compute"):
             S = total.reshape(self.W.shape)
             d = self.config.penalty * (S - len(self.neighbors) * self.W)

@@ -1,0 +1,185 @@
+"""Paillier randomness computed ahead of use, on another core.
+
+Every encryption and re-randomization needs one fresh n-th residue R (DJN
+``h_s**a`` or full ``r**n``); in the in-memory ppdnmf run that was ~40% of
+the protocol's time (cProfile, secagg), all on one core while the second idled. R does not depend
+on the plaintext, so it can be computed before it is needed: a
+``FactorPrefetcher`` keeps, per key, a queue of factors that one worker
+process tops up while the protocol runs, and hands them out as encryptions
+ask. A process rather than a thread: the fixed-base table multiplications
+hold Python's GIL (gmpy2 releases it only in ``powmod_*_list``), and the
+multi-buffer library, which does release it, takes ~1.75x the time of a 7-bit
+table for short DJN exponents (4096-bit n**2, 448-bit exponents;
+``benchmarks/djn_window.py``).
+
+Results cannot change: a factor is consumed once, whichever process made it,
+and plaintexts never depend on it. When a queue runs dry the caller computes
+the rest inline, so a slow or busy worker only costs speed.
+
+The worker gets each key as plain integers (primes included for a key owner's
+CRT randomness, as ``parallel.SharedDecryptPool`` does: a child of the same
+host, never a trust boundary) and draws every exponent from ``secrets``
+itself; factors travel back as integers and are used once. It builds each
+key's DJN tables once for the whole run, so it affords wider windows
+than the options' within a memory budget (``worker_options``); the factors'
+distribution does not depend on the window.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cipherfact.crypto.options import PaillierOptions
+from cipherfact.crypto.paillier_math import KeySpec, PaillierMath
+
+__all__ = ["FactorPrefetcher", "spec_table_bytes", "table_bytes", "worker_options"]
+
+#: bytes of DJN fixed-base tables one worker may hold, wider windows than the
+#: options' while they fit (a key's tables, built once, serve the whole run): a
+#: 9-bit window takes ~0.80x the time per factor of a 7-bit one, at 12.5 MB
+#: instead of 4 MB per 2048-bit public key (``benchmarks/djn_window.py``; a key
+#: owner's two CRT tables: the same size); later keys keep the options' window
+WORKER_TABLE_BUDGET = 160 * 2**20
+#: widest window the worker picks within the budget
+WORKER_MAX_WINDOW = 9
+
+_WORKER_MATH: dict[KeySpec, PaillierMath] = {}
+_WORKER_TABLE_BYTES = [0]
+
+
+def table_bytes(modulus_bits: int, exponent_bits: int, window: int) -> int:
+    """Size of a ``djn.FixedBaseTable``'s entries (rows x 2**window residues)."""
+    return -(-exponent_bits // window) * (1 << window) * ((modulus_bits + 7) // 8)
+
+
+def worker_options(spec: KeySpec, used: int, budget: int = WORKER_TABLE_BUDGET) -> PaillierOptions:
+    """The options a worker uses for ``spec``: a wider DJN window while the key's
+    tables fit ``budget`` (``used`` bytes already held), else the key's own options."""
+    options = spec[4]
+    if not spec_table_bytes(spec, options):
+        return options  # full-length r**n: no table
+    for window in range(WORKER_MAX_WINDOW, options.djn_window_bits, -1):
+        wide = replace(options, djn_window_bits=window)
+        if used + spec_table_bytes(spec, wide) <= budget:
+            return wide
+    return options
+
+
+def spec_table_bytes(spec: KeySpec, options: PaillierOptions) -> int:
+    """Bytes of the DJN tables ``PaillierMath(*spec[:4], options)`` builds: one mod n**2
+    for a public key, one per prime square for a key owner (CRT); 0 without DJN."""
+    n, h_s, p, q, _ = spec
+    if h_s is None or not options.djn:
+        return 0
+    bits, window = options.djn_exponent_bits, options.djn_window_bits
+    if p is not None and q is not None:
+        return table_bytes(2 * p.bit_length(), bits, window) + table_bytes(
+            2 * q.bit_length(), bits, window
+        )
+    return table_bytes(2 * n.bit_length(), bits, window) if options.djn_public else 0
+
+
+def _worker_factors(spec: KeySpec, count: int) -> list[int]:
+    """In the worker: ``count`` fresh factors for one key (its arithmetic cached)."""
+    math = _WORKER_MATH.get(spec)
+    if math is None:
+        options = worker_options(spec, _WORKER_TABLE_BYTES[0])
+        _WORKER_TABLE_BYTES[0] += spec_table_bytes(spec, options)
+        math = _WORKER_MATH[spec] = PaillierMath(*spec[:4], options)
+    return [int(r) for r in math.random_factors(count)]
+
+
+@dataclass
+class _KeyQueue:
+    """Factors ready for one key, and the worker batches still being computed."""
+
+    ready: deque[Any] = field(default_factory=deque)
+    inflight: deque[tuple[Future[list[int]], int]] = field(default_factory=deque)
+    largest_take: int = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self.ready) + sum(n for _, n in self.inflight)
+
+
+class FactorPrefetcher:
+    """One worker process that computes randomness factors ahead of use, for many keys.
+
+    ``depth``: how many of a key's largest requests to keep ready or in the
+    making (a ppdnmf hub's key is used once per neighbour per round); a key's
+    queue is refilled when it falls to half that, in one task, because every
+    task costs a round trip through the executor's threads. ``min_batch``:
+    fewest factors per worker task.
+    The worker starts on first use; ``close`` stops it.
+    """
+
+    def __init__(self, *, depth: int = 32, min_batch: int = 16) -> None:
+        for name, value in (("depth", depth), ("min_batch", min_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.depth = depth
+        self.min_batch = min_batch
+        self._queues: dict[KeySpec, _KeyQueue] = {}
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.inline = 0  # factors the callers had to compute themselves (queue empty)
+        self.prefetched = 0  # factors handed out from the queues
+        weakref.finalize(self, FactorPrefetcher._shutdown, self.__dict__)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._executor
+
+    def take(
+        self, spec: KeySpec, count: int, compute: Callable[[int], list[Any]], to_int: Callable
+    ) -> list[Any]:
+        """``count`` fresh factors for the key ``spec``: prefetched ones first, the rest
+        from ``compute`` (this process); then ask the worker to refill the queue.
+
+        ``to_int`` converts the worker's integers to the caller's type (``mpz``).
+        """
+        with self._lock:
+            queue = self._queues.setdefault(spec, _KeyQueue())
+            while queue.inflight and queue.inflight[0][0].done():
+                future, _ = queue.inflight.popleft()
+                queue.ready.extend(to_int(r) for r in future.result())
+            got = [queue.ready.popleft() for _ in range(min(count, len(queue.ready)))]
+            self.prefetched += len(got)
+            queue.largest_take = max(queue.largest_take, count)
+            target, pending = self.depth * queue.largest_take, queue.pending
+            if pending <= target // 2:  # refill in large batches: each task costs a round trip
+                batch = max(target - pending, self.min_batch)
+                queue.inflight.append((self._pool().submit(_worker_factors, spec, batch), batch))
+        missing = count - len(got)
+        if missing:
+            self.inline += missing
+            got += compute(missing)
+        return got
+
+    def close(self) -> None:
+        """Stop the worker and drop what it computed (idempotent)."""
+        FactorPrefetcher._shutdown(self.__dict__)
+
+    @staticmethod
+    def _shutdown(state: dict[str, Any]) -> None:
+        executor = state.get("_executor")
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+            state["_executor"] = None
+        state.get("_queues", {}).clear()
+
+    def __enter__(self) -> FactorPrefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
