@@ -31,9 +31,9 @@ from dataclasses import replace
 
 from threadpoolctl import threadpool_limits
 
+from cipherfact.protocols.ppdnmf import job as ppdnmf_job
 from cipherfact.protocols.ppdnmf.app import PPDNMFRoles
 from cipherfact.protocols.ppdnmf.job import prepare_job
-from cipherfact.simulations import ppdnmf_job
 from cipherfact.simulations.grid import LocalGrid, single_host
 from cipherfact.simulations.scenario import load_scenario
 
