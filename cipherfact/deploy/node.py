@@ -212,6 +212,7 @@ class Node(BaseNode):
         self.plan: NodePlan | None = None
         self.scheme: Scheme | None = None
         self.config: dict[str, Any] = {}
+        self._x_sq_norm: float | None = None
         self._reported = 0
         self._outer_started = 0.0
 
@@ -281,6 +282,18 @@ class Node(BaseNode):
         self._checkpoint()
         super().begin(agent)
 
+    def _sq_norm(self) -> float:
+        """||X_i||_F^2 of this agent's block (computed once)."""
+        assert self.plan is not None  # metrics are written only after setup
+        if self._x_sq_norm is None:
+            X = self.plan.X
+            self._x_sq_norm = float(np.vdot(X, X))
+        return self._x_sq_norm
+
+    def _shape(self) -> tuple[int, ...]:
+        assert self.plan is not None
+        return tuple(self.plan.X.shape)
+
     def after_deliver(self) -> None:
         role = self.role
         while len(role.records) > self._reported:
@@ -290,6 +303,10 @@ class Node(BaseNode):
                 {
                     "outer": record.outer,
                     "local_sq_error": record.local_sq_error,
+                    # with the squared norm and shape of X_i, the gather computes the
+                    # relative error of agents' own data without seeing the data
+                    "local_sq_norm": self._sq_norm(),
+                    "local_shape": list(self._shape()),
                     "crypto_s": record.seconds.get("crypto", 0.0),
                     "compute_s": record.seconds.get("compute", 0.0),
                     "wall_s": time.perf_counter() - self._outer_started,

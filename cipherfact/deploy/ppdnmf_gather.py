@@ -85,15 +85,24 @@ def gather_ppdnmf(
     for i in range(n):
         lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
         per_agent.append({m["outer"]: m for m in lines if "outer" in m})
+    # Agents with their own data_path files: the gatherer never sees the data, so
+    # the error comes from what each agent reports about its own block (its squared
+    # error and squared norm), never from the scenario's generated matrix.
+    own_data = any(deploy.agent(i).data_path is not None for i in range(n))
     norm2 = float(np.linalg.norm(job.X) ** 2)
     common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
+    if own_data:
+        summary["data_shape"] = _own_shape(per_agent, common)
+    rel_by_outer: dict[int, float] = {}
     for t in common:
         rows = [per_agent[i][t] for i in range(n)]
         sq = sum(r["local_sq_error"] for r in rows)
+        total = sum(r["local_sq_norm"] for r in rows) if own_data else norm2
+        rel_by_outer[t] = float(np.sqrt(sq / total)) if total else 0.0
         writer.append_metrics(
             {
                 "outer": t,
-                "rel_error": float(np.sqrt(sq / norm2)) if norm2 else 0.0,
+                "rel_error": rel_by_outer[t],
                 "bytes": sum(r["bytes_sent"] for r in rows),
                 "messages": sum(r["messages_sent"] for r in rows),
                 "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
@@ -108,12 +117,21 @@ def gather_ppdnmf(
             with np.load(deploy.agent_out(i) / "factors.npz", allow_pickle=False) as f:
                 Ws.append(f["W"])
                 Hs.append(f["H"])
-        writer.write_factors(Ws, Hs, job.columns)
+        writer.write_factors(Ws, Hs, None if own_data else job.columns)
         summary.update(
-            rel_error=relative_error(job.blocks, Ws, Hs),
+            rel_error=rel_by_outer[common[-1]] if own_data else relative_error(job.blocks, Ws, Hs),
             consensus_spread=consensus_spread(Ws),
             outer_iters_completed=scenario.outer_iters,
         )
     summary.update(job_totals(results))
     writer.write_json("summary.json", summary)
     return summary
+
+
+def _own_shape(per_agent: list[dict[int, dict[str, Any]]], common: list[int]) -> list[int] | None:
+    """The whole matrix's shape from the agents' reported block shapes (rows shared,
+    columns added); None before any common outer iteration."""
+    if not common:
+        return None
+    shapes = [per_agent[i][common[0]]["local_shape"] for i in range(len(per_agent))]
+    return [int(shapes[0][0]), int(sum(s[1] for s in shapes))]

@@ -227,3 +227,34 @@ def test_csr_fhe_mf_users_with_their_own_rating_files(tmp_path: Path) -> None:
     mem = simulate(scenario, tmp_path / "mem", options=SimOptions(progress=False))
     for key in ("train_rmse", "test_rmse"):
         assert abs(summary[key] - mem[key]) < CKKS_TOL, key
+
+
+def test_ppdnmf_agents_with_their_own_data_files(tmp_path: Path) -> None:
+    """Each agent reads only its own block; the gathered error is the error on those
+    blocks, from what the agents report (their squared error and squared norm), not
+    the error on the scenario's generated matrix, which the files replace."""
+    from cipherfact.deploy.local import gather
+    from cipherfact.protocols.ppdnmf.job import relative_error
+
+    generated = prepare_job(load_scenario(SCENARIO, [*SMALL, f"n_agents={N}"]))
+    own = [3.0 * block + 0.5 for block in generated.blocks]  # another nonnegative matrix
+    job = write_local_job(SCENARIO, SMALL, N, tmp_path, timeouts={"peer_s": 30})
+    text = job.read_text()
+    for i, block in enumerate(own):
+        np.save(tmp_path / f"block-{i}.npy", block)
+        text = text.replace(f"id = {i}\n", f'id = {i}\ndata_path = "block-{i}.npy"\n')
+    job.write_text(text)
+    started = time.monotonic()
+    codes = wait_all(launch(job, N), timeout=150)
+    summary = gather(job, time.monotonic() - started, codes)
+    assert summary["status"] == "completed", summary["status"]
+    with np.load(tmp_path / "factors.npz") as f:
+        Ws = [f[f"W_{i}"] for i in range(N)]
+        Hs = [f[f"H_{i}"] for i in range(N)]
+        assert not any(k.startswith("columns_") for k in f.files)  # no made-up column map
+    on_own = relative_error(own, Ws, Hs)
+    assert summary["rel_error"] == pytest.approx(on_own, rel=1e-9)
+    assert abs(relative_error(generated.blocks, Ws, Hs) - on_own) > 0.01 * on_own
+    assert summary["data_shape"] == [own[0].shape[0], sum(b.shape[1] for b in own)]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["rel_error"] == pytest.approx(on_own, rel=1e-9)
