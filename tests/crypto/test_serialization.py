@@ -104,11 +104,15 @@ def test_secret_key_decode_errors(paillier: PaillierScheme, key_a: PaillierKeyMa
         load_secret_scheme(b"CFPK" + data[4:], CODEC)
     with pytest.raises(DecodeError, match="unknown scheme id 9"):
         load_secret_scheme(corrupt(data, 5, b"\x09"), CODEC)
-    p_last = 7 + 2 + len(key_a.p.to_bytes(64, "big")) - 1  # type: ignore[union-attr]
-    # p - 1 (lowest bit cleared): even, so never prime. (Flipping bit 1 gave p +- 2,
-    # itself prime for about 1 key in 180: the test failed at random.)
+    # p replaced by p + 2 or p + 4, whichever 3 divides: odd (so n stays odd) and
+    # never prime. (Flipping bit 1 of p gave p +- 2, itself prime for about one key
+    # in 180: the test failed at random.)
+    p = key_a.p
+    assert p is not None
+    bad_p = p + (2 if (p + 2) % 3 == 0 else 4)
+    start = 7 + 2  # header, then p's 2-byte length and its 64 bytes
     with pytest.raises(DecodeError, match=r"not prime"):
-        load_secret_scheme(corrupt(data, p_last, bytes([data[p_last] ^ 1])), CODEC)
+        load_secret_scheme(data[:start] + bad_p.to_bytes(64, "big") + data[start + 64 :], CODEC)
     with pytest.raises(DecodeError, match="truncated"):
         load_secret_scheme(data[:-5], CODEC)
 
