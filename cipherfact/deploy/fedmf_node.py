@@ -336,8 +336,7 @@ class FedMFNode(BaseNode):
         resume_from: int | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        super().__init__(deploy, agent_id, stop=stop)
-        self.resume_from = resume_from
+        super().__init__(deploy, agent_id, resume_from=resume_from, stop=stop)
         self.config: Any = None
         self.profiler = Profiler()
         self.vectors: list[np.ndarray] = []

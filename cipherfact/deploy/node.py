@@ -207,8 +207,7 @@ class Node(BaseNode):
         resume_from: int | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        super().__init__(deploy, agent_id, stop=stop)
-        self.resume_from = resume_from
+        super().__init__(deploy, agent_id, resume_from=resume_from, stop=stop)
         self.plan: NodePlan | None = None
         self.scheme: Scheme | None = None
         self.config: dict[str, Any] = {}

@@ -117,7 +117,7 @@ class BaseNode(ABC):
 
     #: the protocol's stages (``abort`` is added by the node)
     stages: frozenset[str] = frozenset()
-    #: whether the constructor takes ``resume_from`` (the party keeps checkpoints)
+    #: whether the party keeps checkpoints and may be given ``resume_from``
     supports_resume: bool = False
     #: whether the protocol itself relies on the job certificates (no insecure jobs)
     needs_certificates: bool = False
@@ -126,7 +126,12 @@ class BaseNode(ABC):
     gatherer: str = "cipherfact.deploy.app_node:gather_app"
 
     def __init__(
-        self, deploy: DeployJob, agent_id: AgentId, *, stop: threading.Event | None = None
+        self,
+        deploy: DeployJob,
+        agent_id: AgentId,
+        *,
+        resume_from: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.deploy = deploy
         self.agent_id = agent_id
@@ -143,7 +148,7 @@ class BaseNode(ABC):
         #: the job's counters saved with the checkpoint this part resumed from
         self.base_counters: dict[str, float] | None = None
         #: the outer iteration this part resumes after (nodes that ``supports_resume``)
-        self.resume_from: int | None = None
+        self.resume_from = resume_from
         #: this party's own checkpoints (``open_checkpoints``), if it keeps any
         self.checkpoints: PartyCheckpoints | None = None
         self._started = time.perf_counter()

@@ -30,4 +30,4 @@ def make_node(
             f"--resume-from and start afresh; deployed parties resume for "
             f"{', '.join(resumable) or 'no protocol'})"
         )
-    return node_class(deploy, agent_id, resume_from=resume_from, stop=stop)  # type: ignore[call-arg]
+    return node_class(deploy, agent_id, resume_from=resume_from, stop=stop)

@@ -18,7 +18,6 @@ import logging
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from cipherfact.deploy import envelope_v1_pb2 as pb
 from cipherfact.deploy import health_v1_pb2 as health_pb
 from cipherfact.deploy import servicer as servicer_module
 from cipherfact.deploy.jobfile import load_job
-from cipherfact.deploy.local import free_ports, write_local_job
+from cipherfact.deploy.local import agent_command, free_ports, write_local_job
 from cipherfact.deploy.nodes import make_node
 from cipherfact.deploy.servicer import ReassemblyBudget, ServerLimits
 from cipherfact.deploy.tls import TlsFiles, agent_identity, cert_paths, make_agent_cert
@@ -765,17 +764,7 @@ def test_agent_serve_says_port_in_use_in_one_line(tmp_path: Path) -> None:
             assert exc.errno == errno.EADDRINUSE
         s.listen()
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cipherfact.cli",
-                "agent",
-                "serve",
-                "--job",
-                str(job),
-                "--agent-id",
-                "0",
-            ],
+            agent_command(job, 0),
             capture_output=True,
             text=True,
             timeout=60,
