@@ -27,7 +27,9 @@ distribution does not depend on the window.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import threading
 import weakref
 from collections import deque
@@ -86,6 +88,14 @@ def spec_table_bytes(spec: KeySpec, options: PaillierOptions) -> int:
     return table_bytes(2 * n.bit_length(), bits, window) if options.djn_public else 0
 
 
+def _lower_priority(increment: int) -> None:
+    """In the worker, at start: run ``increment`` nice levels below the caller, so
+    that the worker only takes CPU time the protocol leaves idle."""
+    if increment:  # not POSIX, or not allowed: the worker runs at the same priority
+        with contextlib.suppress(AttributeError, OSError):
+            os.nice(increment)
+
+
 def _worker_factors(spec: KeySpec, count: int) -> list[int]:
     """In the worker: ``count`` fresh factors for one key (its arithmetic cached)."""
     math = _WORKER_MATH.get(spec)
@@ -116,16 +126,23 @@ class FactorPrefetcher:
     making (a ppdnmf hub's key is used once per neighbour per round); a key's
     queue is refilled when it falls to half that, in one task, because every
     task costs a round trip through the executor's threads. ``min_batch``:
-    fewest factors per worker task.
+    fewest factors per worker task. ``nice``: how many nice levels below this
+    process the worker runs (0: the same priority). Where every core already
+    runs a protocol process (Ray actors, one per core) a worker at nice 19
+    only fills the time the actors spend waiting for each other's messages;
+    at the same priority it would take its share of a busy core instead.
     The worker starts on first use; ``close`` stops it.
     """
 
-    def __init__(self, *, depth: int = 32, min_batch: int = 16) -> None:
+    def __init__(self, *, depth: int = 32, min_batch: int = 16, nice: int = 0) -> None:
         for name, value in (("depth", depth), ("min_batch", min_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValueError(f"nice must be an int in [0, 19], got {nice!r}")
         self.depth = depth
         self.min_batch = min_batch
+        self.nice = nice
         self._queues: dict[KeySpec, _KeyQueue] = {}
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -136,7 +153,10 @@ class FactorPrefetcher:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
+                initargs=(self.nice,),
             )
         return self._executor
 

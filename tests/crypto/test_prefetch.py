@@ -81,6 +81,8 @@ def test_close_is_idempotent_and_a_closed_prefetcher_still_serves(
         ({"depth": 0}, "depth must be a positive int"),
         ({"min_batch": -1}, "min_batch must be a positive int"),
         ({"depth": True}, "depth must be a positive int"),
+        ({"nice": 20}, r"nice must be an int in \[0, 19\]"),
+        ({"nice": -1}, r"nice must be an int in \[0, 19\]"),
     ],
 )
 def test_prefetcher_validation(kwargs: dict, message: str) -> None:
@@ -112,3 +114,15 @@ def test_worker_widens_public_djn_windows_within_its_table_budget(
     owner = (key_a.n, key_a.h_s, key_a.p, key_a.q, options)
     assert worker_options(owner, used=0).djn_window_bits == WORKER_MAX_WINDOW
     assert spec_table_bytes(owner, options) == 2 * table_bytes(key_a.n.bit_length(), 448, 7)
+
+
+def test_a_niced_worker_runs_below_the_caller() -> None:
+    """``nice``: the worker runs that many levels below this process (Ray actors'
+    workers at 19 only use the time their actor waits); 0 keeps the same priority."""
+    import os
+
+    here = os.nice(0)
+    for nice in (0, 7):
+        with FactorPrefetcher(nice=nice) as prefetcher:
+            worker = prefetcher._pool().submit(os.nice, 0).result(timeout=60)
+        assert worker == min(here + nice, 19)

@@ -167,3 +167,44 @@ def test_crypto_prefetch_switches_the_worker_on_and_off(
     assert seen == [expect]
     with pytest.raises(ScenarioError, match=r"crypto.prefetch must be one of"):
         load_scenario("ppdnmf-synthetic", ["crypto.prefetch=sometimes"])
+
+
+@pytest.mark.parametrize(("mode", "expect"), [("auto", True), ("off", False)])
+def test_ray_actors_get_a_low_priority_prefetch_worker(
+    monkeypatch: pytest.MonkeyPatch, mode: str, expect: bool
+) -> None:
+    """On Ray each actor's roles get a prefetch worker at nice 19 (idle time only)
+    unless ``crypto.prefetch = "off"``."""
+    from types import SimpleNamespace
+
+    from cipherfact.protocols.ppdnmf import app as ppdnmf_run
+    from cipherfact.simulations.network import NetworkModel
+
+    seen: list[tuple[bool, int]] = []
+
+    class FakeRayGrid:
+        def __init__(self, placement: dict, pool: object, network: object) -> None:
+            self.hosted = sorted(set(placement.values()))
+
+        def add_host(self, k: int, roles: PPDNMFRoles) -> None:
+            seen.append((roles.prefetch, roles.prefetch_nice))
+
+    fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
+    monkeypatch.setattr(ppdnmf_run, "RayGrid", FakeRayGrid)
+    scenario = load_scenario(
+        "ppdnmf-synthetic",
+        ["n_agents=4", "data.cols=20", "crypto.scheme=none", f"crypto.prefetch={mode}"],
+    )
+    app = ppdnmf_run.PPDNMFApp(prepare_job(scenario))
+    options = SimpleNamespace(
+        backend="ray",
+        network=NetworkModel(),
+        progress=False,
+        ray_actors=None,
+        ray_cpus_per_actor=None,
+        ray_gpus_per_actor=None,
+    )
+    app.build_grid(options)
+    assert seen == [(expect, ppdnmf_run.RAY_PREFETCH_NICE)] * 2
+    assert ppdnmf_run.RAY_PREFETCH_NICE == 19

@@ -105,9 +105,12 @@ class PPDNMFRoles:
     decryption uses every core (the in-memory run). ``prefetch``: with Paillier,
     one worker process computes every hosted agent's randomness factors ahead of
     use (``FactorPrefetcher``), so a host that runs in one process keeps a
-    second core busy (the in-memory run on a multi-core machine; on Ray the
-    actors already fill the cores). ``on_key`` is told of each key made (a
-    progress bar; in this process only: it is not picklable). ``batch_decrypt``:
+    second core busy (the in-memory run on a multi-core machine);
+    ``prefetch_nice``: how far below the host its worker runs (on Ray the
+    actors already fill the cores, so each actor's worker runs at nice 19 and
+    only uses the time its actor waits for the others' messages). ``on_key``
+    is told of each key made (a progress bar; in this process only: it is not
+    picklable). ``batch_decrypt``:
     with Paillier (and no shared pool), the host's agents queue their round
     decryptions in one ``DecryptBatch`` that the host flushes when idle, so the
     multi-buffer fast path runs with full lanes across agents (its library
@@ -117,6 +120,7 @@ class PPDNMFRoles:
     job: PPDNMFJob
     shared_pool: bool = False
     prefetch: bool = False
+    prefetch_nice: int = 0
     batch_decrypt: bool = True
     on_key: Callable[[int], object] | None = None
 
@@ -134,7 +138,7 @@ class PPDNMFRoles:
                 role.scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
         prefetcher = None
         if self.prefetch and crypto.scheme == "paillier":
-            prefetcher = FactorPrefetcher()
+            prefetcher = FactorPrefetcher(nice=self.prefetch_nice)
             for role in roles.values():
                 role.use_prefetcher(prefetcher)
         idle = None
@@ -158,6 +162,10 @@ class PPDNMFRoles:
             close=close if closers else None,
             idle=idle,
         )
+
+
+#: nice increment of a Ray actor's prefetch worker: idle time only (see PPDNMFRoles)
+RAY_PREFETCH_NICE = 19
 
 
 def _spare_core() -> bool:
@@ -292,9 +300,12 @@ class PPDNMFApp(RunApp):
             [job.graph.degree(i) for i in range(job.n_agents)], pool.actors
         )
         grid = RayGrid(placement, pool, network)
+        roles = PPDNMFRoles(
+            job, prefetch=job.scenario.crypto.prefetch != "off", prefetch_nice=RAY_PREFETCH_NICE
+        )
         try:
             for k in grid.hosted:
-                grid.add_host(k, PPDNMFRoles(job))
+                grid.add_host(k, roles)
         except BaseException:
             grid.close()
             raise
