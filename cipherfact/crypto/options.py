@@ -24,6 +24,9 @@ class PaillierOptions:
       because the key owner knows the factorization and full ``r**n`` is what
       hides a rerandomized reply's origin from it.
     * ``djn_exponent_bits`` / ``djn_window_bits``: exponent length, table window.
+    * ``djn_wide_tables``: build this key's tables at a wider window than
+      ``djn_window_bits`` while they fit the process's budget
+      (``djn.wide_window``); for keys used for a whole run.
     * ``processes``: worker processes for bulk randomness and decryption (1: none).
     * ``parallel_min``: smallest batch (packed integers) worth sending to workers.
     * ``fast_path``: bulk modular exponentiation (decryption, full-length ``r**n``
@@ -44,13 +47,14 @@ class PaillierOptions:
     djn_public: bool = False
     djn_exponent_bits: int = 448
     djn_window_bits: int = 6
+    djn_wide_tables: bool = False
     processes: int = 1
     parallel_min: int = 8
     fast_path: str = "auto"
     ifma_threads: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("packing", "use_gmpy2", "crt", "djn", "djn_public"):
+        for name in ("packing", "use_gmpy2", "crt", "djn", "djn_public", "djn_wide_tables"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in (

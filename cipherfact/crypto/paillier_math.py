@@ -28,7 +28,7 @@ from typing import Any
 import gmpy2
 
 from cipherfact.crypto import ifma
-from cipherfact.crypto.djn import FixedBaseTable
+from cipherfact.crypto.djn import FixedBaseTable, wide_window
 from cipherfact.crypto.keys import random_unit
 from cipherfact.crypto.options import PaillierOptions
 
@@ -126,14 +126,19 @@ def crt_join(r: Sequence[Any], p: Any, q: Any, hp: Any, hq: Any, p_inv_q: Any) -
 
 
 @functools.lru_cache(maxsize=256)
-def _public_table(h_s: int, n2: int, bits: int, window: int, use_gmpy2: bool) -> FixedBaseTable:
+def _public_table(
+    h_s: int, n2: int, bits: int, window: int, wide: bool, use_gmpy2: bool
+) -> FixedBaseTable:
     """Fixed-base table of a *public* key, shared by every holder in this process.
 
     A simulation hosts many agents per process and each loads its neighbours'
-    public keys: without sharing, one key's 2.4 MB table is built once per
+    public keys: without sharing, one key's 4 MB table is built once per
     neighbour that holds it. Tables are read-only after construction; only
-    public values go into the cache key.
+    public values go into the cache key. ``wide``: a wider window within the
+    process's budget (charged once per key, here).
     """
+    if wide:
+        window = wide_window([n2.bit_length()], bits, window)
     return FixedBaseTable(h_s, n2, bits, window, gmpy2.mpz if use_gmpy2 else int)
 
 
@@ -200,13 +205,22 @@ class PaillierMath:
         if self._tables is None:
             bits, w = self.options.djn_exponent_bits, self.options.djn_window_bits
             if self.crt:
+                if self.options.djn_wide_tables:
+                    w = wide_window([int(self.p2).bit_length(), int(self.q2).bit_length()], bits, w)
                 self._tables = (
                     FixedBaseTable(self.h_s % self.p2, self.p2, bits, w, self.mpz),
                     FixedBaseTable(self.h_s % self.q2, self.q2, bits, w, self.mpz),
                 )
             else:
                 self._tables = (
-                    _public_table(int(self.h_s), int(self.n2), bits, w, self.options.use_gmpy2),
+                    _public_table(
+                        int(self.h_s),
+                        int(self.n2),
+                        bits,
+                        w,
+                        self.options.djn_wide_tables,
+                        self.options.use_gmpy2,
+                    ),
                 )
         return self._tables
 

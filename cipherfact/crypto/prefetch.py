@@ -21,7 +21,7 @@ CRT randomness, as ``parallel.SharedDecryptPool`` does: a child of the same
 host, never a trust boundary) and draws every exponent from ``secrets``
 itself; factors travel back as integers and are used once. It builds each
 key's DJN tables once for the whole run, so it affords wider windows
-than the options' within a memory budget (``worker_options``); the factors'
+than the options' within a memory budget (``djn.wide_window``); the factors'
 distribution does not depend on the window.
 """
 
@@ -38,54 +38,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cipherfact.crypto.options import PaillierOptions
 from cipherfact.crypto.paillier_math import KeySpec, PaillierMath
 
-__all__ = ["FactorPrefetcher", "spec_table_bytes", "table_bytes", "worker_options"]
-
-#: bytes of DJN fixed-base tables one worker may hold, wider windows than the
-#: options' while they fit (a key's tables, built once, serve the whole run): a
-#: 9-bit window takes ~0.80x the time per factor of a 7-bit one, at 12.5 MB
-#: instead of 4 MB per 2048-bit public key (``benchmarks/djn_window.py``; a key
-#: owner's two CRT tables: the same size); later keys keep the options' window
-WORKER_TABLE_BUDGET = 160 * 2**20
-#: widest window the worker picks within the budget
-WORKER_MAX_WINDOW = 9
+__all__ = ["FactorPrefetcher"]
 
 _WORKER_MATH: dict[KeySpec, PaillierMath] = {}
-_WORKER_TABLE_BYTES = [0]
-
-
-def table_bytes(modulus_bits: int, exponent_bits: int, window: int) -> int:
-    """Size of a ``djn.FixedBaseTable``'s entries (rows x 2**window residues)."""
-    return -(-exponent_bits // window) * (1 << window) * ((modulus_bits + 7) // 8)
-
-
-def worker_options(spec: KeySpec, used: int, budget: int = WORKER_TABLE_BUDGET) -> PaillierOptions:
-    """The options a worker uses for ``spec``: a wider DJN window while the key's
-    tables fit ``budget`` (``used`` bytes already held), else the key's own options."""
-    options = spec[4]
-    if not spec_table_bytes(spec, options):
-        return options  # full-length r**n: no table
-    for window in range(WORKER_MAX_WINDOW, options.djn_window_bits, -1):
-        wide = replace(options, djn_window_bits=window)
-        if used + spec_table_bytes(spec, wide) <= budget:
-            return wide
-    return options
-
-
-def spec_table_bytes(spec: KeySpec, options: PaillierOptions) -> int:
-    """Bytes of the DJN tables ``PaillierMath(*spec[:4], options)`` builds: one mod n**2
-    for a public key, one per prime square for a key owner (CRT); 0 without DJN."""
-    n, h_s, p, q, _ = spec
-    if h_s is None or not options.djn:
-        return 0
-    bits, window = options.djn_exponent_bits, options.djn_window_bits
-    if p is not None and q is not None:
-        return table_bytes(2 * p.bit_length(), bits, window) + table_bytes(
-            2 * q.bit_length(), bits, window
-        )
-    return table_bytes(2 * n.bit_length(), bits, window) if options.djn_public else 0
 
 
 def _lower_priority(increment: int) -> None:
@@ -99,9 +56,8 @@ def _lower_priority(increment: int) -> None:
 def _worker_factors(spec: KeySpec, count: int) -> list[int]:
     """In the worker: ``count`` fresh factors for one key (its arithmetic cached)."""
     math = _WORKER_MATH.get(spec)
-    if math is None:
-        options = worker_options(spec, _WORKER_TABLE_BYTES[0])
-        _WORKER_TABLE_BYTES[0] += spec_table_bytes(spec, options)
+    if math is None:  # tables that serve the whole run: as wide as the budget allows
+        options = replace(spec[4], djn_wide_tables=True)
         math = _WORKER_MATH[spec] = PaillierMath(*spec[:4], options)
     return [int(r) for r in math.random_factors(count)]
 

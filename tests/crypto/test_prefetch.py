@@ -1,5 +1,6 @@
 """Randomness computed ahead in a worker process (``FactorPrefetcher``): the factors
-are valid, each is used once, and a dry queue only means computing inline."""
+are valid, each is used once, and a dry queue only means computing inline; the
+DJN tables of keys that serve a whole run are widened within a budget."""
 
 from __future__ import annotations
 
@@ -9,16 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cipherfact.crypto import PaillierOptions, PaillierScheme
+from cipherfact.crypto import PaillierOptions, PaillierScheme, djn, paillier_math
+from cipherfact.crypto.djn import WIDE_WINDOW, table_bytes, wide_window
 from cipherfact.crypto.keys import PaillierKeyMaterial
-from cipherfact.crypto.prefetch import (
-    WORKER_MAX_WINDOW,
-    WORKER_TABLE_BUDGET,
-    FactorPrefetcher,
-    spec_table_bytes,
-    table_bytes,
-    worker_options,
-)
+from cipherfact.crypto.prefetch import FactorPrefetcher
 
 from .conftest import CODEC
 
@@ -95,25 +90,51 @@ def test_use_prefetcher_refuses_other_objects(key_a: PaillierKeyMaterial) -> Non
         PaillierScheme(key_a, codec=CODEC).use_prefetcher("pool")  # type: ignore[arg-type]
 
 
-def test_worker_widens_public_djn_windows_within_its_table_budget(
-    key_a: PaillierKeyMaterial,
+def test_wide_window_picks_the_widest_that_fits_and_charges_it(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    options = PaillierOptions(djn_public=True, djn_window_bits=7)
-    public = (key_a.n, key_a.h_s, None, None, options)
-    bits = 2 * key_a.n.bit_length()
+    """One policy for every process (agents' hosts and prefetch workers alike):
+    the widest window up to ``WIDE_WINDOW`` whose tables fit what is left of the
+    process's budget, charged once; past the budget, the options' window."""
+    monkeypatch.setattr(djn, "_wide_bytes_held", [0])
     assert table_bytes(4096, 448, 7) == 64 * 128 * 512  # the 4.2 MB of a 2048-bit key
-    wide = worker_options(public, used=0)
-    assert wide.djn_window_bits == WORKER_MAX_WINDOW
-    assert wide == replace(options, djn_window_bits=WORKER_MAX_WINDOW)
-    nearly_full = WORKER_TABLE_BUDGET - table_bytes(bits, 448, WORKER_MAX_WINDOW) + 1
-    assert worker_options(public, used=nearly_full).djn_window_bits == WORKER_MAX_WINDOW - 1
-    assert worker_options(public, used=WORKER_TABLE_BUDGET) is options
-    # full-length r**n has no table; a key owner's two CRT tables are widened too
-    full = PaillierOptions(djn_public=False)
-    assert worker_options((key_a.n, key_a.h_s, None, None, full), used=0) is full
-    owner = (key_a.n, key_a.h_s, key_a.p, key_a.q, options)
-    assert worker_options(owner, used=0).djn_window_bits == WORKER_MAX_WINDOW
-    assert spec_table_bytes(owner, options) == 2 * table_bytes(key_a.n.bit_length(), 448, 7)
+    nine = table_bytes(4096, 448, WIDE_WINDOW)
+    budget = 2 * nine + table_bytes(4096, 448, WIDE_WINDOW - 1)
+    assert wide_window([4096], 448, 7, budget) == WIDE_WINDOW
+    assert wide_window([4096], 448, 7, budget) == WIDE_WINDOW
+    assert wide_window([4096], 448, 7, budget) == WIDE_WINDOW - 1  # 9 no longer fits
+    assert wide_window([4096], 448, 7, budget) == 7  # nothing wider fits: the floor
+    assert djn._wide_bytes_held == [budget]
+    # a key owner's two CRT tables (half-size moduli) are charged together
+    monkeypatch.setattr(djn, "_wide_bytes_held", [0])
+    assert wide_window([2048, 2048], 448, 7, nine) == WIDE_WINDOW
+    assert djn._wide_bytes_held == [2 * table_bytes(2048, 448, WIDE_WINDOW)]
+
+
+def test_wide_tables_are_built_wide_and_give_the_same_ciphertexts(
+    key_a: PaillierKeyMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``djn_wide_tables``: the key's tables get the wide window (a public table once
+    per key, however many holders), and encryption still decrypts correctly."""
+    monkeypatch.setattr(djn, "_wide_bytes_held", [0])
+    paillier_math._public_table.cache_clear()
+    wide = PaillierOptions(djn_public=True, djn_window_bits=7, djn_wide_tables=True)
+    narrow = replace(wide, djn_wide_tables=False)
+    owner = PaillierScheme(key_a, codec=CODEC, options=wide)
+    public = replace(key_a, p=None, q=None)
+    holders = [PaillierScheme(public, codec=CODEC, options=wide) for _ in range(2)]
+    plain = PaillierScheme(public, codec=CODEC, options=narrow)
+    x = np.array([1.5, -2.0, 0.25])
+    for s in (*holders, plain, owner):
+        assert np.array_equal(owner.decrypt(owner.from_bytes(s.to_bytes(s.encrypt(x)))), x)
+    assert [t.window_bits for t in owner._math._djn_tables()] == [WIDE_WINDOW] * 2
+    assert holders[0]._math._djn_tables()[0] is holders[1]._math._djn_tables()[0]
+    assert holders[0]._math._djn_tables()[0].window_bits == WIDE_WINDOW
+    assert plain._math._djn_tables()[0].window_bits == 7
+    bits = key_a.n.bit_length()
+    charged = 2 * table_bytes(bits, 448, 9) + table_bytes(2 * bits, 448, 9)
+    assert djn._wide_bytes_held == [charged]  # the public table charged once
+    paillier_math._public_table.cache_clear()
 
 
 def test_a_niced_worker_runs_below_the_caller() -> None:
