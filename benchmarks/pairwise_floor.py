@@ -36,7 +36,6 @@ from cipherfact.protocols.ppdnmf.job import generate_key, peer_loader, prepare_j
 from cipherfact.simulations.scenario import load_scenario
 
 
-
 def timed(fn: Callable[[], object], count: int) -> float:
     """Seconds per unit of one call of ``fn`` that does ``count`` units."""
     start = time.perf_counter()
