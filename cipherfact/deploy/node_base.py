@@ -5,8 +5,11 @@ envelopes to the role in arrival order, lets the role begin its next outer
 iteration when the protocol says so, watches for silent peers (bounded, then
 an error naming the peer, the round and the peer's health), passes any failure
 on to its peers as an ``abort`` envelope so that no party hangs, and writes
-``result.json`` whatever happens. Subclasses say how the role is built, who
-its peers are, what a well-formed payload looks like and what to write.
+``result.json`` whatever happens. It also writes one ``metrics.jsonl`` line
+per finished outer iteration and, where the protocol resumes, this party's
+checkpoint at the boundary. Subclasses say only what is theirs: how the role
+(and its key) is built, who its peers are, what a boundary reports, what a
+checkpoint holds, what a well-formed payload looks like and what to write.
 """
 
 from __future__ import annotations
