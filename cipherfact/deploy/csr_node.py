@@ -25,53 +25,44 @@ nothing), the CSP sends Enc(A) (stage ``resume``) and RS removes its masks,
 so training goes on from the same factors, to CKKS noise.
 
 The model is the difference of the two shares: neither party alone learns
-it, and only a step that sees both (``deploy local``'s gathering, a
-measurement hook like the simulation's) can evaluate it.
+it, and only a step that sees both (``deploy local``'s gathering,
+``read_csr``, like the simulation's measurement hook) can evaluate it. A
+real deployment has no such step: no single party holds both shares.
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import threading
-import time
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.data.ratings import load_user_ratings
-from cipherfact.deploy.jobfile import DeployJob, JobFileError
-from cipherfact.deploy.node_base import BaseNode, NodeError, write_atomic
-from cipherfact.deploy.party_checkpoint import truncate_metrics
+from cipherfact.deploy.gather import GatherRun
+from cipherfact.deploy.jobfile import JobFileError
+from cipherfact.deploy.node_base import BaseNode, numbered, save_npz, series
+from cipherfact.deploy.recsys_gather import Epochs, gather_ratings, setup_bytes
 from cipherfact.deploy.servicer import PayloadCheck
-from cipherfact.protocols.base import Profiler
 from cipherfact.protocols.csr_fhe_mf import roles as csr
 from cipherfact.protocols.csr_fhe_mf.layout import decode_parts
 from cipherfact.protocols.ratings.job import (
     csr_config,
     csr_config_for,
+    csr_info,
+    csr_layout,
+    csr_twin,
     csr_user,
     load_split,
 )
 
-log = logging.getLogger("cipherfact.deploy")
-
-__all__ = ["CsrNode", "CsrPayloadFormat", "party_name"]
+__all__ = ["SHARE_FILE", "CsrNode", "CsrPayloadFormat", "read_csr"]
 
 SHARE_FILE = "share.npz"
 # Upper bounds for the cheap format checks (a public CKKS context with
 # relinearization keys at N = 32768 is far below this).
 MAX_CONTEXT_BYTES = 512 * 1024 * 1024
-
-
-def party_name(agent_id: AgentId) -> str:
-    if agent_id == csr.RS_ID:
-        return "rs"
-    if agent_id == csr.CSP_ID:
-        return "csp"
-    return f"user {agent_id - csr.user_id(0)}"
 
 
 class CsrPayloadFormat:
@@ -102,9 +93,17 @@ class CsrPayloadFormat:
 class CsrNode(BaseNode):
     """One csr_fhe_mf party over gRPC; which one is fixed by its agent id."""
 
-    gatherer = "cipherfact.deploy.recsys_gather:gather_ratings"
     supports_resume = True
-
+    unit = "epoch"
+    completed_key = "epochs_completed"
+    drivers = frozenset({csr.RS_ID})
+    party_names: ClassVar[Mapping[AgentId, str]] = {csr.RS_ID: "rs", csr.CSP_ID: "csp"}
+    party_titles: ClassVar[Mapping[AgentId, str]] = {
+        csr.RS_ID: "the recommender server (RS)",
+        csr.CSP_ID: "the crypto service provider (CSP, holds the CKKS secret key)",
+    }
+    first_user = csr.user_id(0)
+    parties_text = "{users} users, so RS (0), CSP (1) and users (2..)"
     stages = frozenset(
         {
             csr.STAGE_CONTEXT,
@@ -116,6 +115,9 @@ class CsrNode(BaseNode):
             csr.STAGE_RESUME,
         }
     )
+    #: RS's masks M or the CSP's masked factors A after each epoch ({"U": [...], "V": [...]})
+    shares: dict[str, list[np.ndarray]]
+    _setup_reported = False
 
     @classmethod
     def keeps_checkpoints(cls, agent_id: AgentId) -> bool:
@@ -127,32 +129,8 @@ class CsrNode(BaseNode):
         return load_split(scenario.data, scenario.seed).train.n_users + 2
 
     @classmethod
-    def describe_parties(cls, n: int) -> str:
-        return f"{n - 2} users, so RS (0), CSP (1) and users (2..)"
-
-    @classmethod
-    def role_title(cls, agent_id: AgentId) -> str:
-        if agent_id == csr.RS_ID:
-            return "the recommender server (RS)"
-        if agent_id == csr.CSP_ID:
-            return "the crypto service provider (CSP, holds the CKKS secret key)"
-        return f"user {agent_id - csr.user_id(0)}"
-
-    def __init__(
-        self,
-        deploy: DeployJob,
-        agent_id: AgentId,
-        *,
-        resume_from: int | None = None,
-        stop: threading.Event | None = None,
-    ) -> None:
-        super().__init__(deploy, agent_id, resume_from=resume_from, stop=stop)
-        self.config: Any = None
-        self.profiler = Profiler()
-        self.shares: list[tuple[np.ndarray, np.ndarray]] = []
-        self._epoch_started = 0.0
-        self._epochs_reported = 0
-        self._setup_reported = False
+    def gather(cls, run: GatherRun) -> dict[str, Any]:
+        return gather_ratings(run, read_csr)
 
     # -- building --------------------------------------------------------------------
 
@@ -169,10 +147,8 @@ class CsrNode(BaseNode):
             cfg = csr_config(scenario, train)
         self.config = cfg
         self.job_id = cfg.job_id
-        resumed = None  # a user keeps nothing: on resume it uploads again, under the new key
-        if self.keeps_checkpoints(self.agent_id):  # a bad resume fails before any key
-            config = self.checkpoint_config(scenario, len(self.deploy.agents))
-            resumed = self.open_checkpoints(config, int(cfg.epochs))
+        # a user keeps nothing: on resume it uploads again, under the new key
+        resumed = self.open_checkpoints(int(cfg.epochs))  # a bad resume fails before any key
         if self.agent_id == csr.RS_ID:
             from cipherfact.crypto.ckks import load_public_ckks
 
@@ -203,25 +179,11 @@ class CsrNode(BaseNode):
             else:
                 assert train is not None
                 self.role = csr_user(scenario, train, cfg, u, self.profiler)
-        if resumed is None:
-            self.metrics_path.write_text("", encoding="utf-8")
-        else:
-            self._restore(*resumed)
-        log.info(
-            "agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id), self.job_id
-        )
-
-    def _restore(self, state: dict[str, Any], past: dict[str, Any]) -> None:
-        """The role's state, the earlier shares and the metrics up to the checkpoint."""
-        self.role.restore_state(state)
-        epochs = int(self.role.epoch)
-        try:
-            self.shares = [(past[f"U_{e}"], past[f"V_{e}"]) for e in range(epochs)]
-        except KeyError as exc:
-            raise NodeError(f"agent {self.agent_id}: checkpoint lacks share {exc}") from exc
-        self._epochs_reported = epochs
-        truncate_metrics(self.metrics_path, "epoch", epochs)
-        log.info("agent %s resuming after epoch %d", self.agent_id, epochs)
+        self.shares = {"U": [], "V": []}
+        if resumed is not None:  # the role's state and the shares up to the checkpoint
+            self.role.restore_state(resumed[0])
+            epochs, who = int(self.role.epoch), f"agent {self.agent_id}"
+            self.shares = {k: series(resumed[1], k, epochs, who) for k in self.shares}
 
     def peers(self) -> list[AgentId]:
         if self.config is None:
@@ -237,20 +199,18 @@ class CsrNode(BaseNode):
         return int(self.config.epochs)
 
     def current_round(self) -> int:
-        return int(getattr(self.role, "epoch", csr.SETUP_ROUND)) if self._in_epochs() else -1
+        return -1 if self.in_setup() else int(self.role.epoch)
 
-    def position(self) -> str:
-        if self._in_epochs():
-            return f"epoch {self.role.epoch} (round {self.role.epoch})"
-        return "setup (round -1)"
+    def boundaries_done(self) -> int:
+        return int(getattr(self.role, "epoch", 0))
 
-    def _in_epochs(self) -> bool:
+    def in_setup(self) -> bool:
         role = self.role
         if isinstance(role, csr.RecommenderServer):
-            return bool(role.ready)
+            return not role.ready
         if isinstance(role, csr.CryptoServiceProvider):
-            return role.layout is not None
-        return False
+            return role.layout is None
+        return True
 
     def payload_check(self) -> PayloadCheck:
         return CsrPayloadFormat()
@@ -265,67 +225,24 @@ class CsrNode(BaseNode):
             return [csr.RS_ID]
         return [csr.RS_ID] if role.has_context else [csr.CSP_ID]
 
-    def silence_limit(self) -> float:
-        # Until the epochs start, peers may still be starting or generating keys.
-        if self._in_epochs():
-            return self.deploy.peer_timeout_s
-        return max(self.deploy.peer_timeout_s, self.deploy.retry.startup_s)
-
     # -- the loop's hooks --------------------------------------------------------------
 
-    def should_begin(self) -> bool:
-        return isinstance(self.role, csr.RecommenderServer) and self.role.at_boundary
-
-    def begin(self, agent: Agent) -> None:
-        log.info("agent %s (RS) begins epoch %d", self.agent_id, self.role.epoch)
-        super().begin(agent)
-
     def after_deliver(self) -> None:
-        role = self.role
-        if self._in_epochs() and not self._setup_reported:
+        if not self.in_setup() and not self._setup_reported:
             self._report_setup()
-        epoch = getattr(role, "epoch", 0)
-        while self._epochs_reported < epoch:
-            if isinstance(role, csr.RecommenderServer):
-                self.shares.append(role.factor_masks())
-            else:
-                self.shares.append(role.masked_factors())
-            seconds = self.profiler.take()
-            payload, messages, grpc_bytes = self.traffic_since_last()
-            self.append_metrics(
-                {
-                    "epoch": self._epochs_reported,
-                    "crypto_s": seconds.get("crypto", 0.0),
-                    "compute_s": seconds.get("compute", 0.0),
-                    "wall_s": time.perf_counter() - self._epoch_started,
-                    "bytes_sent": payload,
-                    "messages_sent": messages,
-                    "grpc_bytes_sent": grpc_bytes,
-                }
-            )
-            log.info(
-                "agent %s (%s) finished epoch %d",
-                self.agent_id,
-                party_name(self.agent_id),
-                self._epochs_reported,
-            )
-            self._epoch_started = time.perf_counter()
-            self._epochs_reported += 1
-        self._checkpoint()
+        super().after_deliver()
 
-    def _checkpoint(self) -> None:
-        """RS's or the CSP's checkpoint after a finished epoch, when one is due."""
-        ck = self.checkpoints
-        epoch = int(getattr(self.role, "epoch", 0))
-        if ck is None or not ck.due(epoch) or epoch != self._epochs_reported:
-            return
-        past: dict[str, Any] = {}
-        for e, (U, V) in enumerate(self.shares):
-            past[f"U_{e}"], past[f"V_{e}"] = U, V
-        state = self.role.checkpoint_state()
-        counters = self.job_counters(before_round=epoch)
-        with self.critical():
-            ck.save(epoch, state, past, counters)
+    def on_boundary(self, index: int) -> dict[str, Any]:
+        role = self.role
+        rs = isinstance(role, csr.RecommenderServer)
+        U, V = role.factor_masks() if rs else role.masked_factors()
+        self.shares["U"].append(U)
+        self.shares["V"].append(V)
+        return self.timing(self.profiler.take())
+
+    def checkpoint_state(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        past = {**numbered("U", self.shares["U"]), **numbered("V", self.shares["V"])}
+        return self.role.checkpoint_state(), past
 
     def finish(self) -> None:
         if not self._setup_reported:  # a user: its whole part is the setup
@@ -333,44 +250,80 @@ class CsrNode(BaseNode):
 
     def _report_setup(self) -> None:
         """One metrics line for the setup (keys, structure, uploads)."""
-        seconds = self.profiler.take()
-        payload, messages, grpc_bytes = self.traffic_since_last()
-        self.append_metrics(
-            {
-                "epoch": -1,
-                "crypto_s": seconds.get("crypto", 0.0),
-                "compute_s": seconds.get("compute", 0.0),
-                "bytes_sent": payload,
-                "messages_sent": messages,
-                "grpc_bytes_sent": grpc_bytes,
-            }
-        )
+        self.append_report(-1, self.timing(self.profiler.take(), wall=False))
         self._setup_reported = True
-        self._epoch_started = time.perf_counter()
 
     # -- output ------------------------------------------------------------------------
 
     def result_fields(self) -> dict[str, Any]:
         role = self.role
-        out: dict[str, Any] = {
-            "party": party_name(self.agent_id),
-            "epochs_completed": self._epochs_reported,
-            "resumed_from": self.resume_from,
-        }
         if isinstance(role, csr.CryptoServiceProvider):
-            out.update(key_fingerprint=role.scheme.fingerprint, ckks=role.scheme.describe())
-        return out
+            return {"key_fingerprint": role.scheme.fingerprint, "ckks": role.scheme.describe()}
+        return {}
 
     def write_outputs(self) -> None:
-        if not self.shares:
+        if not self.shares["U"]:
             return
         kind = "masks" if self.agent_id == csr.RS_ID else "masked_factors"
         arrays: dict[str, Any] = {"kind": np.array(kind)}
         layout = getattr(self.role, "layout", None)
         if layout is not None:  # the public structure (the twin needs the users' dummies)
             arrays["slot_users"], arrays["slot_items"] = layout.slot_users, layout.slot_items
-        for e, (U, V) in enumerate(self.shares):
-            arrays[f"U_{e}"], arrays[f"V_{e}"] = U, V
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        write_atomic(self.out / SHARE_FILE, buf.getvalue())
+        for k, share in self.shares.items():
+            arrays.update(numbered(k, share))
+        save_npz(self.out / SHARE_FILE, arrays)
+
+
+# -- gathering (``recsys_gather``): the only step that sees both shares ---------------------
+
+
+def _group(agent_id: int) -> str:
+    return "rs" if agent_id == csr.RS_ID else "csp" if agent_id == csr.CSP_ID else "users"
+
+
+def _shares(path: Path, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as f:
+        return [(f[f"U_{e}"], f[f"V_{e}"]) for e in range(epochs)]
+
+
+def _layout(path: Path, cfg: Any) -> Any:
+    """The public structure the CSP received: the users' dummies are secret draws,
+    so the twin takes them from here."""
+    with np.load(path, allow_pickle=False) as f:
+        users, items = f["slot_users"], f["slot_items"]
+    structures = [items[users == u] for u in range(cfg.n_users)]
+    return csr_layout(cfg, structures)
+
+
+def read_csr(run: GatherRun, split: Any) -> Epochs:
+    """The model A - M per epoch (RS wrote its masks M, the CSP its masked factors A),
+    the twin of the structure the CSP saw, and RS's and the CSP's traffic and seconds
+    per epoch."""
+    deploy, results, train = run.deploy, run.results, split.train
+    cfg = csr_config(deploy.scenario, train)
+    nnz = cfg.n_users * cfg.pad_to if cfg.hide_pattern else train.n_ratings
+    sizes = {"slots_used": nnz, "chunks": -(-nnz // cfg.plan().params.slot_count)}
+    info = csr_info(cfg, results[csr.CSP_ID].get("ckks"), train, sizes)
+    out = Epochs(info, {i: _group(i) for i in range(len(results))}, cfg.rating_offset)
+    if not run.ok:
+        return out
+    rs_out, csp_out = deploy.agent_out(csr.RS_ID), deploy.agent_out(csr.CSP_ID)
+    out.twin, _ = csr_twin(train, cfg, _layout(csp_out / SHARE_FILE, cfg))
+    masks = _shares(rs_out / SHARE_FILE, cfg.epochs)
+    masked = _shares(csp_out / SHARE_FILE, cfg.epochs)
+    rs_lines = {m["epoch"]: m for m in run.metrics(csr.RS_ID)}
+    csp_lines = {m["epoch"]: m for m in run.metrics(csr.CSP_ID)}
+    for e in range(cfg.epochs):
+        out.factors.append((masked[e][0] - masks[e][0], masked[e][1] - masks[e][1]))
+        rs_m, csp_m = rs_lines[e], csp_lines[e]
+        out.records.append(
+            {
+                "bytes": rs_m["bytes_sent"] + csp_m["bytes_sent"],
+                "grpc_bytes": rs_m["grpc_bytes_sent"] + csp_m["grpc_bytes_sent"],
+                "wall_s": rs_m["wall_s"],
+                "rs_s": rs_m["crypto_s"] + rs_m["compute_s"],
+                "csp_s": csp_m["crypto_s"] + csp_m["compute_s"],
+            }
+        )
+    out.setup_bytes = setup_bytes(results)
+    return out

@@ -32,12 +32,10 @@ it over again (new boxes); the last user sends Enc(V) under it (stage
 from __future__ import annotations
 
 import datetime
-import io
 import logging
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -46,19 +44,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
+from cipherfact.deploy.gather import GatherRun
 from cipherfact.deploy.jobfile import DeployJob, JobFileError, insecure_refusal
-from cipherfact.deploy.node_base import BaseNode, NodeError, write_atomic
-from cipherfact.deploy.party_checkpoint import truncate_metrics
+from cipherfact.deploy.node_base import BaseNode, numbered, save_npz, series
+from cipherfact.deploy.recsys_gather import Epochs, gather_ratings, setup_bytes
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.deploy.tls import agent_identity, check_tls_files
 from cipherfact.protocols.base import Profiler, ProtocolError, StateMachine
 from cipherfact.protocols.csr_fhe_mf.layout import decode_parts, encode_parts
 from cipherfact.protocols.fedmf import keys
 from cipherfact.protocols.fedmf import roles as fedmf
+from cipherfact.protocols.ratings.job import fedmf_config, load_split
 
 log = logging.getLogger("cipherfact.deploy")
 
-__all__ = ["FACTORS_FILE", "FedMFNode", "ServerParty", "UserParty", "load_identity"]
+__all__ = ["FACTORS_FILE", "FedMFNode", "ServerParty", "UserParty", "load_identity", "read_fedmf"]
 
 STAGE_MODEL = "model"
 FACTORS_FILE = "factors.npz"
@@ -278,28 +278,24 @@ class FedMFPayloadFormat:
             decode_parts(data, f"{env.stage} payload")
 
 
-def _series(past: dict[str, Any], name: str, count: int, agent_id: AgentId) -> list[np.ndarray]:
-    """``name_0 .. name_<count-1>`` from a checkpoint's past (one line if one is missing)."""
-    try:
-        return [np.asarray(past[f"{name}_{e}"]) for e in range(count)]
-    except KeyError as exc:
-        raise NodeError(f"agent {agent_id}: checkpoint lacks {exc}") from exc
-
-
-def party_name(agent_id: AgentId) -> str:
-    if agent_id == fedmf.SERVER_ID:
-        return "server"
-    u = agent_id - fedmf.user_id(0)
-    return "user 0 (key leader)" if u == 0 else f"user {u}"
-
-
 class FedMFNode(BaseNode):
     """One FedMF party over gRPC (mTLS only); which one is fixed by its agent id."""
 
-    gatherer = "cipherfact.deploy.recsys_gather:gather_ratings"
-
     needs_certificates = True
     supports_resume = True
+    unit = "epoch"
+    completed_key = "epochs_completed"
+    drivers = frozenset({fedmf.SERVER_ID})
+    party_names: ClassVar[Mapping[AgentId, str]] = {
+        fedmf.SERVER_ID: "server",
+        LEADER: "user 0 (key leader)",
+    }
+    party_titles: ClassVar[Mapping[AgentId, str]] = {
+        fedmf.SERVER_ID: "the server (holds Enc(V) and the public key only)",
+        LEADER: "user 0, the key leader (generates the shared key)",
+    }
+    first_user = fedmf.user_id(0)
+    parties_text = "{users} users, so the server (0) and users (1..)"
     stages = frozenset(
         {
             fedmf.STAGE_KEY,
@@ -310,46 +306,22 @@ class FedMFNode(BaseNode):
             *keys.KEY_STAGES,
         }
     )
+    #: a user's own vector after each epoch
+    vectors: list[np.ndarray]
+    _slot_bits: int | None = None
+    _setup_s: dict[str, float] | None = None  # the setup's seconds (the server)
 
     @classmethod
     def party_count(cls, scenario: Any) -> int:
-        from cipherfact.protocols.ratings.job import load_split
-
         return load_split(scenario.data, scenario.seed).train.n_users + 1
 
     @classmethod
-    def describe_parties(cls, n: int) -> str:
-        return f"{n - 1} users, so the server (0) and users (1..)"
-
-    @classmethod
-    def role_title(cls, agent_id: AgentId) -> str:
-        if agent_id == fedmf.SERVER_ID:
-            return "the server (holds Enc(V) and the public key only)"
-        u = agent_id - fedmf.user_id(0)
-        return "user 0, the key leader (generates the shared key)" if u == 0 else f"user {u}"
-
-    def __init__(
-        self,
-        deploy: DeployJob,
-        agent_id: AgentId,
-        *,
-        resume_from: int | None = None,
-        stop: threading.Event | None = None,
-    ) -> None:
-        super().__init__(deploy, agent_id, resume_from=resume_from, stop=stop)
-        self.config: Any = None
-        self.profiler = Profiler()
-        self.vectors: list[np.ndarray] = []
-        self._reported = 0
-        self._epoch_started = 0.0
-        self._info: dict[str, Any] = {}
-        self._setup_s: dict[str, float] = {}
+    def gather(cls, run: GatherRun) -> dict[str, Any]:
+        return gather_ratings(run, read_fedmf)
 
     # -- building --------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from cipherfact.protocols.ratings.job import fedmf_config, load_split
-
         scenario = self.deploy.scenario
         train = load_split(scenario.data, scenario.seed).train
         cfg = self.config = fedmf_config(scenario, train)
@@ -360,62 +332,47 @@ class FedMFNode(BaseNode):
                 f"1..{cfg.n_users} = users)"
             )
         me, trust = load_identity(self.deploy, self.agent_id)
-        config = self.checkpoint_config(scenario, len(self.deploy.agents))
-        state, past = self.open_checkpoints(config, int(cfg.epochs)) or (None, {})  # before keys
+        state, past = self.open_checkpoints(int(cfg.epochs)) or (None, {})  # before keys
+        epochs, who = int(self.resume_from or 0), f"agent {self.agent_id}"
         jk = JobKeys(scenario.crypto, fedmf.fedmf_codec(cfg))
-        self._info = {"slot_bits": jk.codec.slot_bits}
+        self._slot_bits = jk.codec.slot_bits
         followers = [fedmf.user_id(u) for u in range(1, cfg.n_users)]
         if self.agent_id == fedmf.SERVER_ID:
             server = fedmf.FedMFServer(cfg, jk.load_public, self.profiler)
             if state is not None:
                 server.restore_state(state)  # Enc(V) comes from the last user, fresh key
             self.role = ServerParty(server, keys.KeyRelay(cfg.job_id, 0, LEADER, followers))
+            return
+        u = self.agent_id - fedmf.user_id(0)
+        mask = train.users == u
+        items, values = train.items[mask], train.values[mask]
+        self.vectors = series(past, "u", epochs, who) if state is not None else []
+
+        def make_user(scheme: Scheme, send_key: bool = False) -> fedmf.FedMFUser:
+            user = fedmf.FedMFUser(
+                u, items, values, cfg, scheme, send_key=send_key, profiler=self.profiler
+            )
+            if state is not None:  # u, the epoch (the last user: V to send again)
+                user.restore_state(state)
+            return user
+
+        if self.agent_id == LEADER:
+            key = jk.generate()  # here, in the leader's process, from the OS
+            secret = key.export_secret_key_bytes  # type: ignore[attr-defined]
+            leader = keys.KeyLeader(cfg.job_id, me, trust, 0, followers, secret, key.public_bytes())
+            user = make_user(key, send_key=True)
+            self.role = UserParty(u, cfg, user=user, leader=leader, measure=Profiler())
+            if state is not None:  # V after each epoch before the last one it decrypted
+                self.role.V_by_epoch = series(past, "V", epochs - 1, who)
         else:
-            u = self.agent_id - fedmf.user_id(0)
-            mask = train.users == u
-            items, values = train.items[mask], train.values[mask]
 
-            def make_user(scheme: Scheme, send_key: bool = False) -> fedmf.FedMFUser:
-                user = fedmf.FedMFUser(
-                    u, items, values, cfg, scheme, send_key=send_key, profiler=self.profiler
-                )
-                if state is not None:  # u, the epoch (the last user: V to send again)
-                    user.restore_state(state)
-                return user
+            def from_box(secret: bytes, public: bytes) -> fedmf.FedMFUser:
+                scheme = jk.load_shared(secret, public, f"user {u}")
+                log.info("agent %s holds the shared key %s", self.agent_id, scheme.fingerprint)
+                return make_user(scheme)
 
-            if self.agent_id == LEADER:
-                key = jk.generate()  # here, in the leader's process, from the OS
-                secret = key.export_secret_key_bytes  # type: ignore[attr-defined]
-                leader = keys.KeyLeader(
-                    cfg.job_id, me, trust, 0, followers, secret, key.public_bytes()
-                )
-                user = make_user(key, send_key=True)
-                self.role = UserParty(u, cfg, user=user, leader=leader, measure=Profiler())
-                if state is not None:  # V after each epoch before the last one it decrypted
-                    epochs = int(state["epoch"])
-                    self.role.V_by_epoch = _series(past, "V", epochs - 1, self.agent_id)
-            else:
-
-                def from_box(secret: bytes, public: bytes) -> fedmf.FedMFUser:
-                    scheme = jk.load_shared(secret, public, f"user {u}")
-                    log.info("agent %s holds the shared key %s", self.agent_id, scheme.fingerprint)
-                    return make_user(scheme)
-
-                follower = keys.KeyFollower(cfg.job_id, me, trust, 0, LEADER)
-                self.role = UserParty(u, cfg, follower=follower, make_user=from_box)
-        if state is None:
-            self.metrics_path.write_text("", encoding="utf-8")
-        else:
-            epochs = int(state["epoch"])
-            if self.agent_id != fedmf.SERVER_ID:
-                self.vectors = _series(past, "u", epochs, self.agent_id)
-            self._reported = epochs
-            truncate_metrics(self.metrics_path, "epoch", epochs)
-            log.info("agent %s resuming after epoch %d", self.agent_id, epochs)
-        self._epoch_started = time.perf_counter()
-        log.info(
-            "agent %s is the %s of job %r", self.agent_id, party_name(self.agent_id), self.job_id
-        )
+            follower = keys.KeyFollower(cfg.job_id, me, trust, 0, LEADER)
+            self.role = UserParty(u, cfg, follower=follower, make_user=from_box)
 
     def peers(self) -> list[AgentId]:
         if self.config is None:
@@ -427,7 +384,7 @@ class FedMFNode(BaseNode):
     def max_round(self) -> int:
         return int(self.config.epochs)  # the final model travels in round `epochs`
 
-    def _epochs_done(self) -> int:
+    def boundaries_done(self) -> int:
         role = self.role
         if isinstance(role, ServerParty):
             return role.epoch
@@ -439,9 +396,8 @@ class FedMFNode(BaseNode):
             return role.epoch if role.relay.complete and role.server.scheme else -1
         return role.rounds_done if role is not None else -1
 
-    def position(self) -> str:
-        r = self.current_round()
-        return "setup (round -1)" if r < 0 else f"epoch {r} (round {r})"
+    def in_setup(self) -> bool:
+        return self.current_round() < 0
 
     def payload_check(self) -> PayloadCheck:
         return FedMFPayloadFormat()
@@ -461,82 +417,50 @@ class FedMFNode(BaseNode):
         limit = self.deploy.peer_timeout_s
         if self.agent_id != fedmf.SERVER_ID:
             limit *= max(self.config.n_users, 1)
-        if self.current_round() < 0:
-            return max(limit, self.deploy.retry.startup_s)
-        return limit
+        return max(limit, self.deploy.retry.startup_s) if self.in_setup() else limit
 
     # -- the loop's hooks --------------------------------------------------------------
 
-    def should_begin(self) -> bool:
-        return isinstance(self.role, ServerParty) and self.role.at_boundary
-
     def begin(self, agent: Any) -> None:
-        if not self._setup_s:  # the setup's seconds stay out of the first epoch
+        if self._setup_s is None:  # the setup's seconds stay out of the first epoch
             self._setup_s = self.profiler.take() or {"crypto": 0.0}
-            self._epoch_started = time.perf_counter()
+            self._line_started = time.perf_counter()
         super().begin(agent)
 
-    def after_deliver(self) -> None:
-        if not isinstance(self.role, ServerParty) and self.role.user is not None:
-            while len(self.vectors) < self.role.rounds_done:
-                self.vectors.append(self.role.user.vector.copy())
-        while self._reported < self._epochs_done():
-            self._report(self._reported)
-        self._checkpoint()
+    def on_boundary(self, index: int) -> dict[str, Any]:
+        role = self.role
+        measure: dict[str, float] = {}
+        if isinstance(role, UserParty):
+            assert role.user is not None  # an epoch done: the key has arrived
+            self.vectors.append(role.user.vector.copy())
+            measure = role.measure.take() if role.measure else {}
+        return {**self.timing(self.profiler.take()), "measure_s": measure.get("measure", 0.0)}
 
-    def _checkpoint(self) -> None:
-        """This party's checkpoint after a finished epoch (its turn, for a user), when
-        one is due: its role's state and its own earlier vectors (the leader: V's)."""
-        ck, role = self.checkpoints, self.role
-        epoch = self._epochs_done()
-        if ck is None or not ck.due(epoch) or epoch != self._reported:
-            return
-        past: dict[str, Any] = {}
-        if isinstance(role, ServerParty):
-            state = role.server.checkpoint_state()
-        else:
-            assert role.user is not None  # epochs done: the key has arrived
-            state = role.user.checkpoint_state()
-            past.update({f"u_{e}": v for e, v in enumerate(self.vectors)})
-            past.update({f"V_{e}": V for e, V in enumerate(role.V_by_epoch)})
-        counters = self.job_counters(before_round=epoch)
-        with self.critical():
-            ck.save(epoch, state, past, counters)
-
-    def _report(self, epoch: int) -> None:
+    def boundary_traffic(self, index: int) -> tuple[int, int, int]:
+        """The bytes of the epoch's own round, whenever they were sent."""
         assert self.transport is not None
-        seconds = self.profiler.take()
         stats, grpc = self.transport.stats, getattr(self.transport, "grpc_bytes_by_round", {})
-        measure = (
-            self.role.measure.take()
-            if isinstance(self.role, UserParty) and self.role.measure
-            else {}
+        return (
+            int(stats.bytes_by_round.get(index, 0)),
+            int(stats.messages_by_round.get(index, 0)),
+            int(grpc.get(index, 0)),
         )
-        self.append_metrics(
-            {
-                "epoch": epoch,
-                "crypto_s": seconds.get("crypto", 0.0),
-                "compute_s": seconds.get("compute", 0.0),
-                "measure_s": measure.get("measure", 0.0),
-                "wall_s": time.perf_counter() - self._epoch_started,
-                "bytes_sent": int(stats.bytes_by_round.get(epoch, 0)),
-                "messages_sent": int(stats.messages_by_round.get(epoch, 0)),
-                "grpc_bytes_sent": int(grpc.get(epoch, 0)),
-            }
-        )
-        log.info("agent %s (%s) finished epoch %d", self.agent_id, party_name(self.agent_id), epoch)
-        self._epoch_started = time.perf_counter()
-        self._reported += 1
+
+    def checkpoint_state(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """The server: the epoch only; a user its vector u, the epoch and its earlier
+        vectors (the leader: also its earlier V's)."""
+        role = self.role
+        if isinstance(role, ServerParty):
+            return role.server.checkpoint_state(), {}
+        assert role.user is not None  # epochs done: the key has arrived
+        past = {**numbered("u", self.vectors), **numbered("V", role.V_by_epoch)}
+        return role.user.checkpoint_state(), past
 
     # -- output ------------------------------------------------------------------------
 
     def result_fields(self) -> dict[str, Any]:
         role = self.role
-        out: dict[str, Any] = {
-            "party": party_name(self.agent_id),
-            "epochs_completed": self._reported,
-            "resumed_from": self.resume_from,
-        }
+        out: dict[str, Any] = {}
         scheme = None
         if isinstance(role, ServerParty):
             scheme = role.server.scheme
@@ -548,17 +472,64 @@ class FedMFNode(BaseNode):
             out["key_fingerprint"] = scheme.fingerprint  # public: the fingerprint of n
         if self._setup_s:
             out["setup_crypto_s"] = self._setup_s.get("crypto", 0.0)
-        return {**out, **self._info}
+        if self._slot_bits is not None:
+            out["slot_bits"] = self._slot_bits
+        return out
 
     def write_outputs(self) -> None:
         role = self.role
         if not isinstance(role, UserParty) or role.V is None:
             return
-        arrays: dict[str, Any] = {"V": role.V}
-        for e, u in enumerate(self.vectors):
-            arrays[f"u_{e}"] = u
-        for e, V in enumerate(role.V_by_epoch):
-            arrays[f"V_{e}"] = V
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        write_atomic(self.out / FACTORS_FILE, buf.getvalue())
+        arrays = {"V": role.V, **numbered("u", self.vectors), **numbered("V", role.V_by_epoch)}
+        save_npz(self.out / FACTORS_FILE, arrays)
+
+
+# -- gathering (``recsys_gather``) -------------------------------------------------------
+
+
+def read_fedmf(run: GatherRun, split: Any) -> Epochs:
+    """(U, V) per epoch, the float twin, and traffic per epoch. Each user wrote its own
+    vector after every epoch and the key leader V after every epoch: stacked, they are
+    the factors the simulation measures with the users' key. Traffic per epoch is every
+    party's bytes of that round; the key distribution (round -1) and the final model
+    download (round ``epochs``) are outside the epochs, as the simulation has neither."""
+    deploy, scenario, train = run.deploy, run.deploy.scenario, split.train
+    cfg = fedmf_config(scenario, train)
+    server = run.results[fedmf.SERVER_ID]
+    c = scenario.crypto
+    info = {
+        "mode": cfg.mode,
+        "naive": c.naive,
+        "scheme": c.scheme,
+        "key_bits": c.key_bits,
+        "items_per_ciphertext": server.get("items_per_ciphertext"),
+        "slot_bits": server.get("slot_bits"),
+    }
+    groups = {i: "server" if i == fedmf.SERVER_ID else "users" for i in range(len(run.results))}
+    out = Epochs(info, groups, cfg.rating_offset)
+    if not run.ok:
+        return out
+    out.twin = fedmf.fedmf_reference(train.users, train.items, train.values, cfg)
+    vectors = []
+    for u in range(cfg.n_users):
+        with np.load(deploy.agent_out(fedmf.user_id(u)) / FACTORS_FILE, allow_pickle=False) as f:
+            vectors.append([f[f"u_{e}"] for e in range(cfg.epochs)])
+    with np.load(deploy.agent_out(LEADER) / FACTORS_FILE, allow_pickle=False) as f:
+        Vs = [f[f"V_{e}"] for e in range(cfg.epochs)]
+    by_epoch = [{m["epoch"]: m for m in run.metrics(i)} for i in groups]
+    for e in range(cfg.epochs):
+        out.factors.append((np.stack([v[e] for v in vectors]), Vs[e]))
+        rows = [p[e] for p in by_epoch]
+        secs = {g: 0.0 for g in ("server", "users")}
+        for i, m in enumerate(rows):
+            secs[groups[i]] += m["crypto_s"] + m["compute_s"]
+        out.records.append(
+            {
+                "bytes": sum(m["bytes_sent"] for m in rows),
+                "grpc_bytes": sum(m["grpc_bytes_sent"] for m in rows),
+                "wall_s": rows[fedmf.SERVER_ID]["wall_s"],
+                **{f"{g}_s": s for g, s in secs.items()},
+            }
+        )
+    out.setup_bytes = setup_bytes(run.results)
+    return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cipherfact import registry
+from cipherfact.deploy.gather import GatherRun
 from cipherfact.deploy.jobfile import (
     DeployJob,
     check_out_dir,
@@ -43,6 +43,7 @@ from cipherfact.deploy.party_checkpoint import (
 from cipherfact.deploy.tls import write_job_certs
 from cipherfact.protocols.ppdnmf.job import prepare_job
 from cipherfact.simulations.progress import progress_bar
+from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.scenario import load_scenario
 
 LOOPBACK = "127.0.0.1"
@@ -346,16 +347,12 @@ def gather(
     if results_dir is not None:
         deploy = dataclasses.replace(deploy, out=results_dir)
     out = job_path.parent if out_dir is None else out_dir
-    gatherer = node_class(deploy.scenario.protocol).gatherer
-    module, name = gatherer.split(":")
-    return getattr(importlib.import_module(module), name)(
-        deploy,
-        _results(deploy, len(deploy.agents)),
-        codes,
-        wall_s,
-        out,
-        interrupted=interrupted,
-    )
+    writer = RunWriter(out)
+    results = _results(deploy, len(deploy.agents))
+    run = GatherRun(deploy, results, codes, wall_s, writer, interrupted)
+    summary: dict[str, Any] = node_class(deploy.scenario.protocol).gather(run)
+    writer.write_json("summary.json", summary)
+    return summary
 
 
 def deploy_local(

@@ -5,43 +5,28 @@ public parameters from the scenario, its data block from the scenario's seed
 (or its own ``data_path``), its key pair from the OS's randomness. It starts
 its next outer iteration by itself as soon as it finishes one (no barrier),
 checkpoints at outer boundaries, and writes ``factors.npz``, ``metrics.jsonl``
-and ``result.json`` into its own folder. Any failure, its own or a
+and ``result.json`` into its own folder (``gather_ppdnmf`` merges them). Any failure, its own or a
 neighbour's, stops it with an error naming the peer and the round, and is
 passed on to its neighbours as an ``abort`` envelope so no agent hangs.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cipherfact.agents.agent import Agent
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.crypto.base import Scheme
 from cipherfact.crypto.errors import CryptoError
 from cipherfact.crypto.masking import ClearMaskedSum, MaskedSum, PaillierMaskedSum
 from cipherfact.crypto.paillier import PaillierScheme
 from cipherfact.data.matrix_io import load_matrix
+from cipherfact.deploy.gather import GatherRun, job_totals
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.node_base import (
-    STAGE_ABORT,
-    BaseNode,
-    NodeError,
-    NodeStoppedError,
-)
-from cipherfact.deploy.party_checkpoint import (
-    check_resume_config,
-    checkpoint_path,
-    latest_checkpoint,
-    read_checkpoint_info,
-    truncate_metrics,
-)
+from cipherfact.deploy.node_base import BaseNode, save_npz
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.protocols.ppdnmf import (
     STAGE_KEY,
@@ -61,26 +46,16 @@ from cipherfact.protocols.ppdnmf.job import (
     check_graph,
     check_matrix,
     codec_for,
+    consensus_spread,
     generate_key,
     peer_loader,
     prepare_job,
 )
+from cipherfact.protocols.references import relative_error
 from cipherfact.simulations.checkpoint import public_config
 from cipherfact.simulations.topology import Graph
 
-__all__ = [
-    "STAGE_ABORT",
-    "Node",
-    "NodeError",
-    "NodeStoppedError",
-    "check_resume_config",
-    "checkpoint_path",
-    "latest_checkpoint",
-    "plan_node",
-    "read_checkpoint_info",
-]
-
-log = logging.getLogger("cipherfact.deploy")
+__all__ = ["Node", "PayloadFormat", "gather_ppdnmf", "plan_node"]
 
 
 @dataclass
@@ -193,33 +168,24 @@ def node_config(plan: NodePlan) -> dict[str, Any]:
 
 
 class Node(BaseNode):
-    """One ppdnmf agent: checkpoints at outer boundaries and begins each outer by itself."""
+    """One ppdnmf agent: begins each outer by itself and checkpoints at its boundaries."""
 
     stages = STAGES["pairwise"] | STAGES["secagg"]  # the role refuses the other exchange's
     supports_resume = True
-    gatherer = "cipherfact.deploy.ppdnmf_gather:gather_ppdnmf"
-
-    def __init__(
-        self,
-        deploy: DeployJob,
-        agent_id: AgentId,
-        *,
-        resume_from: int | None = None,
-        stop: threading.Event | None = None,
-    ) -> None:
-        super().__init__(deploy, agent_id, resume_from=resume_from, stop=stop)
-        self.plan: NodePlan | None = None
-        self.scheme: Scheme | None = None
-        self.config: dict[str, Any] = {}
-        self._x_sq_norm: float | None = None
-        self._reported = 0
-        self._outer_started = 0.0
+    completed_key = "outer_iters_completed"
+    drivers = None  # every agent begins its own next outer iteration (no barrier)
+    plan: NodePlan | None = None
+    scheme: Scheme | None = None
 
     @classmethod
     def checkpoint_config(cls, scenario: Any, parties: int) -> dict[str, Any]:
         """The scenario after overrides, the scenario's graph and the codec."""
         job = prepare_job(scenario)
         return public_config(job.scenario, job.graph.edges, job.codec)
+
+    @classmethod
+    def gather(cls, run: GatherRun) -> dict[str, Any]:
+        return gather_ppdnmf(run)
 
     # -- building --------------------------------------------------------------------
 
@@ -229,22 +195,14 @@ class Node(BaseNode):
         self.config = node_config(plan)
         # a bad resume is refused before the key is generated
         resumed = self.open_checkpoints(
-            self.config, plan.job.config.outer_iters, encode=save_state_npz, decode=load_state_npz
+            plan.job.config.outer_iters, self.config, encode=save_state_npz, decode=load_state_npz
         )
-        state = resumed[0] if resumed is not None else None
         self.scheme = generate_key(plan.job)
-        role = self.role = node_role(plan, self.scheme)
-        if state is not None:
-            role.restore_state(state)
-            log.info(
-                "agent %s resuming at outer %d (round %d)", self.agent_id, role.outer, role.round
-            )
-        if self.resume_from is None or not self.metrics_path.exists():
-            self.metrics_path.write_text("", encoding="utf-8")
-        else:
-            truncate_metrics(self.metrics_path, "outer", role.outer)
-        self._reported = len(role.records)
-        self._outer_started = time.perf_counter()
+        self.role = node_role(plan, self.scheme)
+        if resumed is not None:
+            self.role.restore_state(resumed[0])
+        X = plan.X  # with its shape, the gather computes the agents' relative error
+        self._x_facts = {"local_sq_norm": float(np.vdot(X, X)), "local_shape": list(X.shape)}
 
     def peers(self) -> list[AgentId]:
         if self.role is not None:
@@ -257,6 +215,9 @@ class Node(BaseNode):
 
     def current_round(self) -> int:
         return int(self.role.round) if self.role is not None else -1
+
+    def boundaries_done(self) -> int:
+        return int(self.role.outer)
 
     def position(self) -> str:
         if self.role is None:
@@ -272,79 +233,88 @@ class Node(BaseNode):
     def silence_limit(self) -> float:
         return self.deploy.peer_timeout_s if self.role.keys_ready else self.deploy.retry.startup_s
 
-    # -- the loop's hooks --------------------------------------------------------------
-
-    def should_begin(self) -> bool:
-        return bool(self.role.at_boundary)
-
-    def begin(self, agent: Agent) -> None:
-        self._checkpoint()
-        super().begin(agent)
-
-    def _sq_norm(self) -> float:
-        """||X_i||_F^2 of this agent's block (computed once)."""
-        assert self.plan is not None  # metrics are written only after setup
-        if self._x_sq_norm is None:
-            X = self.plan.X
-            self._x_sq_norm = float(np.vdot(X, X))
-        return self._x_sq_norm
-
-    def _shape(self) -> tuple[int, ...]:
-        assert self.plan is not None
-        return tuple(self.plan.X.shape)
-
-    def after_deliver(self) -> None:
-        role = self.role
-        while len(role.records) > self._reported:
-            record = role.records[self._reported]
-            payload, messages, grpc_bytes = self.traffic_since_last()
-            self.append_metrics(
-                {
-                    "outer": record.outer,
-                    "local_sq_error": record.local_sq_error,
-                    # with the squared norm and shape of X_i, the gather computes the
-                    # relative error of agents' own data without seeing the data
-                    "local_sq_norm": self._sq_norm(),
-                    "local_shape": list(self._shape()),
-                    "crypto_s": record.seconds.get("crypto", 0.0),
-                    "compute_s": record.seconds.get("compute", 0.0),
-                    "wall_s": time.perf_counter() - self._outer_started,
-                    "bytes_sent": payload,
-                    "messages_sent": messages,
-                    "grpc_bytes_sent": grpc_bytes,
-                }
-            )
-            log.info(
-                "agent %s finished outer %d (round %d)", self.agent_id, record.outer, role.round
-            )
-            self._outer_started = time.perf_counter()
-            self._reported += 1
-
-    def finish(self) -> None:
-        self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        role, ck = self.role, self.checkpoints
-        if ck is None or not ck.due(int(role.outer)):
-            return
-        # what the outer iterations before this boundary (and one key exchange) cost
-        counters = self.job_counters(before_round=int(role.round))
-        with self.critical():
-            ck.save(int(role.outer), role.checkpoint_state(), {}, counters)
+    def on_boundary(self, index: int) -> dict[str, Any]:
+        # the role's records start at this part's first outer iteration
+        record = self.role.records[index - (self.resume_from or 0)]
+        # the squared error and norm of X_i, not X_i: the gather never sees the data
+        return {
+            "local_sq_error": record.local_sq_error,
+            **self._x_facts,
+            **self.timing(record.seconds),
+        }
 
     # -- output ------------------------------------------------------------------------
 
     def result_fields(self) -> dict[str, Any]:
-        role = self.role
-        return {
-            "outer_iters_completed": role.outer if role is not None else 0,
-            "resumed_from": self.resume_from,
-            "key_fingerprint": self.scheme.fingerprint if self.scheme is not None else None,
-        }
+        return {"key_fingerprint": self.scheme.fingerprint if self.scheme is not None else None}
 
     def write_outputs(self) -> None:
         assert self.plan is not None
         arrays: dict[str, Any] = {"W": self.role.W, "H": self.role.H}
         if self.plan.columns is not None:
             arrays["columns"] = self.plan.columns
-        np.savez(self.out / "factors.npz", **arrays)
+        save_npz(self.out / "factors.npz", arrays)
+
+
+def gather_ppdnmf(run: GatherRun) -> dict[str, Any]:
+    """Every agent's W_i, H_i and metrics: ``metrics.jsonl`` (the relative error per
+    outer iteration from the agents' local errors) and ``factors.npz``."""
+    deploy, scenario = run.deploy, run.deploy.scenario
+    job = prepare_job(scenario)
+    n = job.n_agents
+    summary = run.summary(
+        ("status", "round", "bytes_sent", "grpc_bytes_sent", "wall_s"),
+        scheme=scenario.crypto.scheme,
+        n_agents=n,
+        data_shape=list(job.X.shape),
+        graph={**job.graph.to_dict(), "average_degree": job.graph.average_degree},
+    )
+    per_agent = [{m["outer"]: m for m in run.metrics(i) if "outer" in m} for i in range(n)]
+    # Agents with their own data_path files: the gatherer never sees the data, so
+    # the error comes from what each agent reports about its own block (its squared
+    # error and squared norm), never from the scenario's generated matrix.
+    own_data = any(deploy.agent(i).data_path is not None for i in range(n))
+    norm2 = float(np.linalg.norm(job.X) ** 2)
+    common = sorted(set.intersection(*(set(m) for m in per_agent))) if per_agent else []
+    if own_data:
+        summary["data_shape"] = _own_shape(per_agent, common)
+    rel_by_outer: dict[int, float] = {}
+    for t in common:
+        rows = [per_agent[i][t] for i in range(n)]
+        sq = sum(r["local_sq_error"] for r in rows)
+        total = sum(r["local_sq_norm"] for r in rows) if own_data else norm2
+        rel_by_outer[t] = float(np.sqrt(sq / total)) if total else 0.0
+        run.writer.append_metrics(
+            {
+                "outer": t,
+                "rel_error": rel_by_outer[t],
+                "bytes": sum(r["bytes_sent"] for r in rows),
+                "messages": sum(r["messages_sent"] for r in rows),
+                "grpc_bytes": sum(r["grpc_bytes_sent"] for r in rows),
+                "crypto_s": sum(r["crypto_s"] for r in rows),
+                "compute_s": sum(r["compute_s"] for r in rows),
+                "wall_s": max(r["wall_s"] for r in rows),
+            }
+        )
+    if run.ok:
+        Ws, Hs = [], []
+        for i in range(n):
+            with np.load(deploy.agent_out(i) / "factors.npz", allow_pickle=False) as f:
+                Ws.append(f["W"])
+                Hs.append(f["H"])
+        run.writer.write_factors(Ws, Hs, None if own_data else job.columns)
+        summary.update(
+            rel_error=rel_by_outer[common[-1]] if own_data else relative_error(job.blocks, Ws, Hs),
+            consensus_spread=consensus_spread(Ws),
+            outer_iters_completed=scenario.outer_iters,
+        )
+    return {**summary, **job_totals(run.results)}
+
+
+def _own_shape(per_agent: list[dict[int, dict[str, Any]]], common: list[int]) -> list[int] | None:
+    """The whole matrix's shape from the agents' reported block shapes (rows shared,
+    columns added); None before any common outer iteration."""
+    if not common:
+        return None
+    shapes = [per_agent[i][common[0]]["local_shape"] for i in range(len(per_agent))]
+    return [int(shapes[0][0]), int(sum(s[1] for s in shapes))]

@@ -5,32 +5,38 @@ envelopes to the role in arrival order, lets the role begin its next outer
 iteration when the protocol says so, watches for silent peers (bounded, then
 an error naming the peer, the round and the peer's health), passes any failure
 on to its peers as an ``abort`` envelope so that no party hangs, and writes
-``result.json`` whatever happens. Subclasses say how the role is built, who
-its peers are, what a well-formed payload looks like and what to write.
+``result.json`` whatever happens. It also writes one ``metrics.jsonl`` line
+per finished outer iteration and, where the protocol resumes, this party's
+checkpoint at the boundary. Subclasses say only what is theirs: how the role
+(and its key) is built, who its peers are, what a boundary reports, what a
+checkpoint holds, what a well-formed payload looks like and what to write.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from cipherfact.agents.agent import Agent, AgentError
 from cipherfact.agents.envelope import AgentId, Envelope
 from cipherfact.agents.transport import TransportError
+from cipherfact.deploy.gather import GatherRun, gather_reports
 from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.party_checkpoint import PartyCheckpoints
+from cipherfact.deploy.party_checkpoint import PartyCheckpoints, truncate_metrics
 from cipherfact.deploy.servicer import PayloadCheck
 from cipherfact.deploy.transport import GrpcTransport, check_health
-from cipherfact.protocols.base import ProtocolError
+from cipherfact.protocols.base import Profiler, ProtocolError
 from cipherfact.simulations.checkpoint import CheckpointError
 
 log = logging.getLogger("cipherfact.deploy")
@@ -82,6 +88,27 @@ def one_line(text: str, limit: int = 1500) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
+    """A party's result file: numbers only, written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
+
+
+def numbered(name: str, arrays: Sequence[Any]) -> dict[str, Any]:
+    """``{name_0: arrays[0], ...}``: one array per outer iteration, as the result files
+    and a checkpoint's history hold them."""
+    return {f"{name}_{e}": a for e, a in enumerate(arrays)}
+
+
+def series(saved: Mapping[str, Any], name: str, count: int, who: str) -> list[np.ndarray]:
+    """``name_0 .. name_<count-1>`` from a checkpoint's history (one line if one is missing)."""
+    try:
+        return [np.asarray(saved[f"{name}_{e}"]) for e in range(count)]
+    except KeyError as exc:
+        raise NodeError(f"{who}: checkpoint lacks {exc}") from exc
+
+
 class NodeTransport(GrpcTransport):
     """``GrpcTransport`` that also counts gRPC bytes per round (a resumed part leaves
     its repeated key exchange out of the job's totals) and envelopes per peer, and
@@ -112,8 +139,19 @@ class NodeTransport(GrpcTransport):
             self.grpc_bytes_by_round[env.round] += self.grpc_bytes_sent - before
 
 
-class BaseNode(ABC):
-    """Runs one party of a deployed job to completion; ``stop`` (SIGTERM) ends it cleanly."""
+class BaseNode:
+    """Runs one party of a deployed job to completion; ``stop`` (SIGTERM) ends it cleanly.
+
+    Used as is (a subclass setting only ``stages`` and the ``factory`` hooks), it
+    deploys a protocol whose simulation role factory (``simulations.grid.
+    RoleFactory``) can build one party's role alone: the *drivers* begin every
+    outer iteration (deployed parties share no barrier, so the others only
+    answer messages) and write one ``metrics.jsonl`` line per outer iteration
+    with what the factory's ``report`` says. A protocol with keys, checkpoints
+    or result files of its own overrides ``prepare`` and the hooks below; the
+    loop, the metrics lines, the checkpoints, ``result.json`` and the gathering
+    step's common part stay here, so that every protocol gets them alike.
+    """
 
     #: the protocol's stages (``abort`` is added by the node)
     stages: frozenset[str] = frozenset()
@@ -121,9 +159,20 @@ class BaseNode(ABC):
     supports_resume: bool = False
     #: whether the protocol itself relies on the job certificates (no insecure jobs)
     needs_certificates: bool = False
-    #: ``"module:function(deploy, results, codes, wall_s, out, *, interrupted)"``: merges
-    #: the parties' folders after a run (``deploy local``, ``deploy gather``)
-    gatherer: str = "cipherfact.deploy.app_node:gather_app"
+    #: what one outer iteration is called (``metrics.jsonl``'s key, messages)
+    unit: str = "outer"
+    #: ``result.json``'s count of finished outer iterations (None: not reported)
+    completed_key: str | None = None
+    #: the agents that begin every outer iteration when at a boundary (None: all)
+    drivers: frozenset[AgentId] | None = frozenset({0})
+    #: parties with a name of their own (``result.json``'s ``party``, logs)
+    party_names: ClassVar[Mapping[AgentId, str]] = {}
+    #: what those parties are, where more than their name (kit READMEs, messages)
+    party_titles: ClassVar[Mapping[AgentId, str]] = {}
+    #: the agent id of user 0 where the other parties are users (None: "agent <id>")
+    first_user: int | None = None
+    #: how agent ids are assigned ({n}: the parties, {users}: those from ``first_user``)
+    parties_text: str = "n_agents = {n}"
 
     def __init__(
         self,
@@ -140,7 +189,15 @@ class BaseNode(ABC):
         self.transport: GrpcTransport | None = None
         self.role: Any = None
         self.job_id = ""
+        #: the job's public parameters as this party derives them (``prepare``)
+        self.config: Any = None
+        #: the role's seconds, taken at each boundary (roles given it at ``prepare``)
+        self.profiler = Profiler()
         self.metrics_path = self.out / "metrics.jsonl"
+        #: outer iterations whose metrics line is written (a resumed part's earlier ones too)
+        self.reported = 0
+        self._begun = 0  # outer iterations this part began
+        self._line_started = 0.0  # when the previous metrics line was written
         self._heard: dict[AgentId, tuple[int, float]] = {}
         self._sent_before = (0, 0, 0)
         #: what asked this party to stop ("SIGTERM"), once something has
@@ -157,7 +214,7 @@ class BaseNode(ABC):
         self._signals = False  # install_signal_handlers was called for this node
         self._peer_abort: str | None = None  # a peer's abort notice, described
 
-    # -- what a protocol says --------------------------------------------------------
+    # -- who the parties are -------------------------------------------------------------
 
     @classmethod
     def party_count(cls, scenario: Any) -> int:
@@ -167,12 +224,82 @@ class BaseNode(ABC):
     @classmethod
     def describe_parties(cls, n: int) -> str:
         """How agent ids 0..n-1 are assigned, for messages ("RS (0), CSP (1), ...")."""
-        return f"n_agents = {n}"
+        return cls.parties_text.format(n=n, users=n - (cls.first_user or 0))
+
+    @classmethod
+    def party_name(cls, agent_id: AgentId) -> str:
+        """Agent ``agent_id``'s short name ("rs", "user 3", "agent 2")."""
+        if agent_id in cls.party_names:
+            return cls.party_names[agent_id]
+        if cls.first_user is None:
+            return f"agent {agent_id}"
+        return f"user {agent_id - cls.first_user}"
 
     @classmethod
     def role_title(cls, agent_id: AgentId) -> str:
         """What agent ``agent_id`` is in this protocol ("agent 3", "the CSP")."""
-        return f"agent {agent_id}"
+        return cls.party_titles.get(agent_id) or cls.party_name(agent_id)
+
+    # -- a role built by the protocol's simulation factory (the defaults) ---------------
+
+    @classmethod
+    def factory(cls, scenario: Any) -> Any:
+        """The protocol's role factory (``agents -> LocalRoles``) for ``scenario``;
+        needed only by a node that keeps the default ``prepare``."""
+        raise NotImplementedError(f"{cls.__name__} builds its role in prepare()")
+
+    @classmethod
+    def neighbours(cls, scenario: Any, agent_id: AgentId) -> list[AgentId]:
+        """The parties ``agent_id`` exchanges envelopes with (default ``peers``)."""
+        raise NotImplementedError(f"{cls.__name__} names its peers in peers()")
+
+    @classmethod
+    def last_round(cls, scenario: Any) -> int:
+        """The highest round an envelope of the job carries (default ``max_round``)."""
+        raise NotImplementedError(f"{cls.__name__} says its last round in max_round()")
+
+    @classmethod
+    def job_id_of(cls, scenario: Any) -> str:
+        """The job id the factory's roles put into their envelopes."""
+        return str(scenario.name)
+
+    def prepare(self) -> None:
+        """Build the role (and its key); set ``self.role`` and ``self.job_id``. A bad
+        resume must be refused (``open_checkpoints``) before any key is made."""
+        scenario = self.deploy.scenario
+        self.local = self.factory(scenario)([self.agent_id])
+        self.role = self.local.roles[self.agent_id]
+        self.job_id = self.job_id_of(scenario)
+
+    def peers(self) -> list[AgentId]:
+        """The parties this one exchanges envelopes with (both directions)."""
+        return list(self.neighbours(self.deploy.scenario, self.agent_id))
+
+    def max_round(self) -> int:
+        """The highest round an envelope of this job may carry."""
+        return int(self.last_round(self.deploy.scenario))
+
+    def current_round(self) -> int:
+        """The role's round, for error messages and abort notices."""
+        return int(getattr(self.role, "round", -1))
+
+    def boundaries_done(self) -> int:
+        """How many outer iterations this party has finished (one metrics line each).
+        By default those a driver began, less one still running: an answering party
+        writes no lines."""
+        role = self.role
+        return self._begun - (0 if role.done or role.at_boundary else 1) if self._begun else 0
+
+    def on_boundary(self, index: int) -> dict[str, Any]:
+        """Outer iteration ``index`` has finished: keep what the result files need of it
+        and return the protocol's fields of its metrics line (``timing``'s seconds,
+        what the role reports; the node adds the index and the traffic)."""
+        report = self.local.report(self.role) if self.local.report is not None else None
+        if isinstance(report, np.ndarray | np.generic):
+            report = report.tolist()
+        return {"report": report}
+
+    # -- what a protocol may change -----------------------------------------------------
 
     @classmethod
     def keeps_checkpoints(cls, agent_id: AgentId) -> bool:
@@ -190,14 +317,25 @@ class BaseNode(ABC):
 
         return {**public_config(scenario), "job.parties": int(parties)}
 
+    @classmethod
+    def gather(cls, run: GatherRun) -> dict[str, Any]:
+        """The job's ``summary.json`` from the parties' folders (``deploy local``,
+        ``deploy gather``): the common fields and the drivers' metrics lines."""
+        return gather_reports(run, sorted(cls.drivers or range(len(run.results))))
+
     def open_checkpoints(
-        self, config: dict[str, Any], total: int, **codec: Any
+        self, total: int, config: dict[str, Any] | None = None, **codec: Any
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Set up this party's checkpoints (``config``: the job's public configuration,
-        ``total``: its outer iterations; ``codec``: ``encode``/``decode`` of the role's
-        state). On resume, returns (the role's state, the node's ``past_*`` history) and
-        keeps the job's counters; a missing checkpoint or a changed job is refused in one
+        """Set up this party's checkpoints, if it keeps any (``total``: the job's outer
+        iterations; ``config``: its public configuration, by default
+        ``checkpoint_config``'s; ``codec``: ``encode``/``decode`` of the role's state).
+        On resume, returns (the role's state, the node's ``past_*`` history) and keeps
+        the job's counters; a missing checkpoint or a changed job is refused in one
         line, before the party makes its key."""
+        if not self.keeps_checkpoints(self.agent_id):
+            return None
+        if config is None:
+            config = self.checkpoint_config(self.deploy.scenario, len(self.deploy.agents))
         self.checkpoints = PartyCheckpoints(
             f"agent {self.agent_id}", self.out, config, self.deploy.checkpoint_every, total, **codec
         )
@@ -209,25 +347,22 @@ class BaseNode(ABC):
             raise NodeError(str(exc)) from exc
         return state, past
 
-    @abstractmethod
-    def prepare(self) -> None:
-        """Build the role (and its key); set ``self.role`` and ``self.job_id``."""
+    def checkpoint_state(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """What this party's checkpoint holds: its role's state and the node's own
+        history that its result files need (saved as ``past_*``; see ``series``)."""
+        return self.role.checkpoint_state(), {}
 
-    @abstractmethod
-    def peers(self) -> list[AgentId]:
-        """The parties this one exchanges envelopes with (both directions)."""
-
-    @abstractmethod
-    def max_round(self) -> int:
-        """The highest round an envelope of this job may carry."""
-
-    @abstractmethod
-    def current_round(self) -> int:
-        """The role's round, for error messages and abort notices."""
+    def in_setup(self) -> bool:
+        """Whether the job is still setting up (keys, structure): peers may still be
+        starting or generating keys, so silence is allowed for longer."""
+        return False
 
     def position(self) -> str:
-        """Where the role is, for messages ("round 5 (outer 2)")."""
-        return f"round {self.current_round()}"
+        """Where the role is, for messages ("epoch 5 (round 5)")."""
+        if self.in_setup():
+            return "setup (round -1)"
+        r = self.current_round()
+        return f"round {r}" if self.unit == "outer" else f"{self.unit} {r} (round {r})"
 
     def payload_check(self) -> PayloadCheck | None:
         """The protocol's cheap format check of one payload (servicer side)."""
@@ -235,15 +370,21 @@ class BaseNode(ABC):
 
     def should_begin(self) -> bool:
         """Whether this party starts the next outer iteration now."""
-        return False
+        role = self.role
+        driver = self.drivers is None or self.agent_id in self.drivers
+        return driver and bool(role.at_boundary) and not role.done
 
     def begin(self, agent: Agent) -> None:
         """Start the next outer iteration (send what ``begin_outer`` returns)."""
+        self._begun += 1
         agent.send(self.role.begin_outer())
 
     def after_deliver(self) -> None:
-        """Called after each delivered envelope (metrics of finished iterations)."""
-        return None
+        """After each delivered envelope: one metrics line per finished outer iteration,
+        then this party's checkpoint when one is due."""
+        while self.reported < self.boundaries_done():
+            self.append_report(self.reported, self.on_boundary(self.reported))
+        self._checkpoint()
 
     def finish(self) -> None:
         """Called once the role is done, before the transport closes."""
@@ -254,8 +395,10 @@ class BaseNode(ABC):
         return self.peers()
 
     def silence_limit(self) -> float:
-        """Seconds without any message that count as a failed peer."""
-        return self.deploy.peer_timeout_s
+        """Seconds without any message that count as a failed peer (during the setup at
+        least the start-up budget)."""
+        limit = self.deploy.peer_timeout_s
+        return max(limit, self.deploy.retry.startup_s) if self.in_setup() else limit
 
     def result_fields(self) -> dict[str, Any]:
         """Protocol-specific fields of ``result.json``."""
@@ -352,6 +495,7 @@ class BaseNode(ABC):
                 self._armed = True
                 self._check_interrupts()
                 self.prepare()
+                self._open_metrics()
                 self.transport = self._open_transport()
                 running = True
                 self._loop(Agent(self.agent_id, self.role, self.transport), self.transport)
@@ -589,9 +733,67 @@ class BaseNode(ABC):
         before, self._sent_before = self._sent_before, now
         return now[0] - before[0], now[1] - before[1], now[2] - before[2]
 
-    def append_metrics(self, line: dict[str, Any]) -> None:
+    def _open_metrics(self) -> None:
+        """A fresh ``metrics.jsonl``; a resumed part keeps the lines up to its checkpoint
+        (it redoes the outer iterations after it, and drops a line cut short)."""
+        if self.base_counters is None:
+            self.metrics_path.write_text("", encoding="utf-8")
+        else:
+            truncate_metrics(self.metrics_path, self.unit, int(self.resume_from or 0))
+            self.reported = int(self.resume_from or 0)
+            log.info("agent %s resuming after %s %d", self.agent_id, self.unit, self.reported)
+        self._line_started = time.perf_counter()
+        log.info(
+            "agent %s (%s) joins job %r", self.agent_id, self.party_name(self.agent_id), self.job_id
+        )
+
+    def timing(self, seconds: Mapping[str, float], *, wall: bool = True) -> dict[str, float]:
+        """A metrics line's seconds: the role's ``crypto`` and ``compute`` sections and
+        (``wall``) the wall time since the previous line."""
+        out = {"crypto_s": seconds.get("crypto", 0.0), "compute_s": seconds.get("compute", 0.0)}
+        if wall:
+            out["wall_s"] = time.perf_counter() - self._line_started
+        return out
+
+    def boundary_traffic(self, index: int) -> tuple[int, int, int]:
+        """What a metrics line counts as sent for outer iteration ``index``: (payload
+        bytes, messages, gRPC bytes), by default all since the previous line."""
+        return self.traffic_since_last()
+
+    def append_report(self, index: int, fields: Mapping[str, Any]) -> None:
+        """Append the metrics line of outer iteration ``index`` (-1: the setup) with its
+        traffic; the iteration counts as reported once its line is written."""
+        payload, messages, grpc_bytes = self.boundary_traffic(index)
+        line = {
+            self.unit: index,
+            **fields,
+            "bytes_sent": payload,
+            "messages_sent": messages,
+            "grpc_bytes_sent": grpc_bytes,
+        }
         with self.critical(), self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
+            self.reported = max(self.reported, index + 1)
+        self._line_started = time.perf_counter()
+        if index >= 0:
+            log.info(
+                "agent %s (%s) finished %s %d",
+                self.agent_id,
+                self.party_name(self.agent_id),
+                self.unit,
+                index,
+            )
+
+    def _checkpoint(self) -> None:
+        """This party's checkpoint once an outer iteration is reported, when one is due;
+        its counters hold what the rounds before the current one cost."""
+        ck, done = self.checkpoints, self.reported
+        if ck is None or not ck.due(done) or done != self.boundaries_done():
+            return
+        state, past = self.checkpoint_state()
+        counters = self.job_counters(before_round=self.current_round())
+        with self.critical():
+            ck.save(done, state, past, counters)
 
     def job_counters(self, before_round: int | None = None) -> dict[str, float]:
         """The job's traffic and time so far, across the parts of a resumed run.
@@ -650,12 +852,19 @@ class BaseNode(ABC):
     def _result(self, status: str, wall: float) -> dict[str, Any]:
         transport = self.transport
         stats = transport.stats if transport is not None else None
+        common: dict[str, Any] = {}
+        if self.first_user is not None:
+            common["party"] = self.party_name(self.agent_id)
+        if self.completed_key is not None:
+            common[self.completed_key] = self.reported
+        if self.supports_resume:
+            common["resumed_from"] = self.resume_from
         try:
             round_index = self.current_round() if self.role is not None else None
             neighbors = self.peers()
-            extra = self.result_fields()
+            extra = {**common, **self.result_fields()}
         except Exception:  # a half-built party: report what is known
-            round_index, neighbors, extra = None, [], {}
+            round_index, neighbors, extra = None, [], common
         job = self.job_counters()
         return {
             "agent_id": self.agent_id,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ __all__ = [
     "PartyCheckpoints",
     "check_resume_config",
     "checkpoint_path",
-    "job_totals",
     "latest_checkpoint",
     "read_checkpoint_info",
     "truncate_metrics",
@@ -111,27 +110,6 @@ def truncate_metrics(path: Path, key: str, keep_below: int) -> None:
         except (ValueError, KeyError, TypeError):  # a line cut short by a kill
             continue
     path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-
-
-def job_totals(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The job's traffic over all its parts (an interrupted part up to the checkpoint
-    it was resumed from, plus the resumed part), from the parties' ``job_*`` counters."""
-
-    def total(key: str) -> int:
-        return sum(int(r.get(f"job_{key}", r.get(key, 0)) or 0) for r in results)
-
-    walls = [float(r.get("job_wall_s", r.get("wall_s", 0.0)) or 0.0) for r in results]
-    resumed = [int(r["resumed_from"]) for r in results if r.get("resumed_from") is not None]
-    return {
-        "bytes_total": total("bytes_sent"),
-        "bytes_setup": total("setup_bytes_sent"),
-        "messages_total": total("messages_sent"),
-        "grpc_bytes_total": total("grpc_bytes_sent"),
-        "wall_s_total": max(walls, default=0.0),
-        "bytes_resume_setup": sum(int(r.get("resume_setup_bytes_sent", 0) or 0) for r in results),
-        "bytes_this_run": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
-        "resumed_from": min(resumed) if resumed else None,
-    }
 
 
 class PartyCheckpoints:

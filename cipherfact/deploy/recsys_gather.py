@@ -1,28 +1,24 @@
 """Gather a deployed recommendation job (csr_fhe_mf, fedmf) into the simulation's folder.
 
 Each party wrote only its own files. This step, which ``deploy local`` and
-``deploy gather`` run, asks the protocol's reader (``csr_gather``,
-``fedmf_gather``) for the factors after every epoch and the per-epoch traffic
-and seconds, then writes what ``cipherfact simulate`` writes for the same
-scenario: ``summary.json``, ``metrics.jsonl`` (RMSE per epoch next to the
-plaintext twin's), ``rmse.png``, ``bytes.png``, ``factors.npz`` (U, V) and
-``model.npz``. A failed or interrupted job gets a ``summary.json`` that says
-which parties failed and why.
+``deploy gather`` run, asks the protocol's reader (``csr_node.read_csr``,
+``fedmf_node.read_fedmf``) for the factors after every epoch and the
+per-epoch traffic and seconds, then writes what ``cipherfact simulate`` writes
+for the same scenario: ``summary.json``, ``metrics.jsonl`` (RMSE per epoch
+next to the plaintext twin's), ``rmse.png``, ``bytes.png``, ``factors.npz``
+(U, V) and ``model.npz``. A failed or interrupted job gets a ``summary.json``
+that says which parties failed and why (``gather.GatherRun.summary``).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from cipherfact.agents.traffic import TrafficStats
-from cipherfact.deploy.jobfile import DeployJob
-from cipherfact.deploy.party_checkpoint import job_totals
+from cipherfact.deploy.gather import GatherRun, job_totals
 from cipherfact.protocols.ratings.job import (
     epoch_rmse,
     finish_summary,
@@ -31,15 +27,8 @@ from cipherfact.protocols.ratings.job import (
     summary_header,
 )
 from cipherfact.protocols.ratings.model import MODEL_FILE, RatingsModel
-from cipherfact.simulations.results import RunWriter, read_metrics_tolerant
 
 __all__ = ["Epochs", "gather_ratings", "setup_bytes"]
-
-#: each protocol's reader: ``module:function(deploy, split, results) -> RatingsJob``
-READERS = {
-    "csr_fhe_mf": "cipherfact.deploy.csr_gather:read_csr",
-    "fedmf": "cipherfact.deploy.fedmf_gather:read_fedmf",
-}
 
 
 @dataclass
@@ -56,64 +45,26 @@ class Epochs:
     setup_bytes: int = 0
 
 
-class Reader(Protocol):
-    def __call__(
-        self, deploy: DeployJob, split: Any, results: Sequence[dict[str, Any]], ok: bool
-    ) -> Epochs: ...
-
-
-def gather_ratings(
-    deploy: DeployJob,
-    results: Sequence[dict[str, Any]],
-    codes: Sequence[int],
-    wall_s: float,
-    out: Path,
-    *,
-    interrupted: str | None = None,
-) -> dict[str, Any]:
-    """Combine the parties' folders; ``results[i]`` is agent i's ``result.json``.
-
-    ``interrupted`` (a signal's name): the run was stopped; the summary says
-    ``interrupted`` and holds the parties' statuses and traffic so far."""
-    scenario = deploy.scenario
-    module, name = READERS[scenario.protocol].split(":")
-    read: Reader = getattr(importlib.import_module(module), name)
+def gather_ratings(run: GatherRun, read: Callable[[GatherRun, Any], Epochs]) -> dict[str, Any]:
+    """The job's summary and files; ``read(run, split)`` is the protocol's reader."""
+    results, scenario = run.results, run.deploy.scenario
     split = load_split(scenario.data, scenario.seed)
     train, test = split.train, split.test
-    ok = all(r.get("status") == "completed" for r in results) and not any(codes)
-    ok = ok and interrupted is None
-    epochs = read(deploy, split, results, ok)
-    summary = summary_header(scenario, "grpc", split, epochs.info)
-    summary.update(
-        transport="insecure" if deploy.insecure else "mTLS",
+    epochs = read(run, split)
+    header = summary_header(scenario, "grpc", split, epochs.info)
+    del header["status"]  # the gathering step's
+    summary = run.summary(
+        ("party", "status", "bytes_sent", "grpc_bytes_sent", "wall_s"),
+        **header,
         processes=len(results),
-        exit_codes=list(codes),
-        agents={
-            str(i): {
-                k: r.get(k) for k in ("party", "status", "bytes_sent", "grpc_bytes_sent", "wall_s")
-            }
-            for i, r in enumerate(results)
-        },
         grpc_bytes_total=sum(r.get("grpc_bytes_sent", 0) for r in results),
     )
-    writer = RunWriter(out)
-    if not ok:
-        summary["status"] = "failed: " + "; ".join(
-            f"agent {i}: {r.get('status')}"
-            for i, r in enumerate(results)
-            if r.get("status") != "completed"
-        )
-        if interrupted is not None:
-            summary.update(
-                agent_statuses=summary["status"], status="interrupted", interrupted_by=interrupted
-            )
-        summary.update(
-            wall_s=wall_s,
-            bytes_total=sum(int(r.get("bytes_sent", 0) or 0) for r in results),
-            messages_total=sum(int(r.get("messages_sent", 0) or 0) for r in results),
-        )
-        writer.write_json("summary.json", summary)
-        return summary
+    if not run.ok:
+        return {
+            **summary,
+            "bytes_total": sum(int(r.get("bytes_sent", 0) or 0) for r in results),
+            "messages_total": sum(int(r.get("messages_sent", 0) or 0) for r in results),
+        }
 
     metrics: list[dict[str, Any]] = []
     for e, (factors, twin) in enumerate(zip(epochs.factors, epochs.twin, strict=True)):
@@ -123,18 +74,17 @@ def gather_ratings(
             **epochs.records[e],
         }
         metrics.append(record)
-        writer.append_metrics(record)
+        run.writer.append_metrics(record)
     U, V = epochs.factors[-1]
-    np.savez(out / "factors.npz", U=U, V=V)  # the last epoch's
+    np.savez(run.writer.out_dir / "factors.npz", U=U, V=V)  # the last epoch's
     # the same model file a simulation writes: ids back to the data, the offset
     model = RatingsModel.from_training((U, V), train, epochs.offset)
-    summary["model"] = model.save(out / MODEL_FILE).name
+    summary["model"] = model.save(run.writer.out_dir / MODEL_FILE).name
 
-    stats = TrafficStats()
+    stats = run.traffic()
     seconds_per_party: dict[str, float] = dict.fromkeys(epochs.groups.values(), 0.0)
-    for i, r in enumerate(results):
-        stats.merge(TrafficStats.from_dict(r["traffic"]))
-        lines = read_metrics_tolerant(deploy.agent_out(i) / "metrics.jsonl")
+    for i in range(len(results)):
+        lines = run.metrics(i)
         seconds_per_party[epochs.groups[i]] += sum(m["crypto_s"] + m["compute_s"] for m in lines)
     setup_s = max(r.get("wall_s", 0.0) for r in results) - sum(m["wall_s"] for m in metrics)
     summary = finish_summary(
@@ -143,8 +93,8 @@ def gather_ratings(
         train,
         test,
         metrics,
-        writer,
-        wall_s=wall_s,
+        run.writer,
+        wall_s=run.wall_s,
         setup_s=max(setup_s, 0.0),
         setup_bytes=epochs.setup_bytes,
         stats=stats,
@@ -152,9 +102,7 @@ def gather_ratings(
         seconds_per_party=seconds_per_party,
     )
     # A resumed job: the totals of all its parts (``traffic`` stays this run's).
-    summary.update(job_totals(results))
-    writer.write_json("summary.json", summary)
-    return summary
+    return {**summary, **job_totals(results)}
 
 
 def setup_bytes(results: Sequence[dict[str, Any]]) -> int:

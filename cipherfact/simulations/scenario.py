@@ -596,7 +596,9 @@ def _refuse_ignored_data_fields(
 
 def unused_generator_fields(scenario: Any) -> dict[str, str]:
     """Synthetic-generator fields a file (or digits) makes irrelevant, and why."""
-    data = scenario.data
+    data = getattr(scenario, "data", None)
+    if data is None:  # a protocol without a data section
+        return {}
     if scenario.protocol == "ppdnmf":
         why = {"file": "the data come from data.path", "digits": "data.kind = 'digits'"}
         reason = why.get(data.kind)

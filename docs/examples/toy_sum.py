@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cipherfact.agents.envelope import AgentId, Envelope
-from cipherfact.deploy.app_node import AppNode
+from cipherfact.deploy.node_base import BaseNode
 from cipherfact.protocols.base import ProtocolError, StateMachine
 from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
 from cipherfact.simulations.results import RunWriter
@@ -207,7 +207,7 @@ def simulate_toy_sum(scenario: ToySumScenario, out_dir: Path, options: Any) -> d
 # --- 6. deployment over gRPC: who talks to whom, and who begins each iteration --------
 
 
-class ToySumNode(AppNode):
+class ToySumNode(BaseNode):
     """One toy_sum agent as a process (``cipherfact agent serve``); agent 0 drives."""
 
     stages = frozenset({STAGE, STAGE_GO})

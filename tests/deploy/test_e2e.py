@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cipherfact.deploy.local import deploy_local, launch, wait_all, write_local_job
-from cipherfact.deploy.node import checkpoint_path
+from cipherfact.deploy.party_checkpoint import checkpoint_path
 from cipherfact.protocols.ppdnmf.job import prepare_job, run_inmemory
 from cipherfact.simulations.scenario import load_scenario
 

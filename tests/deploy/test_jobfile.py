@@ -201,7 +201,7 @@ def test_csr_users_with_their_own_rating_files_set_the_party_count(tmp_path: Pat
 def test_a_user_with_a_bad_ratings_file_fails_before_start_and_says_why(tmp_path: Path) -> None:
     import json
 
-    from cipherfact.deploy.node import NodeError
+    from cipherfact.deploy.node_base import NodeError
     from cipherfact.deploy.nodes import make_node
 
     job = load_job(write(tmp_path, _with_user_files(csr_job(4), [2, 3])))

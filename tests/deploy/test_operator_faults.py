@@ -303,8 +303,9 @@ def test_sigterm_to_deploy_local_stops_its_agents_and_writes_a_partial_summary(
 
 @pytest.mark.grpc
 def test_resume_refuses_a_changed_configuration_and_counts_both_parts(tmp_path: Path) -> None:
-    from cipherfact.deploy.node import NodeError, checkpoint_path
+    from cipherfact.deploy.node_base import NodeError
     from cipherfact.deploy.nodes import make_node
+    from cipherfact.deploy.party_checkpoint import checkpoint_path
 
     overrides = [*TINY, "outer_iters=4"]
     full = deploy_local(
