@@ -79,12 +79,12 @@ class CsrPayloadFormat:
         if stage == csr.STAGE_CONTEXT:
             if not data or len(data) > MAX_CONTEXT_BYTES:
                 raise ValueError(f"a CKKS context of {len(data)} bytes")
-        elif stage == csr.STAGE_STRUCTURE:
-            # users send item indices (8 bytes each); RS sends the CSP a parts-free layout
-            if env.sender != csr.RS_ID and (not data or len(data) % 8):
+        elif stage == csr.STAGE_STRUCTURE:  # a user's item indices, 8 bytes each
+            if not data or len(data) % 8:
                 raise ValueError(f"{len(data)} bytes is not a list of 8-byte item indices")
         elif stage == csr.STAGE_LAYOUT:
-            if len(data) != 24:
+            # a user's offsets (24 bytes); the CSP's copy is the whole slot layout
+            if env.receiver != csr.CSP_ID and len(data) != 24:
                 raise ValueError(f"a layout message is 24 bytes, got {len(data)}")
         elif stage in (csr.STAGE_RATINGS, csr.STAGE_MASKED, csr.STAGE_REFRESHED, csr.STAGE_RESUME):
             decode_parts(data, f"{stage} payload")

@@ -17,7 +17,10 @@ Model (stated so that users can judge it):
 * the messages of one edge in one wave (a protocol round's stage) share the
   link: edge time = latency + sum of (transfers + retransmission timeouts);
 * waves are synchronous: a wave takes as long as its slowest edge, and the run's
-  simulated network time is the sum over waves;
+  simulated network time is the sum over waves; so a protocol gives a message
+  and the messages it causes different (round, stage) pairs (csr_fhe_mf's users
+  send RS their ``structure``, then RS sends every user and the CSP its
+  ``layout``), which its tests check;
 * except in *turn* stages (``NetworkModel.turns``, declared by the protocol's
   app): there a server talks to one peer at a time and waits for its answer
   (FedMF's users take turns), so each edge's messages are a wave of their own

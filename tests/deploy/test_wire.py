@@ -100,5 +100,10 @@ def test_csr_payload_format_refuses_malformed_framing() -> None:
         check(env(csr.STAGE_STRUCTURE, bytes(12)))
     with pytest.raises(ValueError, match="a layout message is 24 bytes"):
         check(env(csr.STAGE_LAYOUT, bytes(23), sender=csr.RS_ID))
+    # the CSP's copy of the layout is the whole slot layout (any size); a user's
+    # structure is item indices whoever claims to send it
+    check(Envelope("j", -1, csr.STAGE_LAYOUT, csr.RS_ID, csr.CSP_ID, bytes(100)))
+    with pytest.raises(ValueError, match="not a list of 8-byte item indices"):
+        check(Envelope("j", -1, csr.STAGE_STRUCTURE, csr.RS_ID, csr.CSP_ID, bytes(12)))
     with pytest.raises(ValueError, match="a CKKS context of 0 bytes"):
         check(env(csr.STAGE_CONTEXT, b"", sender=csr.CSP_ID))

@@ -97,6 +97,22 @@ def test_matches_twin_on_movielens_csv(tmp_path: Path) -> None:
     assert max(abs(a - b) for a, b in zip(got, twin, strict=True)) < 0.01
 
 
+def test_each_setup_stage_is_one_causal_step(synthetic_run) -> None:
+    """Network emulation charges a (round, stage) as one wave of parallel messages,
+    so no stage may hold a message and the answer to it: users send RS their
+    structure, then RS sends the layout to every user and to the CSP at once."""
+    _, _, roles, seen = synthetic_run
+    users = {csr.user_id(u) for u in range(len(roles) - 2)}
+    setup = [e for e in seen if e.round == csr.SETUP_ROUND]
+    routes: dict[str, set[tuple[int, int]]] = {}
+    for e in setup:
+        routes.setdefault(e.stage, set()).add((e.sender, e.receiver))
+    assert routes["structure"] == {(u, csr.RS_ID) for u in users}
+    assert routes["layout"] == {(csr.RS_ID, v) for v in users | {csr.CSP_ID}}
+    assert routes["context"] == {(csr.CSP_ID, v) for v in users | {csr.RS_ID}}
+    assert routes["ratings"] == {(u, csr.RS_ID) for u in users}
+
+
 def test_rs_never_receives_plaintext(synthetic_run, data) -> None:
     train, _ = data
     _, _, _, seen = synthetic_run
@@ -303,12 +319,14 @@ def test_rs_rejects_other_job(setup_roles) -> None:
         rs.step(Envelope("other", 0, "refreshed", csr.CSP_ID, csr.RS_ID, b""))
 
 
-def test_csp_rejects_masked_before_structure(setup_roles) -> None:
+def test_csp_rejects_masked_before_layout(setup_roles) -> None:
     cfg, scheme, _ = setup_roles
     cspr = csr.CryptoServiceProvider(cfg, scheme)
-    with pytest.raises(ProtocolError, match="after the structure"):
+    with pytest.raises(ProtocolError, match="after the layout"):
         cspr.step(Envelope("t", 0, "masked", csr.RS_ID, csr.CSP_ID, encode_parts([])))
-    with pytest.raises(ProtocolError, match="bad structure from agent 0"):
+    with pytest.raises(ProtocolError, match="bad layout from agent 0"):
+        cspr.step(Envelope("t", -1, "layout", csr.RS_ID, csr.CSP_ID, b"short"))
+    with pytest.raises(ProtocolError, match="unexpected stage 'structure'"):
         cspr.step(Envelope("t", -1, "structure", csr.RS_ID, csr.CSP_ID, b"short"))
 
 

@@ -25,7 +25,7 @@ the primes RS will not use before uploading (``CsrFheMFConfig.upload_depths``).
 Checkpoints (``checkpoint_state``/``restore_state``, at an epoch boundary) hold
 numbers only, each party's own, never a key: the CSP its masked factors A, RS
 its masks M, users nothing (they upload again). A resumed run makes a fresh
-CKKS key and redoes the setup; when the structure arrives, the CSP sends
+CKKS key and redoes the setup; when the layout arrives, the CSP sends
 Enc(A) in the slot layout (stage ``resume``, the payload of an epoch's
 refresh) and RS subtracts its masks as after any epoch, so training goes on
 from the same (U, V), to CKKS noise.
@@ -470,7 +470,7 @@ class CryptoServiceProvider(_Role):
         self.layout: SlotLayout | None = None
         self._A_U, self._A_V = config.initial_factors()
         self.epoch = 0
-        self._resuming = False  # restored: send Enc(A) once the structure is known
+        self._resuming = False  # restored: send Enc(A) once the layout is known
         #: every decrypted (masked) value, when ``record_view`` is set (privacy tests)
         self.record_view = False
         self.view: list[np.ndarray] = []
@@ -517,20 +517,20 @@ class CryptoServiceProvider(_Role):
         return out
 
     def step(self, env: Envelope) -> list[Envelope]:
-        self._check(env, {STAGE_STRUCTURE: (RS_ID,), STAGE_MASKED: (RS_ID,)})
-        if env.stage == STAGE_STRUCTURE:
+        self._check(env, {STAGE_LAYOUT: (RS_ID,), STAGE_MASKED: (RS_ID,)})
+        if env.stage == STAGE_LAYOUT:
             if self.layout is not None:
-                raise ProtocolError("CSP: duplicate structure from agent 0")
+                raise ProtocolError("CSP: duplicate layout from agent 0")
             try:
                 layout = SlotLayout.from_bytes(env.payload)
             except (ValueError, TypeError) as exc:
-                raise ProtocolError(f"CSP: bad structure from agent {env.sender}: {exc}") from exc
+                raise ProtocolError(f"CSP: bad layout from agent {env.sender}: {exc}") from exc
             cfg = self.config
             if (layout.n_users, layout.n_items) != (cfg.n_users, cfg.n_items) or (
                 layout.slot_count != self.planned.params.slot_count
             ):
                 raise ProtocolError(
-                    f"CSP: structure from agent {env.sender} has {layout.n_users} users, "
+                    f"CSP: layout from agent {env.sender} has {layout.n_users} users, "
                     f"{layout.n_items} items, {layout.slot_count} slots; expected "
                     f"{cfg.n_users}, {cfg.n_items}, {self.planned.params.slot_count}"
                 )
@@ -546,7 +546,7 @@ class CryptoServiceProvider(_Role):
         if layout is None or env.round != self.epoch or self.done:
             raise ProtocolError(
                 f"CSP: masked values for round {env.round} from agent {env.sender}; expected "
-                f"round {self.epoch}" + ("" if layout is not None else " after the structure")
+                f"round {self.epoch}" + ("" if layout is not None else " after the layout")
             )
         F, sizes = self.config.n_factors, layout.chunk_sizes()
         who = f"CSP: masked values for round {env.round} from agent {env.sender}"
@@ -770,7 +770,10 @@ class RecommenderServer(_Role):
         self.layout = layout
         self._up = [[None] * layout.n_chunks for _ in self.config.upload_depths]
         offsets = layout.user_offsets()
-        out = [self._env(SETUP_ROUND, STAGE_STRUCTURE, CSP_ID, layout.to_bytes())]
+        # The CSP's copy of the layout goes out with the users' layout messages: one
+        # stage, so network emulation charges them as the one wave they are (after
+        # the users' structure messages they answer, not alongside them).
+        out = [self._env(SETUP_ROUND, STAGE_LAYOUT, CSP_ID, layout.to_bytes())]
         for v in range(cfg.n_users):
             msg = _LAYOUT_MSG.pack(int(offsets[v]), layout.nnz, layout.slot_count)
             out.append(self._env(SETUP_ROUND, STAGE_LAYOUT, user_id(v), msg))
