@@ -96,12 +96,19 @@ def decentralized_nmf_plain(
     alphas = [np.zeros_like(Ws[0]) for _ in range(n)]
     scale = config.weight_scale()
 
+    drawn: dict[int, list[dict[int, int]]] = {}  # round -> each agent's weights
+
     def rho(i: int, j: int, k: int) -> float:
         if config.exchange == "secagg":
             return config.penalty
-        a_ij = round_weights(weight_seeds[i], k, neighbors[i], config.weight_bits)[j]
-        a_ji = round_weights(weight_seeds[j], k, neighbors[j], config.weight_bits)[i]
-        return a_ij * a_ji * scale
+        if k not in drawn:  # once per round and agent, as the agents draw them
+            drawn.clear()
+            drawn[k] = [
+                round_weights(weight_seeds[a], k, neighbors[a], config.weight_bits)
+                for a in range(n)
+            ]
+        weights = drawn[k]
+        return weights[i][j] * weights[j][i] * scale
 
     history = []
     k = 0

@@ -245,3 +245,27 @@ def test_config_validation(field, value, message):
     base = PPDNMFConfig(job_id="j", rank=2)
     with pytest.raises(ValueError, match=message):
         replace(base, **{field: value})
+
+
+@pytest.mark.parametrize("amplitude_bits", [1, 7, 14, 23, 40])
+def test_reply_noise_is_the_shake_stream_read_value_by_value(amplitude_bits: int) -> None:
+    """The vectorized reader gives exactly the documented draws: each value is its
+    ``width`` big-endian bytes of the SHAKE-256 stream, mod 2^(amplitude_bits + 1),
+    shifted to [-2^amplitude_bits, 2^amplitude_bits)."""
+    import hashlib
+    import struct
+
+    from cipherfact.protocols.ppdnmf.config import reply_noise
+
+    for seed, round_index, receiver, size in ((2**64 - 1, 0, 3, 1), (12345, 2999, 0, 150)):
+        got = reply_noise(seed, round_index, receiver, size, amplitude_bits)
+        width = (amplitude_bits + 1 + 7) // 8 + 1
+        key = struct.pack(">QqQ", seed, round_index, receiver)
+        stream = hashlib.shake_256(b"cipherfact-reply-noise|" + key).digest(width * size)
+        mod = 1 << (amplitude_bits + 1)
+        want = [
+            int.from_bytes(stream[i * width : (i + 1) * width], "big") % mod - (1 << amplitude_bits)
+            for i in range(size)
+        ]
+        assert got.dtype == np.int64 and got.tolist() == want
+        assert got.min() >= -(1 << amplitude_bits) and got.max() < (1 << amplitude_bits)

@@ -113,12 +113,16 @@ def reply_noise(
     deployment), yet the same on every transport, so a Paillier run and its
     plain twin stay bit-identical.
     """
-    width = (amplitude_bits + 1 + 7) // 8 + 1
+    width = (amplitude_bits + 1 + 7) // 8 + 1  # whole bytes, one spare: <= 7 bytes
     key = struct.pack(">QqQ", private_seed & (2**64 - 1), round_index, receiver)
     stream = hashlib.shake_256(b"cipherfact-reply-noise|" + key).digest(width * size)
-    mod = 1 << (amplitude_bits + 1)
-    values = [int.from_bytes(stream[i * width : (i + 1) * width], "big") % mod for i in range(size)]
-    return np.array(values, dtype=np.int64) - (1 << amplitude_bits)
+    # each value: its `width` big-endian bytes mod 2^(amplitude_bits + 1), in uint64
+    chunks = np.frombuffer(stream, dtype=np.uint8).reshape(size, width).astype(np.uint64)
+    words = np.zeros(size, dtype=np.uint64)
+    for column in range(width):
+        words = (words << np.uint64(8)) | chunks[:, column]
+    words &= np.uint64((1 << (amplitude_bits + 1)) - 1)
+    return words.astype(np.int64) - (1 << amplitude_bits)
 
 
 def initial_h(config: PPDNMFConfig, h_seed: int, agent_id: AgentId, n_cols: int) -> np.ndarray:
