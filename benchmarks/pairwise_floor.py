@@ -4,7 +4,7 @@ Why: issue 13 asks for the full ``ppdnmf-synthetic`` pairwise run (100 x 30,
 Paillier 2048) in <= 150 s on Ray on this 2-core machine. This script times,
 on one core and with the real job's keys, codec and weights, each operation
 the exchange cannot avoid, at the fastest settings the project has (DJN
-factors from 9-bit tables, as every ppdnmf process builds them within its
+factors from 9-bit tables, as the prefetch worker builds them within its
 budget; CRT for the key
 owner's own factors; decryptions batched 8 lanes per multi-buffer call on one
 thread; Straus for the weighted sum; ``scale_shift`` for the reply), and

@@ -281,16 +281,15 @@ def paillier_options(job: PPDNMFJob) -> PaillierOptions:
     ``run_inmemory``), and the Ray and gRPC backends already run a process
     per core or per agent.
     """
-    # Every key serves the whole run, so its tables are widened to 9-bit windows
-    # while the process's 160 MB budget lasts (djn.wide_window: ~0.8x the time per
-    # factor of 7-bit ones); keys past it get 7-bit windows (4.2 MB, 64
-    # multiplications per factor instead of 75 at 6 bits). Public tables are
-    # shared per process.
+    # 7-bit windows: 64 multiplications per randomness instead of 75 at 6 bits, for
+    # 4.2 MB tables instead of 2.4 MB (public tables are shared per process). Not
+    # widened (``djn_wide_tables``): with a prefetch worker (which widens its own)
+    # the host computes few factors, and 9-bit host tables made a 10-outer
+    # pairwise run 1.06x slower and 134 MB larger (BENCHMARKS.md, issue 13).
     return PaillierOptions(
         processes=1,
         djn_public=job.scenario.crypto.djn_public,
         djn_window_bits=7,
-        djn_wide_tables=True,
         fast_path=job.scenario.crypto.fast_path,
     )
 
