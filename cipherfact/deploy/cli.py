@@ -26,6 +26,25 @@ INSECURE_WARNING = (
 )
 
 
+#: what ``deploy local`` and ``deploy gather`` print of the job's summary
+SUMMARY_KEYS = (
+    "status",
+    "interrupted_by",
+    "transport",
+    "n_agents",
+    "processes",
+    "rel_error",
+    "consensus_spread",
+    "train_rmse",
+    "test_rmse",
+    "plain_test_rmse",
+    "wall_s",
+    "bytes_total",
+    "grpc_bytes_total",
+    "messages_total",
+)
+
+
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     """Reuse a placeholder the main CLI may already have added for ``name``."""
     existing = sub.choices.get(name)
@@ -323,23 +342,7 @@ def _local(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=not args.quiet,
     )
-    keys = (
-        "status",
-        "interrupted_by",
-        "transport",
-        "n_agents",
-        "processes",
-        "rel_error",
-        "consensus_spread",
-        "train_rmse",
-        "test_rmse",
-        "plain_test_rmse",
-        "wall_s",
-        "bytes_total",
-        "grpc_bytes_total",
-        "messages_total",
-    )
-    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}, indent=2))
     print(f"results written to {out}/ (agent logs in {out}/agents/)", file=sys.stderr)
     if summary["status"] == "interrupted":
         print(
@@ -369,20 +372,6 @@ def _gather(args: argparse.Namespace) -> int:
     from cipherfact.deploy.kit import gather_folders
 
     summary = gather_folders(args.job, args.results, args.out)
-    keys = (
-        "status",
-        "transport",
-        "n_agents",
-        "processes",
-        "rel_error",
-        "consensus_spread",
-        "train_rmse",
-        "test_rmse",
-        "plain_test_rmse",
-        "bytes_total",
-        "grpc_bytes_total",
-        "messages_total",
-    )
-    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}, indent=2))
     print(f"results written to {args.out}/", file=sys.stderr)
     return 0 if summary["status"] == "completed" else 1

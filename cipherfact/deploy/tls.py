@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cipherfact.agents.envelope import AgentId
+from cipherfact.crypto.certs import cert_names
 
 IDENTITY_PREFIX = "agent-"
 
@@ -81,18 +82,6 @@ def _spki(key: object) -> bytes:
     return key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def cert_names(cert: x509.Certificate) -> list[str]:
-    """The DNS subject alternative names and common names a certificate carries."""
-    names: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names += [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        pass
-    names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return list(dict.fromkeys(names))
 
 
 def check_tls_files(files: TlsFiles, identity: str | None = None) -> tuple[bytes, bytes, bytes]:

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cipherfact.agents.envelope import AgentId, Envelope
+from cipherfact.crypto.certs import cert_names
 from cipherfact.protocols.base import ProtocolError
 
 __all__ = [
@@ -119,8 +120,8 @@ class Trust:
             raise KeyBoxError(f"certificate for {who} is not PEM: {_first(exc)}") from exc
         if not any(_issued_by(cert, ca) for ca in cas):
             raise KeyBoxError(f"certificate for {who} is not issued by the job CA")
-        if who not in _names(cert):
-            raise KeyBoxError(f"certificate names {_names(cert)}, not {who!r}")
+        if who not in cert_names(cert):
+            raise KeyBoxError(f"certificate names {cert_names(cert)}, not {who!r}")
         if self.now is not None and not (
             cert.not_valid_before_utc <= self.now <= cert.not_valid_after_utc
         ):
@@ -144,17 +145,6 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
-
-
-def _names(cert: x509.Certificate) -> list[str]:
-    names: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names += [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        pass
-    names += [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    return list(dict.fromkeys(names))
 
 
 def _digest(data: bytes) -> str:
