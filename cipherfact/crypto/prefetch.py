@@ -47,7 +47,7 @@ _WORKER_MATH: dict[KeySpec, PaillierMath] = {}
 
 def _lower_priority(increment: int) -> None:
     """In the worker, at start: run ``increment`` nice levels below the caller, so
-    that the worker only takes CPU time the protocol leaves idle."""
+    that the worker mostly takes CPU time the protocol leaves idle."""
     if increment:  # not POSIX, or not allowed: the worker runs at the same priority
         with contextlib.suppress(AttributeError, OSError):
             os.nice(increment)
@@ -85,8 +85,9 @@ class FactorPrefetcher:
     fewest factors per worker task. ``nice``: how many nice levels below this
     process the worker runs (0: the same priority). Where every core already
     runs a protocol process (Ray actors, one per core) a worker at nice 19
-    only fills the time the actors spend waiting for each other's messages;
-    at the same priority it would take its share of a busy core instead.
+    mostly fills the time the actors spend waiting for each other's messages
+    (Ray starts actors at nice 15, so a busy actor still leaves the worker
+    about 15/51 of its core); at the same priority it would take half.
     The worker starts on first use; ``close`` stops it.
     """
 

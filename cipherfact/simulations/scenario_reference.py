@@ -176,7 +176,7 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "A worker process computes encryption randomness ahead of use "
             "(BENCHMARKS.md, issue 13). In memory, auto: when the process may use a "
             "second core. On Ray, auto or on: one worker per actor at nice 19, so it "
-            "only uses the time the actor waits for messages. off on a heavily "
+            "mostly uses the time the actor waits for messages. off on a heavily "
             "loaded machine, where it costs more than it saves. Same numbers either way.",
         ),
     },

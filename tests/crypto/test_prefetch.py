@@ -139,7 +139,7 @@ def test_wide_tables_are_built_wide_and_give_the_same_ciphertexts(
 
 def test_a_niced_worker_runs_below_the_caller() -> None:
     """``nice``: the worker runs that many levels below this process (Ray actors'
-    workers at 19 only use the time their actor waits); 0 keeps the same priority."""
+    workers at 19 mostly use the time their actor waits); 0 keeps the same priority."""
     import os
 
     here = os.nice(0)

@@ -173,7 +173,7 @@ def test_crypto_prefetch_switches_the_worker_on_and_off(
 def test_ray_actors_get_a_low_priority_prefetch_worker(
     monkeypatch: pytest.MonkeyPatch, mode: str, expect: bool
 ) -> None:
-    """On Ray each actor's roles get a prefetch worker at nice 19 (idle time only)
+    """On Ray each actor's roles get a prefetch worker at nice 19 (mostly idle time)
     unless ``crypto.prefetch = "off"``."""
     from types import SimpleNamespace
 

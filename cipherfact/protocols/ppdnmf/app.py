@@ -108,7 +108,7 @@ class PPDNMFRoles:
     second core busy (the in-memory run on a multi-core machine);
     ``prefetch_nice``: how far below the host its worker runs (on Ray the
     actors already fill the cores, so each actor's worker runs at nice 19 and
-    only uses the time its actor waits for the others' messages). ``on_key``
+    mostly uses the time its actor waits for the others' messages). ``on_key``
     is told of each key made (a progress bar; in this process only: it is not
     picklable). ``batch_decrypt``:
     with Paillier (and no shared pool), the host's agents queue their round
@@ -164,7 +164,7 @@ class PPDNMFRoles:
         )
 
 
-#: nice increment of a Ray actor's prefetch worker: idle time only (see PPDNMFRoles)
+#: nice increment of a Ray actor's prefetch worker: mostly idle time (see PPDNMFRoles)
 RAY_PREFETCH_NICE = 19
 
 
