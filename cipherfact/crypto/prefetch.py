@@ -38,9 +38,17 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cipherfact.crypto.djn import table_bytes
 from cipherfact.crypto.paillier_math import KeySpec, PaillierMath
 
-__all__ = ["FactorPrefetcher"]
+__all__ = ["PREFETCH_TABLE_BUDGET", "FactorPrefetcher", "spec_table_bytes"]
+
+#: bytes of DJN tables (at the keys' own windows) whose keys one worker serves;
+#: later keys get no queue and are computed by the caller. Every key the worker
+#: serves costs it a table build and the memory (a 200-agent Ray run without
+#: this bound: 1.7x the protocol time and 1.7x the memory of no worker at all,
+#: BENCHMARKS.md); 96 MB holds the 10-agent scenarios' 20 keys at 7-bit windows
+PREFETCH_TABLE_BUDGET = 96 * 2**20
 
 _WORKER_MATH: dict[KeySpec, PaillierMath] = {}
 
@@ -60,6 +68,19 @@ def _worker_factors(spec: KeySpec, count: int) -> list[int]:
         options = replace(spec[4], djn_wide_tables=True)
         math = _WORKER_MATH[spec] = PaillierMath(*spec[:4], options)
     return [int(r) for r in math.random_factors(count)]
+
+
+def spec_table_bytes(spec: KeySpec) -> int:
+    """Bytes of the DJN tables ``PaillierMath(*spec)`` builds at the options' window:
+    one per prime square for a key owner (CRT), one mod n**2 for a public key with
+    ``djn_public``; 0 for full-length ``r**n`` randomness (no table)."""
+    n, h_s, p, q, options = spec
+    if h_s is None or not options.djn:
+        return 0
+    bits, window = options.djn_exponent_bits, options.djn_window_bits
+    if p is not None and q is not None:
+        return sum(table_bytes(2 * x.bit_length(), bits, window) for x in (p, q))
+    return table_bytes(2 * n.bit_length(), bits, window) if options.djn_public else 0
 
 
 @dataclass
@@ -88,18 +109,33 @@ class FactorPrefetcher:
     mostly fills the time the actors spend waiting for each other's messages
     (Ray starts actors at nice 15, so a busy actor still leaves the worker
     about 15/51 of its core); at the same priority it would take half.
-    The worker starts on first use; ``close`` stops it.
+    ``table_budget``: the worker serves keys, first come first served, while
+    their tables (``spec_table_bytes``) fit; the others' factors are always
+    computed by the caller, so a host with hundreds of keys keeps a bounded
+    worker. The worker starts on first use; ``close`` stops it.
     """
 
-    def __init__(self, *, depth: int = 32, min_batch: int = 16, nice: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        depth: int = 32,
+        min_batch: int = 16,
+        nice: int = 0,
+        table_budget: int = PREFETCH_TABLE_BUDGET,
+    ) -> None:
         for name, value in (("depth", depth), ("min_batch", min_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
             raise ValueError(f"nice must be an int in [0, 19], got {nice!r}")
+        if isinstance(table_budget, bool) or not isinstance(table_budget, int) or table_budget < 0:
+            raise ValueError(f"table_budget must be an int >= 0, got {table_budget!r}")
         self.depth = depth
         self.min_batch = min_batch
         self.nice = nice
+        self.table_budget = table_budget
+        self._table_bytes = 0  # tables of the keys served so far
+        self._declined: set[KeySpec] = set()  # keys past the budget: computed inline
         self._queues: dict[KeySpec, _KeyQueue] = {}
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -125,23 +161,38 @@ class FactorPrefetcher:
 
         ``to_int`` converts the worker's integers to the caller's type (``mpz``).
         """
+        got: list[Any] = []
         with self._lock:
-            queue = self._queues.setdefault(spec, _KeyQueue())
-            while queue.inflight and queue.inflight[0][0].done():
-                future, _ = queue.inflight.popleft()
-                queue.ready.extend(to_int(r) for r in future.result())
-            got = [queue.ready.popleft() for _ in range(min(count, len(queue.ready)))]
-            self.prefetched += len(got)
-            queue.largest_take = max(queue.largest_take, count)
-            target, pending = self.depth * queue.largest_take, queue.pending
-            if pending <= target // 2:  # refill in large batches: each task costs a round trip
-                batch = max(target - pending, self.min_batch)
-                queue.inflight.append((self._pool().submit(_worker_factors, spec, batch), batch))
+            queue = self._queue(spec)  # None: not served, the caller computes every factor
+            if queue is not None:
+                while queue.inflight and queue.inflight[0][0].done():
+                    future, _ = queue.inflight.popleft()
+                    queue.ready.extend(to_int(r) for r in future.result())
+                got = [queue.ready.popleft() for _ in range(min(count, len(queue.ready)))]
+                self.prefetched += len(got)
+                queue.largest_take = max(queue.largest_take, count)
+                target, pending = self.depth * queue.largest_take, queue.pending
+                if pending <= target // 2:  # refill in large batches: each task is a round trip
+                    batch = max(target - pending, self.min_batch)
+                    task = self._pool().submit(_worker_factors, spec, batch)
+                    queue.inflight.append((task, batch))
         missing = count - len(got)
         if missing:
             self.inline += missing
             got += compute(missing)
         return got
+
+    def _queue(self, spec: KeySpec) -> _KeyQueue | None:
+        """``spec``'s queue, made when its tables fit the budget; None past it."""
+        queue = self._queues.get(spec)
+        if queue is None and spec not in self._declined:
+            need = spec_table_bytes(spec)
+            if self._table_bytes + need > self.table_budget:
+                self._declined.add(spec)
+                return None
+            self._table_bytes += need
+            queue = self._queues[spec] = _KeyQueue()
+        return queue
 
     def close(self) -> None:
         """Stop the worker and drop what it computed (idempotent)."""

@@ -175,8 +175,9 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "`auto`, `on`, `off`",
             "A worker process computes encryption randomness ahead of use "
             "(BENCHMARKS.md, issue 13). In memory, auto: when the process may use a "
-            "second core. On Ray, auto or on: one worker per actor at nice 19, so it "
-            "mostly uses the time the actor waits for messages. off on a heavily "
+            "second core. On Ray, one worker per actor at nice 19, so it mostly uses "
+            "the time the actor waits for messages (auto: where the actor's key "
+            "tables fit the worker's 96 MB budget; on: always, serving keys up to it). off on a heavily "
             "loaded machine, where it costs more than it saves. Same numbers either way.",
         ),
     },

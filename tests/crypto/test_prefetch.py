@@ -13,7 +13,7 @@ import pytest
 from cipherfact.crypto import PaillierOptions, PaillierScheme, djn, paillier_math
 from cipherfact.crypto.djn import WIDE_WINDOW, table_bytes, wide_window
 from cipherfact.crypto.keys import PaillierKeyMaterial
-from cipherfact.crypto.prefetch import FactorPrefetcher
+from cipherfact.crypto.prefetch import FactorPrefetcher, spec_table_bytes
 
 from .conftest import CODEC
 
@@ -147,3 +147,33 @@ def test_a_niced_worker_runs_below_the_caller() -> None:
         with FactorPrefetcher(nice=nice) as prefetcher:
             worker = prefetcher._pool().submit(os.nice, 0).result(timeout=60)
         assert worker == min(here + nice, 19)
+
+
+def test_keys_past_the_table_budget_are_computed_by_the_caller(
+    key_a: PaillierKeyMaterial, key_b: PaillierKeyMaterial
+) -> None:
+    """The worker serves keys while their tables fit ``table_budget``; a later key
+    gets no queue (every factor computed inline), so the worker stays bounded."""
+    options = PaillierOptions(djn_public=True, djn_window_bits=7)
+    first = PaillierScheme(replace(key_a, p=None, q=None), codec=CODEC, options=options)
+    second = PaillierScheme(replace(key_b, p=None, q=None), codec=CODEC, options=options)
+    one_table = spec_table_bytes(first._math.spec)
+    assert one_table == table_bytes(2 * key_a.n.bit_length(), 448, 7)
+    owner = PaillierScheme(key_a, codec=CODEC, options=options)
+    assert spec_table_bytes(owner._math.spec) == 2 * table_bytes(key_a.n.bit_length(), 448, 7)
+    no_table = PaillierScheme(key_b, codec=CODEC, options=PaillierOptions(djn=False))
+    assert spec_table_bytes(no_table._math.spec) == 0
+    with FactorPrefetcher(depth=2, min_batch=2, table_budget=one_table) as prefetcher:
+        for s in (first, second):
+            s.use_prefetcher(prefetcher)
+        _wait_for_worker(prefetcher, first)
+        for _ in range(3):
+            ct = second.encrypt(np.ones(2))
+            assert np.array_equal(
+                PaillierScheme(key_b, codec=CODEC).decrypt(
+                    PaillierScheme(key_b, codec=CODEC).from_bytes(second.to_bytes(ct))
+                ),
+                np.ones(2),
+            )
+        assert list(prefetcher._queues) == [first._math.spec]  # the second key: no queue
+        assert prefetcher._declined == {second._math.spec}

@@ -169,25 +169,28 @@ def test_crypto_prefetch_switches_the_worker_on_and_off(
         load_scenario("ppdnmf-synthetic", ["crypto.prefetch=sometimes"])
 
 
-@pytest.mark.parametrize(("mode", "expect"), [("auto", True), ("off", False)])
+@pytest.mark.parametrize(
+    ("mode", "expect"), [("auto", (True, True)), ("on", (True, False)), ("off", (False, False))]
+)
 def test_ray_actors_get_a_low_priority_prefetch_worker(
-    monkeypatch: pytest.MonkeyPatch, mode: str, expect: bool
+    monkeypatch: pytest.MonkeyPatch, mode: str, expect: tuple[bool, bool]
 ) -> None:
     """On Ray each actor's roles get a prefetch worker at nice 19 (mostly idle time)
-    unless ``crypto.prefetch = "off"``."""
+    unless ``crypto.prefetch = "off"``; "auto" only where the worker's table budget
+    holds every key of the actor."""
     from types import SimpleNamespace
 
     from cipherfact.protocols.ppdnmf import app as ppdnmf_run
     from cipherfact.simulations.network import NetworkModel
 
-    seen: list[tuple[bool, int]] = []
+    seen: list[tuple[bool, int, bool]] = []
 
     class FakeRayGrid:
         def __init__(self, placement: dict, pool: object, network: object) -> None:
             self.hosted = sorted(set(placement.values()))
 
         def add_host(self, k: int, roles: PPDNMFRoles) -> None:
-            seen.append((roles.prefetch, roles.prefetch_nice))
+            seen.append((roles.prefetch, roles.prefetch_nice, roles.prefetch_if_all_fit))
 
     fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
     monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
@@ -206,5 +209,38 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
         ray_gpus_per_actor=None,
     )
     app.build_grid(options)
-    assert seen == [(expect, ppdnmf_run.RAY_PREFETCH_NICE)] * 2
+    assert seen == [(expect[0], ppdnmf_run.RAY_PREFETCH_NICE, expect[1])] * 2
     assert ppdnmf_run.RAY_PREFETCH_NICE == 19
+
+
+def test_a_host_whose_keys_overflow_the_worker_budget_gets_no_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``prefetch_if_all_fit``: the host's tables (own keys' CRT pairs, neighbours'
+    public keys) are counted; past ``PREFETCH_TABLE_BUDGET`` no worker is made."""
+    from cipherfact.crypto.djn import table_bytes
+    from cipherfact.protocols.ppdnmf import app as ppdnmf_run
+
+    scenario = load_scenario(
+        "ppdnmf-synthetic",
+        [
+            "n_agents=4",
+            "data.cols=20",
+            "crypto.key_bits=512",
+            "crypto.insecure_test_keys=true",
+            "crypto.djn_public=true",
+        ],
+    )
+    job = prepare_job(scenario)
+    agents = [0, 1]
+    peers = {j for i in agents for j in job.graph.neighbors(i)}
+    need = 2 * 2 * table_bytes(512, 448, 7) + len(peers) * table_bytes(1024, 448, 7)
+    assert ppdnmf_run.host_table_bytes(job, agents) == need
+    for budget, worker in ((need, True), (need - 1, False)):
+        monkeypatch.setattr(ppdnmf_run, "PREFETCH_TABLE_BUDGET", budget)
+        local = PPDNMFRoles(job, prefetch=True, prefetch_if_all_fit=True)(agents)
+        try:
+            assert all((r._prefetcher is not None) == worker for r in local.roles.values())
+        finally:
+            if local.close is not None:
+                local.close()

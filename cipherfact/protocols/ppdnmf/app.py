@@ -27,8 +27,9 @@ import numpy as np
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.crypto.batch import DecryptBatch
+from cipherfact.crypto.djn import table_bytes
 from cipherfact.crypto.parallel import SharedDecryptPool
-from cipherfact.crypto.prefetch import FactorPrefetcher
+from cipherfact.crypto.prefetch import PREFETCH_TABLE_BUDGET, FactorPrefetcher
 from cipherfact.protocols.ppdnmf import SETUP_ROUND, PPDNMFAgent, load_state_npz, save_state_npz
 from cipherfact.protocols.ppdnmf.agent import HostDecryptBatch
 from cipherfact.protocols.ppdnmf.job import (
@@ -37,6 +38,7 @@ from cipherfact.protocols.ppdnmf.job import (
     consensus_spread,
     generate_key,
     outer_metrics,
+    paillier_options,
     prepare_job,
     references,
     relative_error,
@@ -108,7 +110,10 @@ class PPDNMFRoles:
     second core busy (the in-memory run on a multi-core machine);
     ``prefetch_nice``: how far below the host its worker runs (on Ray the
     actors already fill the cores, so each actor's worker runs at nice 19 and
-    mostly uses the time its actor waits for the others' messages). ``on_key``
+    mostly uses the time its actor waits for the others' messages);
+    ``prefetch_if_all_fit``: only when the worker's table budget holds every
+    key of the host (a Ray actor with hundreds of agents gains less than the
+    worker's tables and start cost: BENCHMARKS.md, issue 13). ``on_key``
     is told of each key made (a progress bar; in this process only: it is not
     picklable). ``batch_decrypt``:
     with Paillier (and no shared pool), the host's agents queue their round
@@ -121,6 +126,7 @@ class PPDNMFRoles:
     shared_pool: bool = False
     prefetch: bool = False
     prefetch_nice: int = 0
+    prefetch_if_all_fit: bool = False
     batch_decrypt: bool = True
     on_key: Callable[[int], object] | None = None
 
@@ -137,7 +143,10 @@ class PPDNMFRoles:
             for role in roles.values():
                 role.scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
         prefetcher = None
-        if self.prefetch and crypto.scheme == "paillier":
+        wanted = self.prefetch and crypto.scheme == "paillier"
+        if wanted and self.prefetch_if_all_fit:
+            wanted = host_table_bytes(self.job, agents) <= PREFETCH_TABLE_BUDGET
+        if wanted:
             prefetcher = FactorPrefetcher(nice=self.prefetch_nice)
             for role in roles.values():
                 role.use_prefetcher(prefetcher)
@@ -166,6 +175,18 @@ class PPDNMFRoles:
 
 #: nice increment of a Ray actor's prefetch worker: mostly idle time (see PPDNMFRoles)
 RAY_PREFETCH_NICE = 19
+
+
+def host_table_bytes(job: PPDNMFJob, agents: list[AgentId]) -> int:
+    """Bytes of the DJN tables a host of ``agents`` builds at the job's window: each
+    agent's own key (two CRT tables) and every neighbour's public key (one, with
+    ``crypto.djn_public``)."""
+    options, bits = paillier_options(job), job.scenario.crypto.key_bits
+    exponent, window = options.djn_exponent_bits, options.djn_window_bits
+    own = 2 * table_bytes(bits, exponent, window) if options.djn else 0
+    public = table_bytes(2 * bits, exponent, window) if options.djn and options.djn_public else 0
+    peers = {j for i in agents for j in job.graph.neighbors(i)}
+    return len(agents) * own + len(peers) * public
 
 
 def _spare_core() -> bool:
@@ -300,8 +321,12 @@ class PPDNMFApp(RunApp):
             [job.graph.degree(i) for i in range(job.n_agents)], pool.actors
         )
         grid = RayGrid(placement, pool, network)
+        mode = job.scenario.crypto.prefetch
         roles = PPDNMFRoles(
-            job, prefetch=job.scenario.crypto.prefetch != "off", prefetch_nice=RAY_PREFETCH_NICE
+            job,
+            prefetch=mode != "off",
+            prefetch_nice=RAY_PREFETCH_NICE,
+            prefetch_if_all_fit=mode == "auto",
         )
         try:
             for k in grid.hosted:
