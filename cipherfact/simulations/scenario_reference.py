@@ -177,8 +177,9 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "(BENCHMARKS.md, issue 13). In memory, auto: when the process may use a "
             "second core. On Ray, one worker per actor at nice 19, so it mostly uses "
             "the time the actor waits for messages (auto: where the actor's key "
-            "tables fit the worker's 96 MB budget; on: always, serving keys up to it). off on a heavily "
-            "loaded machine, where it costs more than it saves. Same numbers either way.",
+            "tables fit the worker's 96 MB budget; on: always, serving keys up to it). "
+            "off on a heavily loaded machine, where it costs more than it saves. Same "
+            "numbers either way.",
         ),
     },
     "AdmmSpec": {
