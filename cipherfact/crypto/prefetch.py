@@ -39,9 +39,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cipherfact.crypto.djn import table_bytes
+from cipherfact.crypto.options import PaillierOptions
 from cipherfact.crypto.paillier_math import KeySpec, PaillierMath
 
-__all__ = ["PREFETCH_TABLE_BUDGET", "FactorPrefetcher", "spec_table_bytes"]
+__all__ = [
+    "PREFETCH_TABLE_BUDGET",
+    "FactorPrefetcher",
+    "key_table_bytes",
+    "spec_table_bytes",
+]
 
 #: bytes of DJN tables (at the keys' own windows) whose keys one worker serves;
 #: later keys get no queue and are computed by the caller. Every key the worker
@@ -70,17 +76,24 @@ def _worker_factors(spec: KeySpec, count: int) -> list[int]:
     return [int(r) for r in math.random_factors(count)]
 
 
-def spec_table_bytes(spec: KeySpec) -> int:
-    """Bytes of the DJN tables ``PaillierMath(*spec)`` builds at the options' window:
-    one per prime square for a key owner (CRT), one mod n**2 for a public key with
-    ``djn_public``; 0 for full-length ``r**n`` randomness (no table)."""
-    n, h_s, p, q, options = spec
-    if h_s is None or not options.djn:
+def key_table_bytes(n_bits: int, options: PaillierOptions, *, owner: bool) -> int:
+    """Bytes of the DJN tables one key of an ``n_bits`` modulus builds at the options'
+    window: two (mod p**2 and q**2) for its owner (CRT), one mod n**2 for a public
+    holder with ``djn_public``; 0 for full-length ``r**n`` randomness (no table)."""
+    if not options.djn:
         return 0
     bits, window = options.djn_exponent_bits, options.djn_window_bits
-    if p is not None and q is not None:
-        return sum(table_bytes(2 * x.bit_length(), bits, window) for x in (p, q))
-    return table_bytes(2 * n.bit_length(), bits, window) if options.djn_public else 0
+    if owner:
+        return 2 * table_bytes(n_bits, bits, window)
+    return table_bytes(2 * n_bits, bits, window) if options.djn_public else 0
+
+
+def spec_table_bytes(spec: KeySpec) -> int:
+    """``key_table_bytes`` of the key ``spec`` describes."""
+    n, h_s, p, q, options = spec
+    if h_s is None:
+        return 0
+    return key_table_bytes(n.bit_length(), options, owner=p is not None and q is not None)
 
 
 @dataclass

@@ -27,9 +27,8 @@ import numpy as np
 from cipherfact.agents.envelope import AgentId
 from cipherfact.agents.ray_transport import HostId
 from cipherfact.crypto.batch import DecryptBatch
-from cipherfact.crypto.djn import table_bytes
 from cipherfact.crypto.parallel import SharedDecryptPool
-from cipherfact.crypto.prefetch import PREFETCH_TABLE_BUDGET, FactorPrefetcher
+from cipherfact.crypto.prefetch import PREFETCH_TABLE_BUDGET, FactorPrefetcher, key_table_bytes
 from cipherfact.protocols.ppdnmf import SETUP_ROUND, PPDNMFAgent, load_state_npz, save_state_npz
 from cipherfact.protocols.ppdnmf.agent import HostDecryptBatch
 from cipherfact.protocols.ppdnmf.job import (
@@ -182,9 +181,8 @@ def host_table_bytes(job: PPDNMFJob, agents: list[AgentId]) -> int:
     agent's own key (two CRT tables) and every neighbour's public key (one, with
     ``crypto.djn_public``)."""
     options, bits = paillier_options(job), job.scenario.crypto.key_bits
-    exponent, window = options.djn_exponent_bits, options.djn_window_bits
-    own = 2 * table_bytes(bits, exponent, window) if options.djn else 0
-    public = table_bytes(2 * bits, exponent, window) if options.djn and options.djn_public else 0
+    own = key_table_bytes(bits, options, owner=True)
+    public = key_table_bytes(bits, options, owner=False)
     peers = {j for i in agents for j in job.graph.neighbors(i)}
     return len(agents) * own + len(peers) * public
 
