@@ -11,7 +11,7 @@ import pytest
 from cipherfact.crypto import PaillierOptions, PaillierScheme, generate_scheme
 from cipherfact.crypto.djn import FixedBaseTable
 from cipherfact.crypto.keys import PaillierKeyMaterial
-from cipherfact.crypto.paillier_math import PaillierMath
+from cipherfact.crypto.paillier_math import SHORT_SCALAR, PaillierMath
 
 from .conftest import CODEC
 
@@ -106,6 +106,22 @@ def test_djn_factor_is_h_s_power(key_a: PaillierKeyMaterial) -> None:
     a = secrets.randbits(448)
     t_p, t_q = math._djn_tables()
     assert math._crt_n2(t_p.pow(a), t_q.pow(a)) == pow(key_a.h_s, a, n2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("use_gmpy2", [True, False])
+def test_scalar_multiply_is_the_power_at_every_length(
+    key_a: PaillierKeyMaterial, use_gmpy2: bool
+) -> None:
+    """Short scalars take square-and-multiply, longer and negative ones ``powmod``:
+    both are c**k mod n**2, on both sides of the switch."""
+    math = PaillierMath(key_a.n, key_a.h_s, None, None, PaillierOptions(use_gmpy2=use_gmpy2))
+    n2 = key_a.n**2
+    c = math.mpz(secrets.randbelow(n2 - 2) + 2)
+    edge = SHORT_SCALAR
+    for k in [1, 2, 3, 37, 63, edge - 1, edge, edge + 1, 2**40 + 5, secrets.randbelow(edge)]:
+        assert math.mul(c, k) == pow(int(c), k, n2), k
+    assert math.mul(c, -5) == pow(int(c), -5, n2)
+    assert math.mul(c, 0) == 1
 
 
 @pytest.mark.parametrize("window", [1, 4, 6, 8])
