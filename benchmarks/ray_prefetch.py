@@ -1,15 +1,20 @@
-"""Interleaved A/B of the Ray actors' low-priority prefetch worker (issue 13).
+"""Interleaved A/B of ppdnmf's Ray pool settings (issue 13).
 
-Runs ``cipherfact simulate ppdnmf-synthetic --backend ray`` with
-``crypto.prefetch=auto`` (each actor gets a randomness worker at nice 19) and
-``crypto.prefetch=off`` in turn, REPS times each, and reads every run's
-``protocol_s`` (the outer iterations, without Ray's start-up and the keys) and
-the actors' busy seconds from its ``summary.json``; prints per-pair ratios
-(on / off) and asserts that both variants' ``factors.npz`` are byte-identical.
+``--compare prefetch`` (default): ``crypto.prefetch=auto`` (each actor gets a
+randomness worker) against ``crypto.prefetch=off``. ``--compare pool``: the
+default pool with Paillier (one actor per two CPUs, its worker at the actor's
+priority) against ``--ray-cpus-per-actor 1`` (one actor per CPU, workers at
+nice 19). Runs ``cipherfact simulate ppdnmf-synthetic --backend ray`` with the
+two variants in turn, REPS times each, and reads every run's ``protocol_s``
+(the outer iterations, without Ray's start-up and the keys), the median outer
+iteration and the actors' busy seconds from its results; prints per-pair
+ratios (first / second variant) and asserts that every run's
+``factors.npz`` is byte-identical.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/ray_prefetch.py --exchange pairwise --outer 10 --reps 3
+    OMP_NUM_THREADS=1 python benchmarks/ray_prefetch.py --compare pool --outer 20 --reps 3
 """
 
 from __future__ import annotations
@@ -22,10 +27,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = {"on": "auto", "off": "off"}
+#: per comparison: variant name -> its extra command-line arguments
+COMPARISONS = {
+    "prefetch": {
+        "on": ["--set", "crypto.prefetch=auto"],
+        "off": ["--set", "crypto.prefetch=off"],
+    },
+    "pool": {
+        "default": [],
+        "one-cpu-actors": ["--ray-cpus-per-actor", "1"],
+    },
+}
 
 
-def run_once(out: Path, exchange: str, outer: int, prefetch: str) -> dict:
+def run_once(out: Path, exchange: str, outer: int, extra: list[str]) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -38,8 +53,7 @@ def run_once(out: Path, exchange: str, outer: int, prefetch: str) -> dict:
         f"exchange={exchange}",
         "--set",
         f"outer_iters={outer}",
-        "--set",
-        f"crypto.prefetch={prefetch}",
+        *extra,
         "--quiet",
         "--out",
         str(out),
@@ -47,8 +61,11 @@ def run_once(out: Path, exchange: str, outer: int, prefetch: str) -> dict:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     busy = summary["ray"]["actor_busy_s"]
+    outers = [json.loads(line)["wall_s"] for line in (out / "metrics.jsonl").open()]
     return {
         "protocol_s": summary["protocol_s"],
+        "median_outer_s": statistics.median(outers),
+        "actors": summary["ray"]["actors"],
         "busy_s": sum(busy.values()),
         "factors": (out / "factors.npz").read_bytes(),
     }
@@ -59,33 +76,45 @@ def main() -> None:
     parser.add_argument("--exchange", default="pairwise", choices=["pairwise", "secagg"])
     parser.add_argument("--outer", type=int, default=10)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--compare", default="prefetch", choices=sorted(COMPARISONS))
     args = parser.parse_args()
-    rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    variants = COMPARISONS[args.compare]
+    rows: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for name, mode in VARIANTS.items():
+            for name, extra in variants.items():
                 out = Path(tmp) / f"{name}-{rep}"
-                rows[name].append(run_once(out, args.exchange, args.outer, mode))
+                rows[name].append(run_once(out, args.exchange, args.outer, extra))
                 print(
                     f"rep {rep} {name}: protocol {rows[name][-1]['protocol_s']:.2f} s, "
                     f"actors busy {rows[name][-1]['busy_s']:.2f} s",
                     flush=True,
                 )
-    reference = rows["off"][0]["factors"]
+    first, second = variants
+    reference = rows[first][0]["factors"]
     assert all(r["factors"] == reference for rs in rows.values() for r in rs), "factors differ"
-    pairs = zip(rows["on"], rows["off"], strict=True)
+    pairs = list(zip(rows[first], rows[second], strict=True))
     ratios = [a["protocol_s"] / b["protocol_s"] for a, b in pairs]
+    outer_ratios = [a["median_outer_s"] / b["median_outer_s"] for a, b in pairs]
     print(f"\n{args.exchange}, {args.outer} outer, {args.reps} pairs (factors byte-identical)")
-    print("| variant | median protocol_s | min | max | median actors busy s |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| variant | actors | median protocol_s | min | max | median outer iteration s "
+        "| median actors busy s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rs in rows.items():
         ps = [r["protocol_s"] for r in rs]
         busy = statistics.median(r["busy_s"] for r in rs)
+        outer = statistics.median(r["median_outer_s"] for r in rs)
         median = statistics.median(ps)
-        print(f"| {name} | {median:.2f} | {min(ps):.2f} | {max(ps):.2f} | {busy:.2f} |")
+        print(
+            f"| {name} | {rs[0]['actors']} | {median:.2f} | {min(ps):.2f} | {max(ps):.2f} "
+            f"| {outer:.3f} | {busy:.2f} |"
+        )
     print(
-        f"on/off protocol_s per pair: median {statistics.median(ratios):.3f} "
-        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"{first}/{second} protocol_s per pair: median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}); median outer iteration per pair: "
+        f"median {statistics.median(outer_ratios):.3f}"
     )
 
 

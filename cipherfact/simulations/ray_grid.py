@@ -72,12 +72,15 @@ class PoolSpec:
     num_gpus: float = 0.0
 
 
-def actor_cpus(count: int, cluster_cpus: float, requested: float | None) -> float:
-    """CPUs each of ``count`` actors reserves. None: one each, or an even share when
-    there are more actors than CPUs. A request the cluster cannot hold is refused:
-    Ray would leave the extra actors pending and the run would never start."""
+def actor_cpus(
+    count: int, cluster_cpus: float, requested: float | None, preferred: float = 1.0
+) -> float:
+    """CPUs each of ``count`` actors reserves. None: ``preferred`` each (what one
+    host's roles keep busy), or an even share when the cluster has fewer. A
+    request the cluster cannot hold is refused: Ray would leave the extra
+    actors pending and the run would never start."""
     if requested is None:
-        return min(1.0, cluster_cpus / count)
+        return min(preferred, cluster_cpus / count)
     if not requested > 0:
         raise ValueError(f"cpus_per_actor must be > 0, got {requested}")
     if count * requested > cluster_cpus + 1e-9:
@@ -97,22 +100,29 @@ def pool_spec(
     cpus_per_actor: float | None = None,
     gpus_per_actor: float | None = None,
     wants_gpu: bool = False,
+    host_cpus: float = 1.0,
 ) -> PoolSpec:
-    """Default: one actor per CPU of the cluster (never more than agents); a GPU
-    solver on a cluster with GPUs shares them fractionally between the actors."""
+    """Default: one actor per ``host_cpus`` CPUs of the cluster, each reserving
+    them (``host_cpus``: the cores one host's roles keep busy, e.g. a thread
+    pool and a worker process beside the actor's thread), never more actors
+    than agents; a GPU solver on a cluster with GPUs shares them fractionally
+    between the actors."""
     if cpus_per_actor is not None and not cpus_per_actor > 0:
         raise ValueError(f"cpus_per_actor must be > 0, got {cpus_per_actor}")
     if actors is not None and actors < 1:
         raise ValueError(f"actors must be >= 1, got {actors}")
     if gpus_per_actor is not None and gpus_per_actor < 0:
         raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    if not host_cpus > 0:
+        raise ValueError(f"host_cpus must be > 0, got {host_cpus}")
     cpus = float(resources.get("CPU", 1.0))
-    count = actors if actors is not None else max(1, int(cpus // (cpus_per_actor or 1.0)))
+    each = cpus_per_actor or min(host_cpus, cpus)
+    count = actors if actors is not None else max(1, int(cpus // each))
     count = min(count, n_agents)
     if gpus_per_actor is None:
         gpus = float(resources.get("GPU", 0.0))
         gpus_per_actor = min(1.0, gpus / count) if wants_gpu and gpus > 0 else 0.0
-    return PoolSpec(count, actor_cpus(count, cpus, cpus_per_actor), gpus_per_actor)
+    return PoolSpec(count, actor_cpus(count, cpus, cpus_per_actor, host_cpus), gpus_per_actor)
 
 
 class RayGrid(Grid):

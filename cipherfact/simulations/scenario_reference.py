@@ -175,9 +175,11 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "`auto`, `on`, `off`",
             "A worker process computes encryption randomness ahead of use "
             "(BENCHMARKS.md, issue 13). In memory, auto: when the process may use a "
-            "second core. On Ray, one worker per actor at nice 19, so it mostly uses "
-            "the time the actor waits for messages (auto: where the actor's key "
-            "tables fit the worker's 96 MB budget; on: always, serving keys up to it). "
+            "second core. On Ray, one worker per actor: at the actor's priority when "
+            "the actor reserves two CPUs (the default with Paillier), at nice 19 when "
+            "it reserves one, so that it mostly uses the time the actors wait for "
+            "messages (auto: where the actor's key tables fit the worker's 96 MB "
+            "budget; on: always, serving keys up to it). "
             "off on a heavily loaded machine, where it costs more than it saves. Same "
             "numbers either way.",
         ),

@@ -175,9 +175,9 @@ def test_crypto_prefetch_switches_the_worker_on_and_off(
 def test_ray_actors_get_a_low_priority_prefetch_worker(
     monkeypatch: pytest.MonkeyPatch, mode: str, expect: tuple[bool, bool]
 ) -> None:
-    """On Ray each actor's roles get a prefetch worker at nice 19 (mostly idle time)
-    unless ``crypto.prefetch = "off"``; "auto" only where the worker's table budget
-    holds every key of the actor."""
+    """On Ray each one-CPU actor's roles get a prefetch worker at nice 19 (mostly
+    idle time) unless ``crypto.prefetch = "off"``; "auto" only where the worker's
+    table budget holds every key of the actor."""
     from types import SimpleNamespace
 
     from cipherfact.protocols.ppdnmf import app as ppdnmf_run
@@ -211,6 +211,57 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
     app.build_grid(options)
     assert seen == [(expect[0], ppdnmf_run.RAY_PREFETCH_NICE, expect[1])] * 2
     assert ppdnmf_run.RAY_PREFETCH_NICE == 19
+
+
+@pytest.mark.parametrize(
+    ("scheme", "cpus_per_actor", "expect"),
+    [
+        ("paillier", None, [(2.0, 0)]),  # one actor reserving both CPUs, worker at par
+        ("paillier", 1.0, [(1.0, 19)] * 2),  # asked for one-CPU actors: nice 19
+        ("none", None, [(1.0, 19)] * 2),  # no crypto work beside the actor's thread
+    ],
+)
+def test_paillier_actors_reserve_the_cpus_their_worker_uses(
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+    cpus_per_actor: float | None,
+    expect: list[tuple[float, int]],
+) -> None:
+    """With Paillier a host keeps two cores busy (its thread and its factor worker),
+    so by default an actor reserves ``PAILLIER_HOST_CPUS`` and its worker runs at
+    the actor's priority; an actor of one CPU keeps the worker at nice 19."""
+    from types import SimpleNamespace
+
+    from cipherfact.protocols.ppdnmf import app as ppdnmf_run
+    from cipherfact.simulations.network import NetworkModel
+    from cipherfact.simulations.ray_grid import PoolSpec
+
+    seen: list[tuple[float, int]] = []
+
+    class FakeRayGrid:
+        def __init__(self, placement: dict, pool: PoolSpec, network: object) -> None:
+            self.hosted = sorted(set(placement.values()))
+            self.cpus = pool.num_cpus
+
+        def add_host(self, k: int, roles: PPDNMFRoles) -> None:
+            seen.append((self.cpus, roles.prefetch_nice))
+
+    fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
+    monkeypatch.setattr(ppdnmf_run, "RayGrid", FakeRayGrid)
+    scenario = load_scenario(
+        "ppdnmf-synthetic", ["n_agents=4", "data.cols=20", f"crypto.scheme={scheme}"]
+    )
+    options = SimpleNamespace(
+        backend="ray",
+        network=NetworkModel(),
+        progress=False,
+        ray_actors=None,
+        ray_cpus_per_actor=cpus_per_actor,
+        ray_gpus_per_actor=None,
+    )
+    ppdnmf_run.PPDNMFApp(prepare_job(scenario)).build_grid(options)
+    assert seen == expect
 
 
 def test_a_host_whose_keys_overflow_the_worker_budget_gets_no_worker(

@@ -75,7 +75,9 @@ def _assert_same_factors(a: Path, b: Path) -> None:
 )
 def test_factors_bit_identical_to_inmemory(overrides: list[str], tmp_path: Path) -> None:
     inm = _run(overrides, tmp_path / "inmemory", backend="inmemory")
-    ray_summary = _run(overrides, tmp_path / "ray", backend="ray")
+    # two actors, so that envelopes cross between them (with Paillier the default
+    # is one actor per two CPUs: one on this 2-CPU test cluster)
+    ray_summary = _run(overrides, tmp_path / "ray", backend="ray", ray_actors=2)
     _assert_same_factors(tmp_path / "inmemory", tmp_path / "ray")
     assert ray_summary["status"] == "completed"
     assert ray_summary["rel_error"] == inm["rel_error"]

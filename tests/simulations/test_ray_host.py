@@ -86,6 +86,12 @@ def test_host_without_agents_is_refused() -> None:
         ({"wants_gpu": True}, {"CPU": 4.0, "GPU": 1.0}, (4, 1.0, 0.25)),
         ({"wants_gpu": True}, {"CPU": 2.0}, (2, 1.0, 0.0)),
         ({"gpus_per_actor": 0.5}, {"CPU": 2.0}, (2, 1.0, 0.5)),
+        # hosts that keep two cores busy reserve two, and share what a cluster has
+        ({"host_cpus": 2.0}, {"CPU": 2.0}, (1, 2.0, 0.0)),
+        ({"host_cpus": 2.0}, {"CPU": 8.0}, (4, 2.0, 0.0)),
+        ({"host_cpus": 2.0}, {"CPU": 1.0}, (1, 1.0, 0.0)),
+        ({"host_cpus": 2.0, "actors": 4}, {"CPU": 2.0}, (4, 0.5, 0.0)),
+        ({"host_cpus": 2.0, "cpus_per_actor": 1.0}, {"CPU": 2.0}, (2, 1.0, 0.0)),
     ],
 )
 def test_pool_spec(kwargs: dict, resources: dict, expected: tuple) -> None:
@@ -98,6 +104,7 @@ def test_pool_spec(kwargs: dict, resources: dict, expected: tuple) -> None:
     [
         ({"cpus_per_actor": 0.0}, "cpus_per_actor must be > 0, got 0.0"),
         ({"actors": 0}, "actors must be >= 1, got 0"),
+        ({"host_cpus": 0.0}, "host_cpus must be > 0, got 0.0"),
         ({"gpus_per_actor": -1.0}, "gpus_per_actor must be >= 0, got -1.0"),
         (
             {"actors": 3, "cpus_per_actor": 1.0},

@@ -107,9 +107,10 @@ class PPDNMFRoles:
     one worker process computes every hosted agent's randomness factors ahead of
     use (``FactorPrefetcher``), so a host that runs in one process keeps a
     second core busy (the in-memory run on a multi-core machine);
-    ``prefetch_nice``: how far below the host its worker runs (on Ray the
-    actors already fill the cores, so each actor's worker runs at nice 19 and
-    mostly uses the time its actor waits for the others' messages);
+    ``prefetch_nice``: how far below the host its worker runs (a Ray actor
+    reserving one CPU shares the cores with other actors, so its worker runs
+    at nice 19 and mostly uses the time its actor waits for the others'
+    messages; one reserving ``PAILLIER_HOST_CPUS`` runs it at its own priority);
     ``prefetch_if_all_fit``: only when the worker's table budget holds every
     key of the host (a Ray actor with hundreds of agents gains less than the
     worker's tables and start cost: BENCHMARKS.md, issue 13). ``on_key``
@@ -172,8 +173,16 @@ class PPDNMFRoles:
         )
 
 
-#: nice increment of a Ray actor's prefetch worker: mostly idle time (see PPDNMFRoles)
+#: nice increment of the prefetch worker of a Ray actor that reserves one CPU (the
+#: cores are full of actors): it mostly takes their idle time (see PPDNMFRoles)
 RAY_PREFETCH_NICE = 19
+#: CPUs one ppdnmf host keeps busy with Paillier: the actor's thread and its factor
+#: worker (and the multi-buffer library's threads while it decrypts), so a Ray
+#: actor reserves two by default and runs its worker at its own priority. On
+#: this project's 2-core machine that is one actor for every agent: 0.87x the
+#: time per outer iteration of two one-CPU actors, pairwise and secagg
+#: (BENCHMARKS.md, issue 13)
+PAILLIER_HOST_CPUS = 2.0
 
 
 def host_table_bytes(job: PPDNMFJob, agents: list[AgentId]) -> int:
@@ -284,7 +293,8 @@ class PPDNMFApp(RunApp):
 
     def build_grid(self, options: Any) -> Grid:
         """In memory: one host, keys made here, a shared decryption pool. On Ray:
-        actors placed to balance the work per round, keys made in each actor."""
+        actors placed to balance the work per round, keys made in each actor;
+        with Paillier each actor reserves ``PAILLIER_HOST_CPUS`` by default."""
         job, network = self.job, options.network
         if options.backend != "ray":
             grid: Grid = LocalGrid(single_host(range(job.n_agents)), network)
@@ -304,6 +314,7 @@ class PPDNMFApp(RunApp):
             return grid
         import ray
 
+        paillier = job.scenario.crypto.scheme == "paillier"
         try:
             pool = pool_spec(
                 job.n_agents,
@@ -312,6 +323,7 @@ class PPDNMFApp(RunApp):
                 cpus_per_actor=options.ray_cpus_per_actor,
                 gpus_per_actor=options.ray_gpus_per_actor,
                 wants_gpu=job.scenario.solver.device.startswith("cuda"),
+                host_cpus=PAILLIER_HOST_CPUS if paillier else 1.0,
             )
         except ValueError as exc:
             raise ScenarioError(str(exc)) from exc
@@ -323,7 +335,8 @@ class PPDNMFApp(RunApp):
         roles = PPDNMFRoles(
             job,
             prefetch=mode != "off",
-            prefetch_nice=RAY_PREFETCH_NICE,
+            # a worker with a reserved CPU of its own need not yield to the actors
+            prefetch_nice=0 if pool.num_cpus >= PAILLIER_HOST_CPUS else RAY_PREFETCH_NICE,
             prefetch_if_all_fit=mode == "auto",
         )
         try:
