@@ -242,6 +242,8 @@ class PaillierScheme(PackedScheme):
                 f"prefetcher must be a FactorPrefetcher, got {type(prefetcher).__name__}"
             )
         self._prefetcher = prefetcher
+        if prefetcher is not None:
+            prefetcher.prime(self._math.spec)
 
     def close(self) -> None:
         """Stop worker processes, if any were started."""

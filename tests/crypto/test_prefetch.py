@@ -70,6 +70,30 @@ def test_close_is_idempotent_and_a_closed_prefetcher_still_serves(
     owner.use_prefetcher(None)
 
 
+def test_a_key_given_to_the_prefetcher_starts_its_first_batch_at_once(
+    key_a: PaillierKeyMaterial,
+) -> None:
+    """``use_prefetcher`` primes the key: the worker starts and computes a first batch
+    before any encryption asks, so the first one finds factors ready (without the
+    prime it found no queue and computed every factor inline)."""
+    owner = PaillierScheme(key_a, codec=CODEC)
+    with FactorPrefetcher(depth=2, min_batch=4) as prefetcher:
+        owner.use_prefetcher(prefetcher)
+        queue = prefetcher._queues[owner._math.spec]
+        assert [n for _, n in queue.inflight] == [4]
+        queue.inflight[0][0].result(timeout=60)  # the worker delivered, nobody asked yet
+        owner.use_prefetcher(prefetcher)  # a key already queued is not primed again
+        assert [n for _, n in queue.inflight] == [4]
+        ct = owner.encrypt(np.ones(3))  # one packed integer: one factor
+        assert (prefetcher.prefetched, prefetcher.inline) == (1, 0)
+        assert np.array_equal(owner.decrypt(ct), np.ones(3))
+    # a key past the table budget is left to the caller, and starts no worker
+    with FactorPrefetcher(table_budget=0) as empty:
+        owner.use_prefetcher(empty)
+        assert empty._executor is None and not empty._queues
+    owner.use_prefetcher(None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

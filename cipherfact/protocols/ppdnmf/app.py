@@ -131,25 +131,25 @@ class PPDNMFRoles:
     on_key: Callable[[int], object] | None = None
 
     def __call__(self, agents: list[AgentId]) -> LocalRoles:
-        roles: dict[AgentId, PPDNMFAgent] = {}
-        for i in agents:
-            roles[i] = build_role(self.job, i, generate_key(self.job))
-            if self.on_key is not None:
-                self.on_key(1)
         crypto = self.job.scenario.crypto
-        pool = None
-        if self.shared_pool and crypto.processes > 1 and crypto.scheme == "paillier":
-            pool = SharedDecryptPool(crypto.processes)
-            for role in roles.values():
-                role.scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
         prefetcher = None
         wanted = self.prefetch and crypto.scheme == "paillier"
         if wanted and self.prefetch_if_all_fit:
             wanted = host_table_bytes(self.job, agents) <= PREFETCH_TABLE_BUDGET
         if wanted:
             prefetcher = FactorPrefetcher(nice=self.prefetch_nice)
+        roles: dict[AgentId, PPDNMFAgent] = {}
+        for i in agents:
+            roles[i] = build_role(self.job, i, generate_key(self.job))
+            if prefetcher is not None:  # its worker starts on this key while we make the next
+                roles[i].use_prefetcher(prefetcher)
+            if self.on_key is not None:
+                self.on_key(1)
+        pool = None
+        if self.shared_pool and crypto.processes > 1 and crypto.scheme == "paillier":
+            pool = SharedDecryptPool(crypto.processes)
             for role in roles.values():
-                role.use_prefetcher(prefetcher)
+                role.scheme.use_shared_pool(pool)  # type: ignore[attr-defined]
         idle = None
         batch: HostDecryptBatch | None = None
         if self.batch_decrypt and crypto.scheme == "paillier" and pool is None:
