@@ -15,7 +15,7 @@ from cipherfact.solvers.masked import (
     masked_update_w,
     observed_entries,
 )
-from cipherfact.solvers.nmf import ConvergenceWarning, NMFResult, nmf
+from cipherfact.solvers.nmf import NMFResult, nmf
 from cipherfact.solvers.numpy_backend import NumpySolver
 from cipherfact.solvers.ratings import MFResult, fit_ratings_mf, predict, rmse
 
@@ -44,9 +44,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """Expose ``TorchSolver`` lazily so importing this package never imports torch."""
+    """Expose ``TorchSolver`` and ``ConvergenceWarning`` (scikit-learn's) lazily, so
+    importing this package imports neither torch nor scikit-learn (about 0.5 s,
+    which every Ray actor paid at start)."""
     if name == "TorchSolver":
         from cipherfact.solvers.torch_backend import TorchSolver
 
         return TorchSolver
+    if name == "ConvergenceWarning":
+        from sklearn.exceptions import ConvergenceWarning
+
+        return ConvergenceWarning
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.exceptions import ConvergenceWarning
 
 from cipherfact.solvers.init import as_generator
 from cipherfact.solvers.nmf import NMFResult
@@ -239,6 +238,8 @@ def masked_nmf(
                 break
             previous = current
     if not converged and tol > 0:
+        from sklearn.exceptions import ConvergenceWarning
+
         warnings.warn(
             f"masked_nmf did not converge in max_iter={max_iter} iterations (tol={tol})",
             ConvergenceWarning,

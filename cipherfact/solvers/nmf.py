@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from cipherfact.solvers.base import LocalSolver
 from cipherfact.solvers.factory import make_solver
@@ -26,7 +25,7 @@ from cipherfact.solvers.validation import (
     check_rank,
 )
 
-__all__ = ["ConvergenceWarning", "NMFResult", "nmf"]
+__all__ = ["NMFResult", "nmf"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,8 @@ def nmf(
                 break
             previous = current
     if not converged and tol > 0:
+        from sklearn.exceptions import ConvergenceWarning
+
         warnings.warn(
             f"nmf did not converge in max_iter={max_iter} iterations (tol={tol}); "
             "raise max_iter or tol",

@@ -42,7 +42,6 @@ from cipherfact.protocols.ppdnmf.job import (
     references,
     relative_error,
 )
-from cipherfact.simulations import graph_plot, plots
 from cipherfact.simulations.checkpoint import (
     job_meta,
     public_config,
@@ -370,6 +369,10 @@ class PPDNMFApp(RunApp):
     def finish(
         self, records: list[dict[str, Any]], grid: Grid, writer: RunWriter, run: dict[str, Any]
     ) -> dict[str, Any]:
+        # matplotlib and networkx (0.5 s to import) only where the results are drawn:
+        # a Ray actor imports this module for PPDNMFRoles and never draws
+        from cipherfact.simulations import graph_plot, plots
+
         job, sc = self.job, self.job.scenario
         if self.last is None:
             raise ScenarioError("the run produced no outer iteration")
