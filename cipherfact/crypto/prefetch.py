@@ -20,9 +20,9 @@ The worker gets each key as plain integers (primes included for a key owner's
 CRT randomness, as ``parallel.SharedDecryptPool`` does: a child of the same
 host, never a trust boundary) and draws every exponent from ``secrets``
 itself; factors travel back as integers and are used once. It builds each
-key's DJN tables once for the whole run, so it affords wider windows
-than the options' within a memory budget (``djn.wide_window``); the factors'
-distribution does not depend on the window.
+key's DJN tables once for the whole run, so it affords public keys wider
+windows than the options' within a memory budget (``worker_options``); the
+factors' distribution does not depend on the window.
 """
 
 from __future__ import annotations
@@ -67,12 +67,29 @@ def _lower_priority(increment: int) -> None:
             os.nice(increment)
 
 
+def worker_options(spec: KeySpec) -> PaillierOptions:
+    """The options the worker computes ``spec``'s factors with: a public key's tables
+    as wide as the process's budget allows (``djn.wide_window``), a key owner's at
+    the options' window.
+
+    The worker's tables serve the whole run, so wider windows pay for their
+    build, but the budget holds only some of a host's keys at 9 bits, and the
+    first come were the owners' (each agent's offers start before its
+    neighbours' keys arrive). A public key's factor is one chain of 4096-bit
+    products, drawn once per reply or share, against two chains of 2048-bit
+    ones for an owner's, drawn once per offer: the budget saves more on the
+    public keys. Median outer iteration, 10-outer A/B runs: pairwise on Ray
+    1.43-1.47 s against 1.49-1.53 s, in memory 1.43 against 1.52, secagg on
+    Ray 0.89 against 0.94-0.96 (BENCHMARKS.md, issue 13).
+    """
+    return replace(spec[4], djn_wide_tables=spec[2] is None)
+
+
 def _worker_factors(spec: KeySpec, count: int) -> list[int]:
     """In the worker: ``count`` fresh factors for one key (its arithmetic cached)."""
     math = _WORKER_MATH.get(spec)
-    if math is None:  # tables that serve the whole run: as wide as the budget allows
-        options = replace(spec[4], djn_wide_tables=True)
-        math = _WORKER_MATH[spec] = PaillierMath(*spec[:4], options)
+    if math is None:
+        math = _WORKER_MATH[spec] = PaillierMath(*spec[:4], worker_options(spec))
     return [int(r) for r in math.random_factors(count)]
 
 

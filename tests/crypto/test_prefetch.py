@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cipherfact.crypto import PaillierOptions, PaillierScheme, djn, paillier_math
+from cipherfact.crypto import PaillierOptions, PaillierScheme, djn, paillier_math, prefetch
 from cipherfact.crypto.djn import WIDE_WINDOW, table_bytes, wide_window
 from cipherfact.crypto.keys import PaillierKeyMaterial
 from cipherfact.crypto.prefetch import FactorPrefetcher, spec_table_bytes
@@ -92,6 +92,45 @@ def test_a_key_given_to_the_prefetcher_starts_its_first_batch_at_once(
         owner.use_prefetcher(empty)
         assert empty._executor is None and not empty._queues
     owner.use_prefetcher(None)
+
+
+def test_the_worker_widens_public_keys_tables_only(
+    key_a: PaillierKeyMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's budget goes to public keys (one 4096-bit chain per reply); an
+    owner's CRT tables keep the options' window, even when offered first."""
+    monkeypatch.setattr(djn, "_wide_bytes_held", [0])
+    monkeypatch.setattr(prefetch, "_WORKER_MATH", {})
+    paillier_math._public_table.cache_clear()
+    options = PaillierOptions(djn_public=True, djn_window_bits=7)
+    owner = PaillierScheme(key_a, codec=CODEC, options=options)._math.spec
+    public = PaillierScheme(replace(key_a, p=None, q=None), codec=CODEC, options=options)
+    for spec in (owner, public._math.spec):  # the owner's key first, as in a run
+        factors = prefetch._worker_factors(spec, 2)
+        assert len(set(factors)) == 2
+    windows = {
+        spec: [t.window_bits for t in prefetch._WORKER_MATH[spec]._djn_tables()]
+        for spec in (owner, public._math.spec)
+    }
+    assert windows == {owner: [7, 7], public._math.spec: [WIDE_WINDOW]}
+    assert prefetch.worker_options(owner).djn_wide_tables is False
+    # the worker's factors still re-randomize correctly under the public key
+    ct = public.encrypt(np.ones(2))
+    mixed = public._make(
+        ct,
+        ct.size,
+        ct.terms,
+        ct.scale,
+        ct.offset,
+        [
+            public._math.add(c, public._math.mpz(r))
+            for c, r in zip(
+                ct.ints, prefetch._worker_factors(public._math.spec, len(ct.ints)), strict=True
+            )
+        ],
+    )
+    assert np.array_equal(PaillierScheme(key_a, codec=CODEC).decrypt(mixed), np.ones(2))
+    paillier_math._public_table.cache_clear()
 
 
 @pytest.mark.parametrize(
