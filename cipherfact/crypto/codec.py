@@ -144,6 +144,8 @@ class Layout:
 def pack_slots(units: Sequence[int], layout: Layout) -> list[int]:
     """Non-negative slot values (each < 2**slot_bits) -> packed integers, slot 0 lowest."""
     w, s = layout.slot_bits, layout.slots
+    if w <= 64:
+        return _pack_bits(units, w, s)
     out = []
     for start in range(0, len(units), s):
         acc = 0
@@ -151,6 +153,21 @@ def pack_slots(units: Sequence[int], layout: Layout) -> list[int]:
             acc = (acc << w) | int(u)
         out.append(acc)
     return out
+
+
+def _pack_bits(units: Sequence[int], w: int, s: int) -> list[int]:
+    """``pack_slots`` for slots of at most 64 bits, with numpy: each value's low ``w``
+    bits, little-endian, laid end to end, ``s`` values per integer: 0.58-0.72x the
+    time of the shifts for a 150-value vector (``benchmarks/pack_slots.py``); a
+    pairwise reply packs two such vectors."""
+    values = np.asarray(units, dtype="<u8")
+    bits = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    flat = bits[:, :w].ravel()
+    step = w * s
+    return [
+        int.from_bytes(np.packbits(flat[i : i + step], bitorder="little").tobytes(), "little")
+        for i in range(0, flat.size, step)
+    ]
 
 
 def unpack_slots(packed: Sequence[int], layout: Layout, length: int) -> list[int]:

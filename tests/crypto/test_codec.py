@@ -93,3 +93,23 @@ def test_pack_unpack_roundtrip() -> None:
     packed = pack_slots(units, layout)
     assert len(packed) == 3 and packed[0] == 0 | (1 << 10) | (1023 << 20)
     assert unpack_slots(packed, layout, len(units)) == units
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 29, 48, 63, 64, 65, 100])
+@pytest.mark.parametrize("count", [1, 5, 42, 43, 150])
+def test_packing_is_the_sum_of_shifted_slots_at_every_width(width: int, count: int) -> None:
+    """numpy's bit packing (slots up to 64 bits) and the shifts (wider) give
+    sum(u_i << width * i) per integer, edge values included."""
+    rng = np.random.default_rng(width * 1000 + count)
+    slots = max(1, 2047 // width)
+    layout = Layout(width, slots)
+    top = (1 << width) - 1
+    units = [int(v) for v in rng.integers(0, 2 ** min(width, 62), count)]
+    units[0], units[-1] = top, 0 if count > 1 else top
+    packed = pack_slots(units, layout)
+    expected = [
+        sum(u << (width * i) for i, u in enumerate(units[start : start + slots]))
+        for start in range(0, count, slots)
+    ]
+    assert packed == expected
+    assert unpack_slots(packed, layout, count) == units
