@@ -179,8 +179,8 @@ RAY_PREFETCH_NICE = 19
 #: worker (and the multi-buffer library's threads while it decrypts), so a Ray
 #: actor reserves two by default and runs its worker at its own priority. On
 #: this project's 2-core machine that is one actor for every agent: 0.87x the
-#: time per outer iteration of two one-CPU actors, pairwise and secagg
-#: (BENCHMARKS.md, issue 13)
+#: protocol time of two one-CPU actors, pairwise (``benchmarks/ray_prefetch.py
+#: --compare pool``; BENCHMARKS.md, issue 13)
 PAILLIER_HOST_CPUS = 2.0
 
 
