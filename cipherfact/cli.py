@@ -84,15 +84,16 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="actors in the pool; several agents per actor, placed so that each actor "
         "gets about the same work per round (default: one per CPU of the Ray cluster, "
-        "one per two CPUs for ppdnmf with Paillier)",
+        "one per two CPUs for ppdnmf with Paillier and a randomness worker per actor)",
     )
     ray.add_argument(
         "--ray-cpus-per-actor",
         type=float,
         default=None,
         metavar="C",
-        help="CPUs each actor reserves (default 1, 2 for ppdnmf with Paillier, or an even "
-        "share of the cluster's CPUs when --ray-actors exceeds them)",
+        help="CPUs each actor reserves (default 1, 2 for ppdnmf with Paillier and a "
+        "randomness worker, or an even share of the cluster's CPUs when --ray-actors "
+        "exceeds them)",
     )
     ray.add_argument(
         "--ray-gpus-per-actor",

@@ -34,9 +34,10 @@ class SimOptions:
     ``network``: link model charged to every envelope (simulated time, reported
     next to measured compute time; None: no emulation). ``ray_actors``: size of
     the Ray actor pool (None: one per CPU of the cluster, or per the CPUs one host
-    keeps busy: two for ppdnmf with Paillier); ``ray_cpus_per_actor``
-    and ``ray_gpus_per_actor`` (None: a fractional share of the cluster's GPUs
-    when the solver runs on CUDA, else 0) are what each actor reserves.
+    keeps busy: two for ppdnmf with Paillier and a randomness worker);
+    ``ray_cpus_per_actor`` and ``ray_gpus_per_actor`` (None: a fractional share
+    of the cluster's GPUs when the solver runs on CUDA, else 0) are what each
+    actor reserves.
     """
 
     backend: str = "inmemory"

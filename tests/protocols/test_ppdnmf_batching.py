@@ -214,22 +214,25 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
 
 
 @pytest.mark.parametrize(
-    ("scheme", "cpus_per_actor", "expect"),
+    ("overrides", "cpus_per_actor", "expect"),
     [
-        ("paillier", None, [(2.0, 0)]),  # one actor reserving both CPUs, worker at par
-        ("paillier", 1.0, [(1.0, 19)] * 2),  # asked for one-CPU actors: nice 19
-        ("none", None, [(1.0, 19)] * 2),  # no crypto work beside the actor's thread
+        ([], None, [(2.0, 0)]),  # one actor reserving both CPUs, worker at par
+        ([], 1.0, [(1.0, 19)] * 2),  # asked for one-CPU actors: nice 19
+        (["crypto.scheme=none"], None, [(1.0, 19)] * 2),  # nothing beside the actor's thread
+        (["crypto.prefetch=off"], None, [(1.0, 19)] * 2),  # no worker
+        (["n_agents=40", "topology.degree=8"], None, [(1.0, 19)] * 2),  # keys overflow the budget
     ],
 )
 def test_paillier_actors_reserve_the_cpus_their_worker_uses(
     monkeypatch: pytest.MonkeyPatch,
-    scheme: str,
+    overrides: list[str],
     cpus_per_actor: float | None,
     expect: list[tuple[float, int]],
 ) -> None:
-    """With Paillier a host keeps two cores busy (its thread and its factor worker),
-    so by default an actor reserves ``PAILLIER_HOST_CPUS`` and its worker runs at
-    the actor's priority; an actor of one CPU keeps the worker at nice 19."""
+    """With Paillier a host with a factor worker keeps two cores busy (its thread and
+    the worker), so by default an actor reserves ``PAILLIER_HOST_CPUS`` and runs
+    the worker at its own priority; one-CPU actors (asked for, or hosts that get
+    no worker) keep it at nice 19."""
     from types import SimpleNamespace
 
     from cipherfact.protocols.ppdnmf import app as ppdnmf_run
@@ -249,9 +252,7 @@ def test_paillier_actors_reserve_the_cpus_their_worker_uses(
     fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
     monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
     monkeypatch.setattr(ppdnmf_run, "RayGrid", FakeRayGrid)
-    scenario = load_scenario(
-        "ppdnmf-synthetic", ["n_agents=4", "data.cols=20", f"crypto.scheme={scheme}"]
-    )
+    scenario = load_scenario("ppdnmf-synthetic", ["n_agents=4", "data.cols=80", *overrides])
     options = SimpleNamespace(
         backend="ray",
         network=NetworkModel(),

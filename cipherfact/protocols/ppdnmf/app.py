@@ -48,7 +48,7 @@ from cipherfact.simulations.checkpoint import (
 )
 from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
 from cipherfact.simulations.progress import progress_bar
-from cipherfact.simulations.ray_grid import RayGrid, pool_spec
+from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, pool_spec
 from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.runner import RunApp, run
 from cipherfact.simulations.scenario import ScenarioError, run_label, scenario_to_dict
@@ -175,9 +175,11 @@ class PPDNMFRoles:
 #: nice increment of the prefetch worker of a Ray actor that reserves one CPU (the
 #: cores are full of actors): it mostly takes their idle time (see PPDNMFRoles)
 RAY_PREFETCH_NICE = 19
-#: CPUs one ppdnmf host keeps busy with Paillier: the actor's thread and its factor
-#: worker (and the multi-buffer library's threads while it decrypts), so a Ray
-#: actor reserves two by default and runs its worker at its own priority. On
+#: CPUs one ppdnmf host keeps busy with Paillier and a factor worker: the actor's
+#: thread and the worker (and the multi-buffer library's threads while it
+#: decrypts), so such a Ray actor reserves two by default and runs its worker at
+#: its own priority (hosts whose keys overflow the worker's budget get none, and
+#: one CPU). On
 #: this project's 2-core machine that is one actor for every agent: 0.87x the
 #: protocol time of two one-CPU actors, pairwise (``benchmarks/ray_prefetch.py
 #: --compare pool``; BENCHMARKS.md, issue 13)
@@ -313,24 +315,19 @@ class PPDNMFApp(RunApp):
             return grid
         import ray
 
-        paillier = job.scenario.crypto.scheme == "paillier"
-        try:
-            pool = pool_spec(
-                job.n_agents,
-                ray.cluster_resources(),
-                actors=options.ray_actors,
-                cpus_per_actor=options.ray_cpus_per_actor,
-                gpus_per_actor=options.ray_gpus_per_actor,
-                wants_gpu=job.scenario.solver.device.startswith("cuda"),
-                host_cpus=PAILLIER_HOST_CPUS if paillier else 1.0,
-            )
-        except ValueError as exc:
-            raise ScenarioError(str(exc)) from exc
-        placement = balanced_placement(
-            [job.graph.degree(i) for i in range(job.n_agents)], pool.actors
-        )
-        grid = RayGrid(placement, pool, network)
         mode = job.scenario.crypto.prefetch
+        resources = ray.cluster_resources()
+        with_worker = job.scenario.crypto.scheme == "paillier" and mode != "off"
+        pool, placement = self._ray_pool(options, resources, with_worker)
+        if with_worker and mode == "auto" and pool.num_cpus >= PAILLIER_HOST_CPUS:
+            hosts: dict[HostId, list[AgentId]] = {}
+            for agent, host in placement.items():
+                hosts.setdefault(host, []).append(agent)
+            if any(
+                host_table_bytes(job, agents) > PREFETCH_TABLE_BUDGET for agents in hosts.values()
+            ):  # no worker would start (PPDNMFRoles): an actor keeps one core busy
+                pool, placement = self._ray_pool(options, resources, False)
+        grid = RayGrid(placement, pool, network)
         roles = PPDNMFRoles(
             job,
             prefetch=mode != "off",
@@ -345,6 +342,27 @@ class PPDNMFApp(RunApp):
             grid.close()
             raise
         return grid
+
+    def _ray_pool(
+        self, options: Any, resources: Mapping[str, float], with_worker: bool
+    ) -> tuple[PoolSpec, dict[AgentId, HostId]]:
+        """The actor pool (an actor per ``PAILLIER_HOST_CPUS`` CPUs when its roles get a
+        factor worker, else per CPU) and the agents' balanced placement on it."""
+        job = self.job
+        try:
+            pool = pool_spec(
+                job.n_agents,
+                resources,
+                actors=options.ray_actors,
+                cpus_per_actor=options.ray_cpus_per_actor,
+                gpus_per_actor=options.ray_gpus_per_actor,
+                wants_gpu=job.scenario.solver.device.startswith("cuda"),
+                host_cpus=PAILLIER_HOST_CPUS if with_worker else 1.0,
+            )
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from exc
+        degrees = [job.graph.degree(i) for i in range(job.n_agents)]
+        return pool, balanced_placement(degrees, pool.actors)
 
     def record(
         self, t: int, reports: dict[int, Any], grid: Grid, wall_s: float, before: tuple[int, int]
