@@ -1,5 +1,6 @@
 """Interleaved A/B: ``pack_slots`` (numpy bit packing, slots up to 64 bits) against the
-shift-and-or loop it replaced, for one 150-value vector at ppdnmf's slot widths.
+shift-and-or loop it replaced (``pack_by_shifts``, still used above 64 bits), for
+one 150-value vector at ppdnmf's slot widths.
 
 Usage::
 
@@ -12,21 +13,8 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Sequence
 
-from cipherfact.crypto.codec import Layout, pack_slots
-
-
-def shifts(units: Sequence[int], layout: Layout) -> list[int]:
-    """The loop ``pack_slots`` used before (and still uses above 64 bits)."""
-    w, s = layout.slot_bits, layout.slots
-    out = []
-    for start in range(0, len(units), s):
-        acc = 0
-        for u in reversed(units[start : start + s]):
-            acc = (acc << w) | int(u)
-        out.append(acc)
-    return out
+from cipherfact.crypto.codec import Layout, pack_by_shifts, pack_slots
 
 
 def main() -> None:
@@ -39,12 +27,12 @@ def main() -> None:
     for width in (48, 29, 21):  # pairwise, secagg, the codec's bare value
         layout = Layout(width, 2047 // width)
         units = [random.randrange(1 << width) for _ in range(layout.count(150) * layout.slots)]
-        assert shifts(units, layout) == pack_slots(units, layout)
+        assert pack_by_shifts(units, width, layout.slots) == pack_slots(units, layout)
         rows = []
         for _ in range(args.reps):
             t0 = time.perf_counter()
             for _ in range(args.calls):
-                shifts(units, layout)
+                pack_by_shifts(units, width, layout.slots)
             t1 = time.perf_counter()
             for _ in range(args.calls):
                 pack_slots(units, layout)

@@ -144,8 +144,11 @@ class Layout:
 def pack_slots(units: Sequence[int], layout: Layout) -> list[int]:
     """Non-negative slot values (each < 2**slot_bits) -> packed integers, slot 0 lowest."""
     w, s = layout.slot_bits, layout.slots
-    if w <= 64:
-        return _pack_bits(units, w, s)
+    return _pack_bits(units, w, s) if w <= 64 else pack_by_shifts(units, w, s)
+
+
+def pack_by_shifts(units: Sequence[int], w: int, s: int) -> list[int]:
+    """``pack_slots`` with Python's integers, any slot width: shift in each value."""
     out = []
     for start in range(0, len(units), s):
         acc = 0

@@ -169,6 +169,23 @@ def test_crypto_prefetch_switches_the_worker_on_and_off(
         load_scenario("ppdnmf-synthetic", ["crypto.prefetch=sometimes"])
 
 
+def _ray_options(**overrides: object) -> object:
+    """``simulate``'s options for ``build_grid`` on Ray (no network emulation)."""
+    from types import SimpleNamespace
+
+    from cipherfact.simulations.network import NetworkModel
+
+    fields: dict[str, object] = {
+        "backend": "ray",
+        "network": NetworkModel(),
+        "progress": False,
+        "ray_actors": None,
+        "ray_cpus_per_actor": None,
+        "ray_gpus_per_actor": None,
+    }
+    return SimpleNamespace(**{**fields, **overrides})
+
+
 @pytest.mark.parametrize(
     ("mode", "expect"), [("auto", (True, True)), ("on", (True, False)), ("off", (False, False))]
 )
@@ -181,7 +198,6 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
     from types import SimpleNamespace
 
     from cipherfact.protocols.ppdnmf import app as ppdnmf_run
-    from cipherfact.simulations.network import NetworkModel
 
     seen: list[tuple[bool, int, bool]] = []
 
@@ -200,14 +216,7 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
         ["n_agents=4", "data.cols=20", "crypto.scheme=none", f"crypto.prefetch={mode}"],
     )
     app = ppdnmf_run.PPDNMFApp(prepare_job(scenario))
-    options = SimpleNamespace(
-        backend="ray",
-        network=NetworkModel(),
-        progress=False,
-        ray_actors=None,
-        ray_cpus_per_actor=None,
-        ray_gpus_per_actor=None,
-    )
+    options = _ray_options(ray_cpus_per_actor=None)
     app.build_grid(options)
     assert seen == [(expect[0], ppdnmf_run.RAY_PREFETCH_NICE, expect[1])] * 2
     assert ppdnmf_run.RAY_PREFETCH_NICE == 19
@@ -236,7 +245,6 @@ def test_paillier_actors_reserve_the_cpus_their_worker_uses(
     from types import SimpleNamespace
 
     from cipherfact.protocols.ppdnmf import app as ppdnmf_run
-    from cipherfact.simulations.network import NetworkModel
     from cipherfact.simulations.ray_grid import PoolSpec
 
     seen: list[tuple[float, int]] = []
@@ -253,14 +261,7 @@ def test_paillier_actors_reserve_the_cpus_their_worker_uses(
     monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
     monkeypatch.setattr(ppdnmf_run, "RayGrid", FakeRayGrid)
     scenario = load_scenario("ppdnmf-synthetic", ["n_agents=4", "data.cols=80", *overrides])
-    options = SimpleNamespace(
-        backend="ray",
-        network=NetworkModel(),
-        progress=False,
-        ray_actors=None,
-        ray_cpus_per_actor=cpus_per_actor,
-        ray_gpus_per_actor=None,
-    )
+    options = _ray_options(ray_cpus_per_actor=cpus_per_actor)
     ppdnmf_run.PPDNMFApp(prepare_job(scenario)).build_grid(options)
     assert seen == expect
 
