@@ -74,6 +74,12 @@ class RunWriter:
             f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
             f.flush()
 
+    def metrics_written(self) -> int:
+        """Complete lines in ``metrics.jsonl``: the iterations recorded so far."""
+        if not self.metrics_path.exists():
+            return 0
+        return self.metrics_path.read_text(encoding="utf-8").count("\n")
+
     def read_all_metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.metrics_path)
 

@@ -202,7 +202,9 @@ def run(app: RunApp, protocol: str, out_dir: Path, options: Any) -> dict[str, An
                 status=f"failed: {type(exc).__name__}: {exc}",
                 wall_s=time.perf_counter() - started,
             )
-            summary[app.count_key] = done
+            # a signal between writing an iteration's line and counting it: the
+            # file is what the run kept
+            summary[app.count_key] = max(done, writer.metrics_written())
             if isinstance(grid, RayGrid):
                 summary["ray"] = grid.info()
             summary.update(app.save_model(writer))

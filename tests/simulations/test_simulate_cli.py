@@ -162,3 +162,18 @@ def test_user_matrix_from_csv(tmp_path):
 def test_unknown_scenario_name(capsys):
     assert cli.main(["simulate", "no-such-scenario"]) == 2
     assert "bundled scenarios" in capsys.readouterr().err
+
+
+def test_metrics_written_counts_the_complete_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What an interrupted run reports as done: the lines its metrics file kept
+    (a signal can land after a line is written and before the runner counts it)."""
+    from cipherfact.simulations.results import RunWriter
+
+    writer = RunWriter(tmp_path / "run")
+    assert writer.metrics_written() == 0
+    for t in range(3):
+        writer.append_metrics({"outer": t, "wall_s": 0.1})
+    assert writer.metrics_written() == 3
+    writer.truncate_metrics(2)
+    assert RunWriter(tmp_path / "run", append=True).metrics_written() == 2
+    assert RunWriter(tmp_path / "run").metrics_written() == 0  # a new run starts empty
