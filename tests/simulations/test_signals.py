@@ -20,6 +20,10 @@ LONG = [
 ]  # fmt: skip
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "sig, rc, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
 )
@@ -33,6 +37,9 @@ def test_signal_ends_an_inmemory_run_with_a_summary(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # a shell's background job (`cmd &`) starts with SIGINT ignored, and so
+        # would this child: Python then never raises KeyboardInterrupt
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
