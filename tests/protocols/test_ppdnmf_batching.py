@@ -203,7 +203,8 @@ def test_ray_actors_get_a_low_priority_prefetch_worker(
 
     class FakeRayGrid:
         def __init__(self, placement: dict, pool: object, network: object) -> None:
-            self.hosted = sorted(set(placement.values()))
+            self.hosted = LocalGrid(placement, None).hosted  # the grids' own grouping
+            self.pool = pool
 
         def add_host(self, k: int, roles: PPDNMFRoles) -> None:
             seen.append((roles.prefetch, roles.prefetch_nice, roles.prefetch_if_all_fit))
@@ -251,7 +252,8 @@ def test_paillier_actors_reserve_the_cpus_their_worker_uses(
 
     class FakeRayGrid:
         def __init__(self, placement: dict, pool: PoolSpec, network: object) -> None:
-            self.hosted = sorted(set(placement.values()))
+            self.hosted = LocalGrid(placement, None).hosted  # the grids' own grouping
+            self.pool = pool
             self.cpus = pool.num_cpus
 
         def add_host(self, k: int, roles: PPDNMFRoles) -> None:

@@ -48,7 +48,7 @@ from cipherfact.simulations.checkpoint import (
 )
 from cipherfact.simulations.grid import Grid, LocalGrid, LocalRoles, single_host
 from cipherfact.simulations.progress import progress_bar
-from cipherfact.simulations.ray_grid import PoolSpec, RayGrid, pool_spec
+from cipherfact.simulations.ray_grid import RayGrid, pool_spec
 from cipherfact.simulations.results import RunWriter
 from cipherfact.simulations.runner import RunApp, run
 from cipherfact.simulations.scenario import ScenarioError, run_label, scenario_to_dict
@@ -134,7 +134,7 @@ class PPDNMFRoles:
         prefetcher = None
         wanted = self.prefetch and crypto.scheme == "paillier"
         if wanted and self.prefetch_if_all_fit:
-            wanted = host_table_bytes(self.job, agents) <= PREFETCH_TABLE_BUDGET
+            wanted = worker_fits(self.job, agents)
         if wanted:
             prefetcher = FactorPrefetcher(nice=self.prefetch_nice)
         roles: dict[AgentId, PPDNMFAgent] = {}
@@ -195,6 +195,12 @@ def host_table_bytes(job: PPDNMFJob, agents: list[AgentId]) -> int:
     public = key_table_bytes(bits, options, owner=False)
     peers = {j for i in agents for j in job.graph.neighbors(i)}
     return len(agents) * own + len(peers) * public
+
+
+def worker_fits(job: PPDNMFJob, agents: list[AgentId]) -> bool:
+    """Whether a host of ``agents`` gets a prefetch worker under ``crypto.prefetch =
+    "auto"``: its tables within the worker's budget."""
+    return host_table_bytes(job, agents) <= PREFETCH_TABLE_BUDGET
 
 
 def _spare_core() -> bool:
@@ -318,16 +324,12 @@ class PPDNMFApp(RunApp):
         mode = job.scenario.crypto.prefetch
         resources = ray.cluster_resources()
         with_worker = job.scenario.crypto.scheme == "paillier" and mode != "off"
-        pool, placement = self._ray_pool(options, resources, with_worker)
-        if with_worker and mode == "auto" and pool.num_cpus >= PAILLIER_HOST_CPUS:
-            hosts: dict[HostId, list[AgentId]] = {}
-            for agent, host in placement.items():
-                hosts.setdefault(host, []).append(agent)
-            if any(
-                host_table_bytes(job, agents) > PREFETCH_TABLE_BUDGET for agents in hosts.values()
-            ):  # no worker would start (PPDNMFRoles): an actor keeps one core busy
-                pool, placement = self._ray_pool(options, resources, False)
-        grid = RayGrid(placement, pool, network)
+        grid = self._ray_grid(options, resources, with_worker)  # actors come in add_host
+        two_cpus = mode == "auto" and grid.pool.num_cpus >= PAILLIER_HOST_CPUS
+        if two_cpus and not all(worker_fits(job, agents) for agents in grid.hosted.values()):
+            # no worker would start (PPDNMFRoles): an actor keeps one core busy
+            grid = self._ray_grid(options, resources, False)
+        pool = grid.pool
         roles = PPDNMFRoles(
             job,
             prefetch=mode != "off",
@@ -343,11 +345,9 @@ class PPDNMFApp(RunApp):
             raise
         return grid
 
-    def _ray_pool(
-        self, options: Any, resources: Mapping[str, float], with_worker: bool
-    ) -> tuple[PoolSpec, dict[AgentId, HostId]]:
+    def _ray_grid(self, options: Any, resources: Mapping[str, float], with_worker: bool) -> RayGrid:
         """The actor pool (an actor per ``PAILLIER_HOST_CPUS`` CPUs when its roles get a
-        factor worker, else per CPU) and the agents' balanced placement on it."""
+        factor worker, else per CPU) with the agents' balanced placement on it."""
         job = self.job
         try:
             pool = pool_spec(
@@ -362,7 +362,7 @@ class PPDNMFApp(RunApp):
         except ValueError as exc:
             raise ScenarioError(str(exc)) from exc
         degrees = [job.graph.degree(i) for i in range(job.n_agents)]
-        return pool, balanced_placement(degrees, pool.actors)
+        return RayGrid(balanced_placement(degrees, pool.actors), pool, options.network)
 
     def record(
         self, t: int, reports: dict[int, Any], grid: Grid, wall_s: float, before: tuple[int, int]
