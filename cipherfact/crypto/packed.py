@@ -136,12 +136,12 @@ class PackedScheme(Scheme):
         """Bytes per serialized ciphertext integer."""
 
     @abstractmethod
-    def _int_valid(self, value: int) -> bool:
+    def _int_valid(self, value: Any) -> bool:
         """Whether a deserialized integer is a valid ciphertext integer."""
 
     @abstractmethod
-    def _load_int(self, value: int) -> Any:
-        """Convert a deserialized integer to the scheme's working type."""
+    def _load_int(self, data: memoryview) -> Any:
+        """One serialized (big-endian) integer, in the scheme's working type."""
 
     def _new_nonce(self) -> bytes:
         """Per-ciphertext nonce carried in the bytes (plain twin only)."""
@@ -193,12 +193,12 @@ class PackedScheme(Scheme):
                 f"{self.layout.slot_bits}-bit slot"
             )
 
-    def _slot_units(self, x: np.ndarray, name: str) -> list[int]:
+    def _slot_units(self, x: np.ndarray, name: str) -> np.ndarray:
         """Encode, offset by one M (one fresh term), pad to whole packed integers."""
         m = self.codec.value_bound
-        units = (self.codec.encode(x, name) + m).tolist()
-        pad = self.layout.count(len(units)) * self.layout.slots - len(units)
-        return units + [m] * pad
+        units = self.codec.encode(x, name) + m
+        pad = self.layout.count(units.size) * self.layout.slots - units.size
+        return np.concatenate([units, np.full(pad, m, dtype=units.dtype)]) if pad else units
 
     def _make(
         self,
@@ -292,7 +292,7 @@ class PackedScheme(Scheme):
         self._check_budget(ca.terms, scale, offset, f"mul_scalar by a scalar up to {bound}")
         # k*u = k*v + k*t*M; add (k_max - k)*t*M per slot -> k*v + k_max*t*M >= 0.
         fix = (bound - k) * ca.offset * self.codec.value_bound
-        fix_packed = pack_slots([fix] * self.layout.slots, self.layout)[0] if fix else 0
+        fix_packed = fix * self.layout.ones if fix else 0
         ints = []
         for c in ca.ints:
             prod = self._mul_int(c, k)
@@ -337,7 +337,7 @@ class PackedScheme(Scheme):
         self._check_budget(terms, scale, offset, f"mul_scalar by a scalar up to {bound}")
         consts = [k * p for p in pack_slots(self._slot_units(np.asarray(before), "x"), self.layout)]
         if fix:
-            fix_packed = pack_slots([fix] * self.layout.slots, self.layout)[0]
+            fix_packed = fix * self.layout.ones
             consts = [x + fix_packed for x in consts]
         if after is not None:
             terms, offset = terms + 1, offset + 1
@@ -383,7 +383,7 @@ class PackedScheme(Scheme):
         fix = sum((b - k) * c.offset * m for c, k, b in zip(cts, scalars, bounds, strict=True))
         ints = self._weighted_ints([c.ints for c in cts], scalars)
         if fix:
-            fix_packed = pack_slots([fix] * self.layout.slots, self.layout)[0]
+            fix_packed = fix * self.layout.ones
             ints = [self._add_plain_int(c, fix_packed) for c in ints]
         return self._make(cts[0], size, terms, scale, offset, ints)
 
@@ -510,19 +510,18 @@ class PackedScheme(Scheme):
             raise DecodeError(
                 f"ciphertext nonce has {nonce_len} bytes, expected {len(self._new_nonce())}"
             )
-        start = _HEADER.size + nonce_len
+        body = memoryview(data)[_HEADER.size + nonce_len :]
         ints = []
         for i in range(count):
-            value = int.from_bytes(data[start + i * width : start + (i + 1) * width], "big")
+            value = self._load_int(body[i * width : (i + 1) * width])
             if not self._int_valid(value):
                 raise DecodeError(f"ciphertext integer {i} is out of range for this key")
-            ints.append(self._load_int(value))
-        layout = Layout(slot_bits, slots)
+            ints.append(value)
         return PackedCiphertext(
             scheme_name=self.name,
             key_fingerprint=self.fingerprint,
             size=size,
-            layout=layout,
+            layout=self.layout,  # equal to the bytes' (checked above)
             terms=terms,
             scale=scale,
             offset=offset,

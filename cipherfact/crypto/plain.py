@@ -199,8 +199,8 @@ class PlainScheme(PackedScheme):
     def _int_width(self) -> int:
         return (self.layout.slot_bits * self.layout.slots + 7) // 8
 
-    def _int_valid(self, value: int) -> bool:
+    def _int_valid(self, value: Any) -> bool:
         return 0 <= value < self._limit
 
-    def _load_int(self, value: int) -> Any:
-        return value
+    def _load_int(self, data: memoryview) -> Any:
+        return int.from_bytes(data, "big")

@@ -95,21 +95,35 @@ def test_pack_unpack_roundtrip() -> None:
     assert unpack_slots(packed, layout, len(units)) == units
 
 
-@pytest.mark.parametrize("width", [1, 7, 8, 29, 48, 63, 64, 65, 100])
+@pytest.mark.parametrize("as_array", [False, True])
+@pytest.mark.parametrize("width", [1, 7, 8, 16, 29, 48, 56, 63, 64, 65, 100])
 @pytest.mark.parametrize("count", [1, 5, 42, 43, 150])
-def test_packing_is_the_sum_of_shifted_slots_at_every_width(width: int, count: int) -> None:
-    """numpy's bit packing (slots up to 64 bits) and the shifts (wider) give
-    sum(u_i << width * i) per integer, edge values included."""
+def test_packing_is_the_sum_of_shifted_slots_at_every_width(
+    width: int, count: int, as_array: bool
+) -> None:
+    """numpy's byte packing (whole-byte slots up to 64 bits), its bit packing (other
+    widths up to 64) and the shifts (wider) give sum(u_i << width * i) per
+    integer, edge values included, from a list or an unsigned numpy array."""
     rng = np.random.default_rng(width * 1000 + count)
     slots = max(1, 2047 // width)
     layout = Layout(width, slots)
     top = (1 << width) - 1
     units = [int(v) for v in rng.integers(0, 2 ** min(width, 62), count)]
     units[0], units[-1] = top, 0 if count > 1 else top
-    packed = pack_slots(units, layout)
+    dtype = np.uint64 if width <= 64 else object
+    packed = pack_slots(np.array(units, dtype=dtype) if as_array else units, layout)
     expected = [
         sum(u << (width * i) for i, u in enumerate(units[start : start + slots]))
         for start in range(0, count, slots)
     ]
     assert packed == expected
     assert unpack_slots(packed, layout, count) == units
+
+
+@pytest.mark.parametrize("width, slots", [(1, 5), (29, 70), (48, 42), (100, 20)])
+def test_layout_ones_fills_every_slot(width: int, slots: int) -> None:
+    """``v * layout.ones`` is the packed integer with ``v`` in every slot."""
+    layout = Layout(width, slots)
+    for v in (0, 1, (1 << width) - 1, (1 << width) // 3):
+        assert v * layout.ones == pack_slots([v] * slots, layout)[0]
+        assert unpack_slots([v * layout.ones], layout, slots) == [v] * slots
