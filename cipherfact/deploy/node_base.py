@@ -510,6 +510,15 @@ class BaseNode:
             # A peer that aborted closes its server, which fails our send to it; its
             # abort notice, naming the root cause, is then already in our inbox.
             notice = self._abort_notice() if running else self._peer_abort
+            if self.stop.is_set():
+                # This party was told to stop too, before or while it looked for the
+                # notice (an operator's SIGTERM to a whole job reaches the parties one
+                # after the other, and a peer that stopped first can break our send
+                # in any way, even a garbled answer): the stop is why the run ended.
+                stopped = self._stopped()
+                status = f"stopped: {one_line(str(stopped))}"
+                self._abort(str(stopped))
+                raise stopped from exc
             reason = one_line(notice or str(exc))
             status = f"failed: {reason}" if running else f"failed before start: {reason}"
             if not running and notice is None:
