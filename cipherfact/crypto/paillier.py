@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import gmpy2
 import numpy as np
 
 from cipherfact.crypto.codec import FixedPointCodec, Layout, pack_slots
@@ -323,9 +322,7 @@ class PaillierScheme(PackedScheme):
         return 0 < value < self._math.n2
 
     def _load_int(self, data: memoryview) -> Any:
-        if self.options.use_gmpy2:  # straight from the bytes: half the time of via int
-            return gmpy2.mpz.from_bytes(data, "big")
-        return int.from_bytes(data, "big")
+        return self._math.from_bytes(data, "big")
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

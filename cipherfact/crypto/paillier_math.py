@@ -157,6 +157,8 @@ class PaillierMath:
     ) -> None:
         fast = options.use_gmpy2
         self.mpz: Callable[[int], Any] = gmpy2.mpz if fast else int
+        #: big-endian bytes -> the working type, without an ``int`` in between
+        self.from_bytes: Callable[..., Any] = gmpy2.mpz.from_bytes if fast else int.from_bytes
         self.powmod: Callable[[Any, Any, Any], Any] = gmpy2.powmod if fast else pow
         mpz = self.mpz
         self.options = options
