@@ -99,8 +99,8 @@ def round_weights(
     same weights. In a deployment the seed is each agent's secret.
     """
     rng = np.random.default_rng([weight_seed, round_index])
-    draws = rng.integers(2 ** (bits - 1), 2**bits, size=len(neighbors))
-    return {j: int(a) for j, a in zip(neighbors, draws, strict=True)}
+    draws = rng.integers(2 ** (bits - 1), 2**bits, size=len(neighbors)).tolist()
+    return dict(zip(neighbors, draws, strict=True))
 
 
 def reply_noise(
@@ -117,11 +117,10 @@ def reply_noise(
     key = struct.pack(">QqQ", private_seed & (2**64 - 1), round_index, receiver)
     stream = hashlib.shake_256(b"cipherfact-reply-noise|" + key).digest(width * size)
     # each value: its `width` big-endian bytes mod 2^(amplitude_bits + 1), in uint64
-    chunks = np.frombuffer(stream, dtype=np.uint8).reshape(size, width).astype(np.uint64)
-    words = np.zeros(size, dtype=np.uint64)
-    for column in range(width):
-        words = (words << np.uint64(8)) | chunks[:, column]
-    words &= np.uint64((1 << (amplitude_bits + 1)) - 1)
+    # (right-aligned in 8 zeroed bytes, read as one big-endian uint64 per value)
+    padded = np.zeros((size, 8), dtype=np.uint8)
+    padded[:, 8 - width :] = np.frombuffer(stream, dtype=np.uint8).reshape(size, width)
+    words = padded.view(">u8").ravel() & np.uint64((1 << (amplitude_bits + 1)) - 1)
     return words.astype(np.int64) - (1 << amplitude_bits)
 
 
